@@ -1,0 +1,102 @@
+"""Speed benchmarks of the workbench: ``python -m studies.benchmark [--suite NAME,...]``.
+
+Every speed target of the project is checked here, never in unit tests: each *suite* runs the
+implementations it compares side by side in one process (naive reference, CPU fast path, GPU
+path when present), checks they agree, and returns an xarray Dataset of timings and
+throughputs with the device and package versions in its attributes. All suites of a run go to
+one Zarr store (default ``results/benchmark.zarr``), one group per suite.
+
+A suite is a module ``studies/benchmarks/<name>.py`` defining
+
+    DESCRIPTION: str
+    def run(quick: bool) -> xr.Dataset        # timings; attrs hold targets and verdicts
+    def summary(ds: xr.Dataset) -> str        # the lines printed after the run
+
+and listed in :data:`SUITES` below (modules that do not exist yet are skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import xarray as xr
+
+from studies.cli import StudyParser, UsageError, check_out_path, run_main
+
+SUITES = ("attention", "moments", "random_features", "icl", "tensor_attention", "gpu")
+
+
+def available_suites() -> list[str]:
+    return [s for s in SUITES if importlib.util.find_spec(f"studies.benchmarks.{s}") is not None]
+
+
+def machine_attrs() -> dict:
+    import numba
+
+    from gpu import device_name
+    from studies.sweep import _versions
+
+    return {"device": device_name(), "cpu": platform.processor() or platform.machine(),
+            "host": platform.node(), "numba_threads": numba.get_num_threads(),
+            "versions": _versions(),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _parse_suites(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    avail = available_suites()
+    bad = [n for n in names if n not in avail]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown suite(s) {', '.join(bad)}; available: {', '.join(avail)}")
+    return names
+
+
+def build_parser():
+    p = StudyParser(prog="python -m studies.benchmark", description=__doc__.split("\n")[0],
+                    epilog="suites: " + ", ".join(available_suites()))
+    p.add_argument("--suite", type=_parse_suites, default=None,
+                   help="comma list of suites to run (default: all available)")
+    p.add_argument("--out", type=Path, default=Path("results") / "benchmark.zarr",
+                   help="Zarr store for the timings (default results/benchmark.zarr)")
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds): checks the machinery, not the targets")
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_out_path(args.out)
+    suites = args.suite or available_suites()
+    if not suites:
+        raise UsageError("no benchmark suites are installed")
+    for name in suites:
+        mod = importlib.import_module(f"studies.benchmarks.{name}")
+        print(f"== {name}: {mod.DESCRIPTION}", flush=True)
+        t0 = time.perf_counter()
+        ds = mod.run(quick=args.quick)
+        ds.attrs.update({k: v for k, v in machine_attrs().items() if k not in ds.attrs})
+        ds.attrs.update({"suite": name, "quick": int(args.quick), "cli": " ".join(sys.argv)})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        ds.to_zarr(str(args.out), group=name, mode="w", consolidated=False)
+        print(mod.summary(ds))
+        print(f"   ({time.perf_counter() - t0:.1f} s; stored in {args.out} group {name!r})", flush=True)
+    return 0
+
+
+def open_suite(store, name: str) -> xr.Dataset:
+    """Open one suite's timings from a benchmark store."""
+    with xr.open_zarr(str(store), group=name, consolidated=False) as ds:
+        return ds.load()
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv, prog="python -m studies.benchmark")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

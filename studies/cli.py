@@ -1,0 +1,204 @@
+"""Shared command-line machinery of the studies.
+
+Range syntax (``parse_range``), always *inclusive* of the upper bound:
+
+=================  =======================================
+``1..8``           1, 2, ..., 8
+``1..8:2``         1, 3, 5, 7         (step 2)
+``0.5..2:0.5``     0.5, 1, 1.5, 2     (with ``kind=float``; the default step is 1)
+``1,2,5``          a comma list
+``1..4,8``         pieces combine; the result is sorted and de-duplicated
+=================  =======================================
+
+Sample-size grids (``parse_n_grid``) also accept geometric forms:
+
+=================  =======================================
+``2^8..2^16``      every power of two from 256 to 65536
+``2^8..2^16:2``    every other power: 256, 1024, ..., 65536
+``1e3..1e5/9``     9 geometrically spaced integers from 1000 to 100000
+``1000,3000,1e4``  a comma list (``1e4`` and ``2^10`` are numbers too)
+=================  =======================================
+
+Errors raise :class:`argparse.ArgumentTypeError` with a message meant for the user;
+:class:`StudyParser` prints any usage error as a single line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "UsageError",
+    "StudyParser",
+    "parse_range",
+    "parse_n_grid",
+    "positive_int",
+    "nonnegative_int",
+    "add_common_arguments",
+    "check_out_path",
+    "run_main",
+]
+
+
+class UsageError(Exception):
+    """A user error found after parsing (bad combination, unwritable path...): exit 2."""
+
+
+class StudyParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def _number(tok: str, kind):
+    tok = tok.strip()
+    m = re.fullmatch(r"(\d+)\^(\d+)", tok)
+    if m:
+        val = int(m.group(1)) ** int(m.group(2))
+        return val if kind is int else float(val)
+    if not re.fullmatch(_NUM, tok):
+        raise argparse.ArgumentTypeError(f"not a number: {tok!r}")
+    val = float(tok)
+    if kind is int:
+        if not val.is_integer():
+            raise argparse.ArgumentTypeError(f"not an integer: {tok!r}")
+        return int(val)
+    return val
+
+
+def _arith(lo, hi, step, kind, piece):
+    if hi < lo:
+        raise argparse.ArgumentTypeError(f"descending range {piece!r}: write the smaller bound first")
+    if step <= 0:
+        raise argparse.ArgumentTypeError(f"range step must be positive in {piece!r}")
+    count = int(math.floor((hi - lo) / step + 1e-9)) + 1
+    vals = [lo + k * step for k in range(count)]
+    if kind is int:
+        return [int(v) for v in vals]
+    return [round(v, 12) for v in vals]
+
+
+def parse_range(text: str, kind=int) -> tuple:
+    """Parse ``1..8``, ``1..8:2``, ``1,2,5`` (and combinations); inclusive upper bounds."""
+    if not isinstance(text, str) or not text.strip():
+        raise argparse.ArgumentTypeError("empty range")
+    out = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        if not piece:
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+        if ".." in piece:
+            body, _, step_txt = piece.partition(":")
+            lo_txt, _, hi_txt = body.partition("..")
+            lo, hi = _number(lo_txt, kind), _number(hi_txt, kind)
+            step = _number(step_txt, kind) if step_txt else kind(1)
+            out.extend(_arith(lo, hi, step, kind, piece))
+        else:
+            if ":" in piece:
+                raise argparse.ArgumentTypeError(f"a step needs a range: {piece!r}")
+            out.append(_number(piece, kind))
+    return tuple(sorted(set(out)))
+
+
+def parse_n_grid(text: str) -> tuple[int, ...]:
+    """Parse a sample-size grid: the forms of :func:`parse_range` plus ``2^a..2^b[:s]`` and
+    ``A..B/K`` (K geometric points). All values must be integers >= 1."""
+    if not isinstance(text, str) or not text.strip():
+        raise argparse.ArgumentTypeError("empty grid")
+    out = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        m_pow = re.fullmatch(r"(\d+)\^(\d+)\.\.(\d+)\^(\d+)(?::(\d+))?", piece)
+        m_geo = re.fullmatch(rf"({_NUM}|\d+\^\d+)\.\.({_NUM}|\d+\^\d+)/(\d+)", piece)
+        if m_pow:
+            b1, e1, b2, e2 = (int(m_pow.group(i)) for i in range(1, 5))
+            if b1 != b2 or b1 < 2:
+                raise argparse.ArgumentTypeError(f"power range {piece!r} needs one base >= 2 on both sides")
+            step = int(m_pow.group(5) or 1)
+            out.extend(b1**e for e in _arith(e1, e2, step, int, piece))
+        elif m_geo:
+            lo, hi = _number(m_geo.group(1), int), _number(m_geo.group(2), int)
+            k = int(m_geo.group(3))
+            if lo < 1 or hi < lo or k < 1:
+                raise argparse.ArgumentTypeError(f"geometric grid {piece!r} needs 1 <= A <= B and K >= 1")
+            out.extend(int(round(v)) for v in np.geomspace(lo, hi, k))
+        else:
+            out.extend(parse_range(piece, int))
+    vals = tuple(sorted(set(out)))
+    if vals[0] < 1:
+        raise argparse.ArgumentTypeError("sample sizes must be >= 1")
+    return vals
+
+
+def positive_int(text: str) -> int:
+    val = _number(text, int)
+    if val < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return val
+
+
+def nonnegative_int(text: str) -> int:
+    val = _number(text, int)
+    if val < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return val
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
+    """Options every study shares: --seed --out --workers --device --quick --overwrite --plot."""
+    g = parser.add_argument_group("run control (shared by all studies)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="root seed of the run (default 0)")
+    g.add_argument("--out", type=Path, default=Path("results") / f"{study}.zarr",
+                   help=f"Zarr store to write (default results/{study}.zarr); an existing store "
+                        "with the same parameters is resumed")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store that holds a run with other parameters")
+    g.add_argument("--workers", type=positive_int, default=1,
+                   help="local worker processes (default 1: in-process)")
+    g.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
+                   help="where the Monte Carlo runs (gpu needs CuPy and a CUDA device)")
+    g.add_argument("--quick", action="store_true", help="a small, fast version of the run (seconds)")
+    g.add_argument("--plot", action="store_true", help="draw the study's figure next to the store")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_out_path(path: Path) -> Path:
+    """Fail early (UsageError) if ``path`` cannot become a Zarr store; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} exists and is not a directory")
+    parent = path.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: {probe} is not writable")
+    if path.exists() and not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path} is not writable")
+    return path
+
+
+def run_main(main_impl, argv=None, prog: str | None = None) -> int:
+    """Run a study's ``main_impl(argv)``, turning usage errors into one line and exit 2,
+    and Ctrl-C into a resumable stop (exit 130)."""
+    try:
+        return int(main_impl(argv) or 0)
+    except UsageError as e:
+        print(f"{prog or 'study'}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog or 'study'}: interrupted; finished cells are saved — rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,382 @@
+"""Sweeps: a grid of cells, one seed per cell, any executor, a resumable Zarr store.
+
+A study describes its sweep as a :class:`Sweep`:
+
+* ``cell_dims`` — the dimensions iterated over, e.g. ``{"n": [...], "rep": [0..63]}``; a cell
+  is one point of their product, with a grid index such as ``(3, 17)``;
+* ``variables`` — per-cell outputs ``name -> dims`` (dims must include every cell dim; the
+  others, e.g. ``R``, are filled whole by one cell), with coordinates in ``coords``;
+* ``run_cell(cell) -> {name: array}`` — a *picklable* function (module level, or a
+  ``functools.partial`` of one) returning, for each variable, an array shaped by its non-cell
+  dims in order.
+
+Seeds: cell ``index`` draws from ``SeedSequence(root_seed, spawn_key=index)``, so its numbers
+do not depend on execution order, worker count or resumption.
+
+Storage (``results/<study>.zarr``): the first run writes a template (NaN data, ``done`` all
+False, chunk size 1 along every cell dim) with the provenance attributes; each finished cell
+is written into its own chunks, data first and ``done`` last, so a killed run leaves only whole
+cells behind and a rerun computes exactly the missing ones. An existing store is resumed only
+if its ``params_json`` and ``schema_version`` equal the new run's; otherwise the run stops with
+a message (or replaces it with ``overwrite=True``). The driver process does all writes.
+
+Executors: anything with the ``concurrent.futures.Executor`` interface. ``make_executor``
+gives an in-process serial executor (``workers=1``; plain tracebacks), a local process pool
+(``workers>1``), or — the same interface — a Dask ``Client(address).get_executor()``.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import datetime as _dt
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "Cell",
+    "Sweep",
+    "StoreMismatch",
+    "SweepStore",
+    "SerialExecutor",
+    "make_executor",
+    "cell_seed",
+    "run_sweep",
+    "provenance",
+    "write_analysis",
+    "open_result",
+    "str_coord",
+]
+
+SCHEMA_VERSION = 1
+
+
+def cell_seed(root_seed: int, index: tuple[int, ...]) -> np.random.SeedSequence:
+    """The seed of the cell at grid ``index``: ``SeedSequence(root_seed, spawn_key=index)``."""
+    return np.random.SeedSequence(int(root_seed), spawn_key=tuple(int(i) for i in index))
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: tuple[int, ...]
+    coords: dict
+    seed: np.random.SeedSequence
+
+
+@dataclass
+class Sweep:
+    study: str
+    cell_dims: dict[str, Any]
+    variables: dict[str, tuple[str, ...]]
+    coords: dict[str, Any]
+    params: dict
+    run_cell: Callable[[Cell], Mapping[str, Any]]
+    root_seed: int = 0
+    attrs: dict = field(default_factory=dict)
+    var_attrs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.cell_dims = {k: np.asarray(v) for k, v in self.cell_dims.items()}
+        self.coords = {**{k: np.asarray(v) for k, v in self.coords.items()}, **self.cell_dims}
+        for name, dims in self.variables.items():
+            missing = set(self.cell_dims) - set(dims)
+            if missing:
+                raise ValueError(f"variable {name} lacks cell dims {sorted(missing)}")
+            unknown = set(dims) - set(self.coords)
+            if unknown:
+                raise ValueError(f"variable {name} has dims without coordinates: {sorted(unknown)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.cell_dims.values())
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True, default=_json_default)
+
+    def cells(self, indices: Iterable[tuple[int, ...]] | None = None) -> list[Cell]:
+        if indices is None:
+            indices = itertools.product(*(range(n) for n in self.shape))
+        names = list(self.cell_dims)
+        out = []
+        for idx in indices:
+            idx = tuple(int(i) for i in idx)
+            coords = {k: self.cell_dims[k][i].item() for k, i in zip(names, idx)}
+            out.append(Cell(idx, coords, cell_seed(self.root_seed, idx)))
+        return out
+
+    def template(self) -> xr.Dataset:
+        data = {}
+        for name, dims in self.variables.items():
+            shape = tuple(len(self.coords[d]) for d in dims)
+            data[name] = (dims, np.full(shape, np.nan), self.var_attrs.get(name, {}))
+        cdims = tuple(self.cell_dims)
+        data["done"] = (cdims, np.zeros(self.shape, dtype=bool),
+                        {"description": "cell finished and written"})
+        data["wall_s"] = (cdims, np.full(self.shape, np.nan),
+                          {"units": "s", "description": "wall time of the cell"})
+        used = {d for dims in self.variables.values() for d in dims} | set(cdims)
+        coords = {k: v for k, v in self.coords.items() if k in used}
+        ds = xr.Dataset(data, coords=coords)
+        ds.attrs.update(provenance(self))
+        return ds
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _git_info() -> tuple[str, bool]:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=here, capture_output=True, text=True, timeout=5).stdout.strip())
+        return sha or "unknown", dirty
+    except Exception:
+        return "unknown", False
+
+
+def _versions() -> str:
+    out = {"python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "numba", "xarray", "zarr", "sympy", "cupy-cuda13x", "dask"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return json.dumps(out, sort_keys=True)
+
+
+def provenance(sweep: Sweep) -> dict:
+    """Flat provenance attributes (str/int/float only, so a netCDF export works as is)."""
+    sha, dirty = _git_info()
+    return {
+        "study": sweep.study,
+        "schema_version": SCHEMA_VERSION,
+        "params_json": sweep.params_json,
+        "root_seed": str(sweep.root_seed),
+        "seed_policy": "cell seed = SeedSequence(root_seed, spawn_key=cell grid index); "
+                       f"cell dims {list(sweep.cell_dims)}",
+        "versions": _versions(),
+        "git_sha": sha,
+        "git_dirty": int(dirty),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cli": " ".join(sys.argv),
+        **{k: (json.dumps(v, default=_json_default) if isinstance(v, (dict, list, tuple)) else v)
+           for k, v in sweep.attrs.items()},
+    }
+
+
+class StoreMismatch(Exception):
+    """The store at the output path holds a different run."""
+
+
+class SweepStore:
+    """The Zarr store of one sweep (template, cell writes, resume bookkeeping)."""
+
+    def __init__(self, path: Path, sweep: Sweep):
+        self.path = Path(path)
+        self.sweep = sweep
+        self._group = None
+
+    @staticmethod
+    def is_store(path: Path) -> bool:
+        return (Path(path) / "zarr.json").exists() or (Path(path) / ".zgroup").exists()
+
+    def open(self, overwrite: bool = False) -> "SweepStore":
+        import zarr
+
+        path = self.path
+        if path.exists():
+            if not path.is_dir():
+                raise StoreMismatch(f"{path} exists and is not a Zarr store")
+            if not self.is_store(path):
+                if any(path.iterdir()):
+                    raise StoreMismatch(f"{path} is a non-empty directory that is not a Zarr store; "
+                                        "choose another --out")
+                path.rmdir()
+            else:
+                attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+                same = (attrs.get("params_json") == self.sweep.params_json
+                        and int(attrs.get("schema_version", -1)) == SCHEMA_VERSION
+                        and attrs.get("study") == self.sweep.study)
+                if not same:
+                    if not overwrite:
+                        raise StoreMismatch(
+                            f"{path} holds a {attrs.get('study', '?')} run with other parameters; "
+                            "pass --overwrite to replace it, or choose another --out")
+                    shutil.rmtree(path)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds = self.sweep.template()
+            enc = {}
+            for name, dims in self.sweep.variables.items():
+                enc[name] = {"chunks": tuple(1 if d in self.sweep.cell_dims else len(ds[d]) for d in dims)}
+            for name in ("done", "wall_s"):
+                enc[name] = {"chunks": tuple(1 for _ in self.sweep.cell_dims)}
+            ds.to_zarr(str(path), mode="w", consolidated=False, encoding=enc)
+        self._group = zarr.open_group(str(path), mode="r+")
+        return self
+
+    def pending(self) -> list[tuple[int, ...]]:
+        done = np.asarray(self._group["done"][...], dtype=bool)
+        return [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
+
+    def write_cell(self, index: tuple[int, ...], result: Mapping[str, Any], wall_s: float) -> None:
+        cdims = list(self.sweep.cell_dims)
+        pos = dict(zip(cdims, index))
+        for name, dims in self.sweep.variables.items():
+            if name not in result:
+                raise KeyError(f"cell {index} returned no {name!r}")
+            value = np.asarray(result[name], dtype=float)
+            if not np.all(np.isfinite(value)):
+                raise FloatingPointError(f"cell {index}: non-finite values in {name!r}")
+            region = tuple(pos[d] if d in pos else slice(None) for d in dims)
+            self._group[name][region] = value
+        self._group["wall_s"][index] = float(wall_s)
+        self._group["done"][index] = True  # last: a cell counts only once all of it is written
+
+    def load(self) -> xr.Dataset:
+        return open_result(self.path)
+
+
+def str_coord(values) -> np.ndarray:
+    """String coordinate values as an object array: Zarr v3 stores those as variable-length
+    UTF-8 (fixed-width unicode has no v3 specification and draws a warning)."""
+    return np.array([str(v) for v in values], dtype=object)
+
+
+def open_result(path) -> xr.Dataset:
+    """Open a study's store as an in-memory xarray Dataset."""
+    with xr.open_zarr(str(path), consolidated=False) as ds:
+        return ds.load()
+
+
+def write_analysis(path, analysis: xr.Dataset) -> None:
+    """Add (or replace) derived variables — fits, theory_*, verdict_* — in the store.
+
+    The store's own attributes (provenance) are kept: ``to_zarr(mode="a")`` would replace
+    them with the analysis' attributes, so the two are merged first."""
+    import zarr
+
+    existing = dict(zarr.open_group(str(path), mode="r").attrs)
+    analysis = analysis.copy()
+    analysis.attrs = {**existing, **analysis.attrs}
+    analysis.to_zarr(str(path), mode="a", consolidated=False)
+
+
+class SerialExecutor(cf.Executor):
+    """Runs each call at once in this process (plain tracebacks; the default)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - delivered through the future
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            fut.set_exception(e)
+        return fut
+
+
+def _init_worker(threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+@contextlib.contextmanager
+def make_executor(workers: int = 1, scheduler: str | None = None):
+    """Yield an executor: serial (workers=1), process pool (workers>1) or Dask (scheduler)."""
+    if scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError as e:  # pragma: no cover - depends on the dist extra
+            raise RuntimeError("--scheduler needs the 'dist' extra (dask[distributed])") from e
+        with Client(scheduler) as client:
+            yield client.get_executor()
+        return
+    if workers <= 1:
+        yield SerialExecutor()
+        return
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                initializer=_init_worker, initargs=(threads,))
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _timed(run_cell, cell: Cell):
+    t0 = time.perf_counter()
+    out = run_cell(cell)
+    return out, time.perf_counter() - t0
+
+
+def run_sweep(sweep: Sweep, path, *, workers: int = 1, scheduler: str | None = None,
+              executor: cf.Executor | None = None, overwrite: bool = False,
+              progress: bool = True) -> tuple[xr.Dataset, dict]:
+    """Run every pending cell of ``sweep`` into the store at ``path``; return the dataset and
+    a summary ``{"cells": total, "computed": k, "resumed": j, "wall_s": t}``."""
+    from tqdm.auto import tqdm
+
+    store = SweepStore(path, sweep).open(overwrite=overwrite)
+    pending = store.pending()
+    total = int(np.prod(sweep.shape))
+    t0 = time.perf_counter()
+    cells = sweep.cells(pending)
+    bar = tqdm(total=total, initial=total - len(cells), desc=sweep.study, unit="cell",
+               disable=None if progress else True, leave=False)
+    ctx = contextlib.nullcontext(executor) if executor is not None else make_executor(workers, scheduler)
+    window = 1 if (executor is None and scheduler is None and workers <= 1) else max(2, 2 * workers)
+    todo = iter(cells)
+    try:
+        with ctx as ex:
+            inflight: dict = {}
+            try:
+                while True:
+                    while len(inflight) < window:
+                        c = next(todo, None)
+                        if c is None:
+                            break
+                        inflight[ex.submit(_timed, sweep.run_cell, c)] = c
+                    if not inflight:
+                        break
+                    finished, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        c = inflight.pop(fut)
+                        result, wall = fut.result()
+                        store.write_cell(c.index, result, wall)
+                        bar.update(1)
+            except BaseException:
+                for f in inflight:
+                    f.cancel()
+                raise
+    finally:
+        bar.close()
+    summary = {"cells": total, "computed": len(cells), "resumed": total - len(cells),
+               "wall_s": time.perf_counter() - t0}
+    return store.load(), summary
