@@ -109,17 +109,18 @@ def _stream(a, keys, values, xp, chunk):
     qblock = max(1, min(q, (1 << 22) // max(1, min(chunk, n))))
     outs, lses = [], []
     for q0 in range(0, q, qblock):
-        ab = a[q0:q0 + qblock, :]
+        ab = a[q0:min(q0 + qblock, q), :]
         m = xp.full((ab.shape[0],), -xp.inf, dtype=xp.float64)
         z = xp.zeros((ab.shape[0],), dtype=xp.float64)
         acc = xp.zeros((ab.shape[0], values.shape[1]), dtype=xp.float64)
         for c in range(0, n, chunk):
-            s = ab @ keys[c:c + chunk, :].T
+            c1 = min(c + chunk, n)  # explicit stops: the array API leaves overshooting ones undefined
+            s = ab @ keys[c:c1, :].T
             m_new = xp.maximum(m, xp.max(s, axis=1))
             scale = xp.exp(m - m_new)
             w = xp.exp(s - m_new[:, None])
             z = z * scale + xp.sum(w, axis=1)
-            acc = acc * scale[:, None] + w @ values[c:c + chunk, :]
+            acc = acc * scale[:, None] + w @ values[c:c1, :]
             m = m_new
         outs.append(acc / z[:, None])
         lses.append(m + xp.log(z))

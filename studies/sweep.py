@@ -17,7 +17,7 @@ Storage (``results/<study>.zarr``): the first run writes a template (NaN data, `
 False, chunk size 1 along every cell dim) with the provenance attributes; each finished cell
 is written into its own chunks, data first and ``done`` last, so a killed run leaves only whole
 cells behind and a rerun computes exactly the missing ones. An existing store is resumed only
-if its ``params_json`` and ``schema_version`` equal the new run's; otherwise the run stops with
+if its study, ``params_json``, root seed and ``schema_version`` equal the new run's; otherwise the run stops with
 a message (or replaces it with ``overwrite=True``). The driver process does all writes.
 
 Executors: anything with the ``concurrent.futures.Executor`` interface. ``make_executor``
@@ -219,11 +219,12 @@ class SweepStore:
                 attrs = dict(zarr.open_group(str(path), mode="r").attrs)
                 same = (attrs.get("params_json") == self.sweep.params_json
                         and int(attrs.get("schema_version", -1)) == SCHEMA_VERSION
-                        and attrs.get("study") == self.sweep.study)
+                        and attrs.get("study") == self.sweep.study
+                        and attrs.get("root_seed") == str(self.sweep.root_seed))
                 if not same:
                     if not overwrite:
                         raise StoreMismatch(
-                            f"{path} holds a {attrs.get('study', '?')} run with other parameters; "
+                            f"{path} holds a {attrs.get('study', '?')} run with other parameters or seed; "
                             "pass --overwrite to replace it, or choose another --out")
                     shutil.rmtree(path)
         if not path.exists():

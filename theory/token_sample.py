@@ -459,8 +459,9 @@ def predicted_rmse(law, x, A, V=None, n: float = 1.0, lam: float = 1.0):
 def sphere_directions(d: int, k: int) -> np.ndarray:
     """``k`` deterministic, well-spread unit vectors in R^d, shape (k, d).
 
-    d = 1: +-1; d = 2: equally spaced angles; d >= 3: an unscrambled Halton sequence pushed
-    through the Gaussian quantile function and normalised (quasi-uniform on the sphere).
+    d = 1: +-1; d = 2: equally spaced angles; d = 3: the Fibonacci (golden-spiral) lattice;
+    d >= 4: an unscrambled Halton sequence pushed through the Gaussian quantile function and
+    normalised (quasi-uniform on the sphere).
     """
     if d < 1 or k < 1:
         raise ValueError("need d >= 1 and k >= 1")
@@ -469,6 +470,12 @@ def sphere_directions(d: int, k: int) -> np.ndarray:
     if d == 2:
         t = 2 * np.pi * np.arange(k) / k
         return np.stack([np.cos(t), np.sin(t)], axis=1)
+    if d == 3:
+        i = np.arange(k) + 0.5
+        z = 1 - 2 * i / k
+        phi = np.pi * (3 - np.sqrt(5)) * i
+        r = np.sqrt(1 - z**2)
+        return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
     pts = stats.qmc.Halton(d, scramble=False).random(k + 1)[1:]
     g = special.ndtri(np.clip(pts, 1e-12, 1 - 1e-12))
     return g / np.linalg.norm(g, axis=1, keepdims=True)

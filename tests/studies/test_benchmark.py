@@ -1,0 +1,21 @@
+"""python -m studies.benchmark: machinery (the targets are measured by the real run)."""
+import pytest
+
+from studies import benchmark
+
+
+def test_attention_suite_quick(tmp_path, capsys):
+    out = tmp_path / "b.zarr"
+    assert benchmark.main(["--suite", "attention", "--quick", "--out", str(out)]) == 0
+    ds = benchmark.open_suite(out, "attention")
+    assert set(ds["impl"].values) == {"naive", "stream", "numba"}
+    assert (ds["pairs_per_s"] > 0).all() and bool(ds["verdict_agree"])
+    for k in ("device", "versions", "numba_threads"):
+        assert k in ds.attrs
+    assert "numba/naive" in capsys.readouterr().out
+
+
+def test_unknown_suite(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--suite", "nope", "--out", str(tmp_path / "b.zarr")])
+    assert e.value.code == 2 and "unknown suite" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""studies/sweep.py: seeds per cell, executors, resumption, store checks."""
+import functools
+
+import numpy as np
+import pytest
+import zarr
+
+from studies.sweep import (Sweep, StoreMismatch, SweepStore, cell_seed, open_result, run_sweep,
+                           write_analysis)
+
+
+def toy_cell(cell, scale=1.0, fail_after=None):
+    """A cheap cell: a few normals drawn from the cell's own stream."""
+    if fail_after is not None and cell.index[0] * 3 + cell.index[1] >= fail_after:
+        raise KeyboardInterrupt  # simulate Ctrl-C in the middle of the sweep
+    rng = np.random.default_rng(cell.seed)
+    return {"x": scale * rng.standard_normal(4) + cell.coords["a"],
+            "y": np.array(rng.random() + cell.coords["b"])}
+
+
+def make(seed=0, scale=1.0, **kw):
+    return Sweep(study="toy", cell_dims={"a": [10, 20, 30], "b": [0, 1, 2]},
+                 variables={"x": ("k", "a", "b"), "y": ("a", "b")}, coords={"k": np.arange(4)},
+                 params={"scale": scale}, run_cell=functools.partial(toy_cell, scale=scale, **kw),
+                 root_seed=seed)
+
+
+def test_cell_seeds_depend_only_on_root_and_index():
+    s1 = cell_seed(5, (1, 2)).generate_state(4)
+    assert np.array_equal(s1, cell_seed(5, (1, 2)).generate_state(4))
+    assert not np.array_equal(s1, cell_seed(5, (2, 1)).generate_state(4))
+    assert not np.array_equal(s1, cell_seed(6, (1, 2)).generate_state(4))
+
+
+def test_sweep_writes_every_cell_with_provenance(tmp_path):
+    ds, info = run_sweep(make(), tmp_path / "s.zarr", progress=False)
+    assert info == {**info, "cells": 9, "computed": 9, "resumed": 0}
+    assert ds["x"].dims == ("k", "a", "b") and bool(ds["done"].all())
+    assert np.all(np.isfinite(ds["x"].values)) and np.all(ds["wall_s"].values >= 0)
+    for key in ("study", "params_json", "root_seed", "versions", "git_sha", "created_utc", "seed_policy"):
+        assert key in ds.attrs
+    # the cell at (a=20, b=1) is its own seeded computation
+    exp = toy_cell(make().cells([(1, 1)])[0])
+    np.testing.assert_array_equal(ds["x"].sel(a=20, b=1).values, exp["x"])
+
+
+def test_same_seed_identical_other_seed_differs(tmp_path):
+    a, _ = run_sweep(make(seed=1), tmp_path / "a.zarr", progress=False)
+    b, _ = run_sweep(make(seed=1), tmp_path / "b.zarr", progress=False)
+    c, _ = run_sweep(make(seed=2), tmp_path / "c.zarr", progress=False)
+    np.testing.assert_array_equal(a["x"].values, b["x"].values)
+    assert not np.array_equal(a["x"].values, c["x"].values)
+
+
+def test_process_pool_equals_serial(tmp_path):
+    serial, _ = run_sweep(make(seed=3), tmp_path / "s.zarr", progress=False)
+    pooled, _ = run_sweep(make(seed=3), tmp_path / "p.zarr", workers=2, progress=False)
+    np.testing.assert_array_equal(serial["x"].values, pooled["x"].values)
+    np.testing.assert_array_equal(serial["y"].values, pooled["y"].values)
+
+
+def test_interrupted_sweep_resumes_to_the_same_dataset(tmp_path):
+    full, _ = run_sweep(make(seed=4), tmp_path / "full.zarr", progress=False)
+    path = tmp_path / "part.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(make(seed=4, fail_after=5), path, progress=False)
+    part = open_result(path)
+    assert int(part["done"].sum()) == 5  # the finished cells were kept
+    assert np.isnan(part["x"].values).any()
+    ds, info = run_sweep(make(seed=4), path, progress=False)
+    assert info["computed"] == 4 and info["resumed"] == 5
+    np.testing.assert_array_equal(ds["x"].values, full["x"].values)
+    np.testing.assert_array_equal(ds["y"].values, full["y"].values)
+
+
+def test_other_parameters_refuse_to_resume_unless_overwrite(tmp_path):
+    path = tmp_path / "s.zarr"
+    run_sweep(make(scale=1.0), path, progress=False)
+    with pytest.raises(StoreMismatch, match="other parameters"):
+        run_sweep(make(scale=2.0), path, progress=False)
+    ds, info = run_sweep(make(scale=2.0), path, overwrite=True, progress=False)
+    assert info["computed"] == 9 and '"scale": 2.0' in ds.attrs["params_json"]
+
+
+def test_foreign_directory_is_never_deleted(tmp_path):
+    path = tmp_path / "mine"
+    path.mkdir()
+    (path / "notes.txt").write_text("keep me")
+    with pytest.raises(StoreMismatch, match="not a Zarr store"):
+        run_sweep(make(), path, overwrite=True, progress=False)
+    assert (path / "notes.txt").exists()
+
+
+def test_non_finite_results_are_refused(tmp_path):
+    sweep = make()
+    store = SweepStore(tmp_path / "s.zarr", sweep).open()
+    with pytest.raises(FloatingPointError):
+        store.write_cell((0, 0), {"x": np.array([1.0, np.nan, 0, 0]), "y": np.array(1.0)}, 0.1)
+    assert not bool(zarr.open_group(str(tmp_path / "s.zarr"))["done"][0, 0])
+
+
+def test_analysis_keeps_provenance(tmp_path):
+    import xarray as xr
+
+    path = tmp_path / "s.zarr"
+    ds, _ = run_sweep(make(), path, progress=False)
+    an = xr.Dataset({"m": (("a",), ds["y"].mean("b").values)}, coords={"a": ds["a"].values},
+                    attrs={"note": "analysis"})
+    write_analysis(path, an)
+    write_analysis(path, an)  # idempotent
+    out = open_result(path)
+    assert out.attrs["study"] == "toy" and out.attrs["note"] == "analysis" and "m" in out
+
+
+def test_other_seed_refuses_to_resume(tmp_path):
+    path = tmp_path / "s.zarr"
+    run_sweep(make(seed=1), path, progress=False)
+    with pytest.raises(StoreMismatch, match="seed"):
+        run_sweep(make(seed=2), path, progress=False)
