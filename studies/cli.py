@@ -42,6 +42,7 @@ __all__ = [
     "nonnegative_int",
     "add_common_arguments",
     "check_out_path",
+    "executor_options",
     "run_main",
 ]
 
@@ -155,7 +156,8 @@ def nonnegative_int(text: str) -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
-    """Options every study shares: --seed --out --workers --device --quick --overwrite --plot."""
+    """Options every study shares: --seed --out --overwrite --workers --dask-local --scheduler
+    --device --quick --plot --no-progress. Results never depend on how cells are executed."""
     g = parser.add_argument_group("run control (shared by all studies)")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="root seed of the run (default 0)")
     g.add_argument("--out", type=Path, default=Path("results") / f"{study}.zarr",
@@ -165,11 +167,28 @@ def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
                    help="replace an existing store that holds a run with other parameters")
     g.add_argument("--workers", type=positive_int, default=1,
                    help="local worker processes (default 1: in-process)")
+    g.add_argument("--dask-local", type=positive_int, default=None, metavar="N",
+                   help="run the cells on a local Dask cluster of N worker processes (needs the dist extra)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the cells on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
+                        "(its workers must see --out)")
     g.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
                    help="where the Monte Carlo runs (gpu needs CuPy and a CUDA device)")
     g.add_argument("--quick", action="store_true", help="a small, fast version of the run (seconds)")
     g.add_argument("--plot", action="store_true", help="draw the study's figure next to the store")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def executor_options(args) -> dict:
+    """The run_sweep keywords selected by --workers / --dask-local / --scheduler (validated)."""
+    if args.scheduler and args.dask_local:
+        raise UsageError("choose one of --scheduler and --dask-local")
+    if args.scheduler or args.dask_local:
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise UsageError("Dask execution needs the 'dist' extra: pip install -e '.[dist]'")
+    return {"workers": args.workers, "scheduler": args.scheduler, "dask_local": args.dask_local}
 
 
 def check_out_path(path: Path) -> Path:

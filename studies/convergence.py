@@ -30,7 +30,7 @@ from sim.backend import DeviceUnavailable, make_rng, resolve_device
 from sim.distributions import DISTRIBUTIONS, make_distribution
 from sim.token_sample import sup_errors
 from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
-                         parse_n_grid, parse_range, positive_int, run_main)
+                         executor_options, parse_n_grid, parse_range, positive_int, run_main)
 from studies.fits import loglog_rate, ols
 from studies.sweep import StoreMismatch, Sweep, run_sweep, write_analysis
 from theory import token_sample as ts
@@ -263,6 +263,7 @@ def _validate(args):
     except DeviceUnavailable as e:
         raise UsageError(str(e)) from None
     check_out_path(args.out)
+    args.executor = executor_options(args)
 
 
 def _main(argv=None) -> int:
@@ -271,8 +272,8 @@ def _main(argv=None) -> int:
     sweep = make_sweep(args)
     t0 = time.perf_counter()
     try:
-        ds, info = run_sweep(sweep, args.out, workers=args.workers, overwrite=args.overwrite,
-                             progress=not args.no_progress)
+        ds, info = run_sweep(sweep, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                             **args.executor)
     except StoreMismatch as e:
         raise UsageError(str(e)) from None
     except OSError as e:

@@ -18,11 +18,14 @@ False, chunk size 1 along every cell dim) with the provenance attributes; each f
 is written into its own chunks, data first and ``done`` last, so a killed run leaves only whole
 cells behind and a rerun computes exactly the missing ones. An existing store is resumed only
 if its study, ``params_json``, root seed and ``schema_version`` equal the new run's; otherwise the run stops with
-a message (or replaces it with ``overwrite=True``). The driver process does all writes.
+a message (or replaces it with ``overwrite=True``). Cells are written by the process that computed them.
 
 Executors: anything with the ``concurrent.futures.Executor`` interface. ``make_executor``
 gives an in-process serial executor (``workers=1``; plain tracebacks), a local process pool
-(``workers>1``), or — the same interface — a Dask ``Client(address).get_executor()``.
+(``workers>1``), a Dask ``LocalCluster`` (``dask_local=N``) or an existing Dask cluster
+(``scheduler=ADDRESS``, ``Client(address).get_executor()``). Every executor runs the same task,
+:func:`compute_and_store`: the process that computes a cell also writes it (each cell owns its
+chunks, so concurrent writers never collide), and the driver only tracks completion.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ __all__ = [
     "Sweep",
     "StoreMismatch",
     "SweepStore",
+    "CellWriter",
+    "compute_and_store",
     "SerialExecutor",
     "make_executor",
     "cell_seed",
@@ -228,6 +233,7 @@ class SweepStore:
                             "pass --overwrite to replace it, or choose another --out")
                     shutil.rmtree(path)
         if not path.exists():
+            _OPEN_GROUPS.pop(str(path), None)  # a store recreated here must be reopened
             path.parent.mkdir(parents=True, exist_ok=True)
             ds = self.sweep.template()
             enc = {}
@@ -243,22 +249,52 @@ class SweepStore:
         done = np.asarray(self._group["done"][...], dtype=bool)
         return [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
 
+    def writer(self) -> "CellWriter":
+        return CellWriter(str(self.path), dict(self.sweep.variables), tuple(self.sweep.cell_dims))
+
     def write_cell(self, index: tuple[int, ...], result: Mapping[str, Any], wall_s: float) -> None:
-        cdims = list(self.sweep.cell_dims)
-        pos = dict(zip(cdims, index))
-        for name, dims in self.sweep.variables.items():
+        self.writer().write(index, result, wall_s)
+
+    def load(self) -> xr.Dataset:
+        return open_result(self.path)
+
+
+_OPEN_GROUPS: dict = {}
+
+
+@dataclass(frozen=True)
+class CellWriter:
+    """Writes one cell's results into the store, from whichever process computed it (the
+    driver, a pool worker, a Dask worker): every cell owns its own chunks, so concurrent
+    writers never touch the same chunk. Picklable: it carries a path, not an open store."""
+
+    path: str
+    variables: dict
+    cell_dims: tuple
+
+    def _group(self):
+        import zarr
+
+        g = _OPEN_GROUPS.get(self.path)
+        if g is None:
+            g = _OPEN_GROUPS[self.path] = zarr.open_group(self.path, mode="r+")
+        return g
+
+    def write(self, index: tuple[int, ...], result: Mapping[str, Any], wall_s: float) -> None:
+        pos = dict(zip(self.cell_dims, index))
+        arrays = {}
+        for name, dims in self.variables.items():  # validate everything before writing anything
             if name not in result:
                 raise KeyError(f"cell {index} returned no {name!r}")
             value = np.asarray(result[name], dtype=float)
             if not np.all(np.isfinite(value)):
                 raise FloatingPointError(f"cell {index}: non-finite values in {name!r}")
-            region = tuple(pos[d] if d in pos else slice(None) for d in dims)
-            self._group[name][region] = value
-        self._group["wall_s"][index] = float(wall_s)
-        self._group["done"][index] = True  # last: a cell counts only once all of it is written
-
-    def load(self) -> xr.Dataset:
-        return open_result(self.path)
+            arrays[name] = (tuple(pos[d] if d in pos else slice(None) for d in dims), value)
+        g = self._group()
+        for name, (region, value) in arrays.items():
+            g[name][region] = value
+        g["wall_s"][index] = float(wall_s)
+        g["done"][index] = True  # last: a cell counts only once all of it is written
 
 
 def str_coord(values) -> np.ndarray:
@@ -307,14 +343,29 @@ def _init_worker(threads: int) -> None:
 
 
 @contextlib.contextmanager
-def make_executor(workers: int = 1, scheduler: str | None = None):
-    """Yield an executor: serial (workers=1), process pool (workers>1) or Dask (scheduler)."""
-    if scheduler is not None:
+def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: int | None = None):
+    """Yield an executor with the ``concurrent.futures`` interface:
+
+    * ``scheduler="tcp://host:port"`` — a Dask distributed cluster (``Client(addr).get_executor()``);
+    * ``dask_local=N`` — a Dask ``LocalCluster`` of N single-threaded worker processes;
+    * ``workers=N > 1`` — a local process pool (spawned processes);
+    * otherwise — the in-process serial executor.
+
+    Worker processes get ``cpu_count // N`` Numba threads each, so N workers do not oversubscribe.
+    """
+    threads = max(1, (os.cpu_count() or 1) // max(1, dask_local or workers))
+    if scheduler is not None or dask_local:
         try:
-            from distributed import Client
+            from distributed import Client, LocalCluster
         except ImportError as e:  # pragma: no cover - depends on the dist extra
-            raise RuntimeError("--scheduler needs the 'dist' extra (dask[distributed])") from e
-        with Client(scheduler) as client:
+            raise RuntimeError("Dask execution needs the 'dist' extra: pip install -e '.[dist]'") from e
+        if scheduler is not None:
+            with Client(scheduler) as client:
+                yield client.get_executor()
+            return
+        with LocalCluster(n_workers=dask_local, threads_per_worker=1, processes=True,
+                          dashboard_address=None, env={"NUMBA_NUM_THREADS": str(threads)}) as cluster, \
+                Client(cluster) as client:
             yield client.get_executor()
         return
     if workers <= 1:
@@ -322,7 +373,6 @@ def make_executor(workers: int = 1, scheduler: str | None = None):
         return
     import multiprocessing as mp
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
     ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                 initializer=_init_worker, initargs=(threads,))
     try:
@@ -331,28 +381,40 @@ def make_executor(workers: int = 1, scheduler: str | None = None):
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _timed(run_cell, cell: Cell):
+def compute_and_store(run_cell, writer: CellWriter, cell: Cell) -> tuple[tuple[int, ...], float]:
+    """The task every executor runs: compute one cell, write it into the store, report timing."""
     t0 = time.perf_counter()
     out = run_cell(cell)
-    return out, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    writer.write(cell.index, out, wall)
+    return cell.index, wall
 
 
 def run_sweep(sweep: Sweep, path, *, workers: int = 1, scheduler: str | None = None,
-              executor: cf.Executor | None = None, overwrite: bool = False,
-              progress: bool = True) -> tuple[xr.Dataset, dict]:
+              dask_local: int | None = None, executor: cf.Executor | None = None,
+              overwrite: bool = False, progress: bool = True) -> tuple[xr.Dataset, dict]:
     """Run every pending cell of ``sweep`` into the store at ``path``; return the dataset and
-    a summary ``{"cells": total, "computed": k, "resumed": j, "wall_s": t}``."""
+    a summary ``{"cells": total, "computed": k, "resumed": j, "wall_s": t}``.
+
+    The executor (see :func:`make_executor`, or pass one) runs :func:`compute_and_store` on each
+    cell, so the cell is written by the process that computed it; the driver only submits a
+    bounded window of cells, waits, and advances the progress bar. A cell whose task fails or
+    is lost (a killed worker) stays ``done = False`` and is computed by the next run.
+    """
     from tqdm.auto import tqdm
 
     store = SweepStore(path, sweep).open(overwrite=overwrite)
+    writer = store.writer()
     pending = store.pending()
     total = int(np.prod(sweep.shape))
     t0 = time.perf_counter()
     cells = sweep.cells(pending)
     bar = tqdm(total=total, initial=total - len(cells), desc=sweep.study, unit="cell",
                disable=None if progress else True, leave=False)
-    ctx = contextlib.nullcontext(executor) if executor is not None else make_executor(workers, scheduler)
-    window = 1 if (executor is None and scheduler is None and workers <= 1) else max(2, 2 * workers)
+    parallel = executor is not None or scheduler is not None or dask_local or workers > 1
+    window = max(2, 2 * max(workers, dask_local or 1, 8 if (executor or scheduler) else 1)) if parallel else 1
+    ctx = (contextlib.nullcontext(executor) if executor is not None
+           else make_executor(workers, scheduler, dask_local))
     todo = iter(cells)
     try:
         with ctx as ex:
@@ -363,14 +425,13 @@ def run_sweep(sweep: Sweep, path, *, workers: int = 1, scheduler: str | None = N
                         c = next(todo, None)
                         if c is None:
                             break
-                        inflight[ex.submit(_timed, sweep.run_cell, c)] = c
+                        inflight[ex.submit(compute_and_store, sweep.run_cell, writer, c)] = c
                     if not inflight:
                         break
                     finished, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
                     for fut in finished:
-                        c = inflight.pop(fut)
-                        result, wall = fut.result()
-                        store.write_cell(c.index, result, wall)
+                        inflight.pop(fut)
+                        fut.result()
                         bar.update(1)
             except BaseException:
                 for f in inflight:

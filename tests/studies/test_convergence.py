@@ -64,8 +64,10 @@ def test_same_seed_identical_and_workers_equal_serial(tmp_path):
     assert run(args + ["--out", str(tmp_path / "a.zarr")]) == 0
     assert run(args + ["--out", str(tmp_path / "b.zarr"), "--workers", "2"]) == 0
     assert run(args + ["--out", str(tmp_path / "c.zarr"), "--seed", "1"]) == 0
-    a, b, c = (open_result(tmp_path / f"{k}.zarr")["sup_err"].values for k in "abc")
+    assert run(args + ["--out", str(tmp_path / "d.zarr"), "--dask-local", "2"]) == 0
+    a, b, c, d = (open_result(tmp_path / f"{k}.zarr")["sup_err"].values for k in "abcd")
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, d)
     assert not np.array_equal(a, c)
 
 
@@ -107,6 +109,7 @@ BAD = [
     (["--n", "2^8..2^9"], "at least 3"),
     (["--reps", "1"], "at least 2"),
     (["--A-scale", "-1"], "positive"),
+    (["--dask-local", "2", "--scheduler", "tcp://127.0.0.1:1"], "choose one"),
 ]
 
 

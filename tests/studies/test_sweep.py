@@ -1,5 +1,6 @@
 """studies/sweep.py: seeds per cell, executors, resumption, store checks."""
 import functools
+import time
 
 import numpy as np
 import pytest
@@ -117,3 +118,68 @@ def test_other_seed_refuses_to_resume(tmp_path):
     run_sweep(make(seed=1), path, progress=False)
     with pytest.raises(StoreMismatch, match="seed"):
         run_sweep(make(seed=2), path, progress=False)
+
+
+# ------------------------------------------------------------------ Dask (the dist extra)
+def _local_cluster(n):
+    distributed = pytest.importorskip("distributed")
+    return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+
+
+def test_dask_local_cluster_equals_serial(tmp_path):
+    pytest.importorskip("distributed")
+    serial, _ = run_sweep(make(seed=7), tmp_path / "s.zarr", progress=False)
+    dask, info = run_sweep(make(seed=7), tmp_path / "d.zarr", dask_local=2, progress=False)
+    assert info["computed"] == 9
+    np.testing.assert_array_equal(serial["x"].values, dask["x"].values)
+    np.testing.assert_array_equal(serial["y"].values, dask["y"].values)
+
+
+def slow_cell(cell, scale=1.0):
+    import time
+
+    time.sleep(0.3)
+    return toy_cell(cell, scale)
+
+
+def test_killing_a_dask_worker_loses_nothing(tmp_path):
+    """SIGKILL one of two workers mid-sweep; whatever that run does (Dask may reschedule the
+    lost task or give up on it), a rerun completes the store with exactly the serial values."""
+    import os
+    import signal
+    import threading
+
+    from distributed import Client
+
+    serial, _ = run_sweep(make(seed=8), tmp_path / "s.zarr", progress=False)
+    sweep = make(seed=8)
+    sweep.run_cell = functools.partial(slow_cell, scale=1.0)
+    path = tmp_path / "d.zarr"
+    with _local_cluster(2) as cluster, Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        errors = []
+
+        def go():
+            try:
+                run_sweep(sweep, path, executor=client.get_executor(), progress=False)
+            except BaseException as e:  # noqa: BLE001 - a lost task may surface here
+                errors.append(e)
+
+        t = threading.Thread(target=go)
+        t.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            time.sleep(0.05)
+            try:
+                if int(np.sum(zarr.open_group(str(path), mode="r")["done"][...])) >= 2:
+                    break
+            except Exception:
+                continue
+        os.kill(pids[0], signal.SIGKILL)
+        t.join(timeout=120)
+        assert not t.is_alive()
+    ds, info = run_sweep(sweep, path, progress=False)  # the rerun: serial, only what is missing
+    assert bool(ds["done"].all())
+    np.testing.assert_array_equal(ds["x"].values, serial["x"].values)
+    np.testing.assert_array_equal(ds["y"].values, serial["y"].values)
