@@ -26,7 +26,11 @@ Implementations (``method=``):
               queries and keys (runs on NumPy or CuPy arrays);
 ``"naive"``   the obviously-correct reference: materialise the q x n score matrix, subtract
               the row max, exponentiate, normalise. Small inputs only.
-``"auto"``    ``"numba"`` for NumPy inputs, ``"stream"`` otherwise.
+``"cuda"``    the numba-cuda kernel of :mod:`gpu.attention` (float64 accumulators; scores and
+              exp in the input dtype), for device (CuPy) arrays or, under the CUDA simulator,
+              NumPy arrays; needs ``dk, dv <= gpu.attention.MAX_DIM``;
+``"auto"``    ``"numba"`` for NumPy inputs; for device arrays ``"cuda"`` when the dimensions
+              fit the kernel, else ``"stream"``.
 
 All three agree to ~1e-14 relative to ``max |y|`` in float64 (tests/sim/test_attention.py).
 """
@@ -43,7 +47,7 @@ from sim.kernels_cpu import FASTMATH, exp_fast
 
 __all__ = ["softmax_attention", "METHODS", "DEFAULT_CHUNK"]
 
-METHODS = ("auto", "numba", "stream", "naive")
+METHODS = ("auto", "numba", "stream", "naive", "cuda")
 DEFAULT_CHUNK = 2048
 _RESCALE_AT = math.exp(300.0)
 _EXP_CAP = 400.0  # keeps every chunk sum finite (L * e^400 << 1.8e308) before the rescale check
@@ -69,7 +73,16 @@ def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int 
             and (values is keys or bool(xp.all(xp.isfinite(values))))):
         raise ValueError("attention inputs must be finite")
     if method == "auto":
-        method = "numba" if is_numpy(a) else "stream"
+        if is_numpy(a):
+            method = "numba"
+        else:
+            from gpu.attention import MAX_DIM
+
+            method = "cuda" if max(keys.shape[1], values.shape[1]) <= MAX_DIM else "stream"
+    if method == "cuda":
+        from gpu.attention import softmax_attention as cuda_attention
+
+        return cuda_attention(a, keys, values)
     if method == "naive":
         return _naive(a, keys, values, xp)
     if method == "stream":

@@ -1,0 +1,152 @@
+"""Streaming softmax attention on a CUDA device (numba-cuda), the twin of ``sim.attention``.
+
+Contract (as :func:`sim.attention.softmax_attention`): score vectors ``a`` (q, dk), keys
+``K`` (n, dk), values ``Y`` (n, dv; default the keys); returns ``out`` (q, dv) =
+``sum_j softmax_j(<a_i, k_j>) y_j`` and ``lse`` (q,) = ``log sum_j exp(<a_i, k_j>)``.
+
+Layout of the computation: the grid is (queries, token slices). In block (i, s) each of the
+``tpb`` threads walks the tokens ``j = s*L + t, s*L + t + tpb, ...`` of slice s (consecutive
+threads read consecutive tokens: coalesced), keeping an online softmax state ``(m, z, acc)``:
+``m`` the running max score, ``z = sum exp(s_j - m)`` and ``acc = sum exp(s_j - m) y_j``, all
+rescaled when m grows. The block merges its threads' states by a shared-memory tree, and the
+host merges the slices with the same (associative) rule, so memory is O(q * slices * dv) and no
+q x n array exists. Scores and exponentials use the input dtype (float32 inputs run on the fast
+single-precision units); ``z`` and ``acc`` are float64 in every case.
+
+Limits: ``dk, dv <= MAX_DIM`` (per-thread accumulators live in registers). Inputs may be NumPy
+arrays (copied to the device) or any ``__cuda_array_interface__`` arrays (CuPy): outputs are
+NumPy for NumPy inputs and CuPy otherwise. Runs under ``NUMBA_ENABLE_CUDASIM=1`` without a GPU
+(slowly: tests use tiny grids).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+__all__ = ["softmax_attention", "merge_partials", "MAX_DIM"]
+
+MAX_DIM = 8
+_TPB = 128  # threads per block on a real GPU (power of two)
+
+
+@cuda.jit(cache=False)
+def _attend_kernel(a, kt, vt, slice_len, pm, pz, pacc):
+    i = cuda.blockIdx.x
+    sl = cuda.blockIdx.y
+    t = cuda.threadIdx.x
+    tpb = cuda.blockDim.x
+    dk = kt.shape[0]
+    dv = vt.shape[0]
+    n = kt.shape[1]
+    acc = cuda.local.array(MAX_DIM, float64)
+    ai = cuda.local.array(MAX_DIM, float64)
+    for k in range(dv):
+        acc[k] = 0.0
+    for k in range(dk):
+        ai[k] = a[i, k]
+    m = -math.inf
+    z = 0.0
+    j = sl * slice_len + t
+    stop = min(n, (sl + 1) * slice_len)
+    while j < stop:
+        s = ai[0] * kt[0, j]
+        for k in range(1, dk):
+            s += ai[k] * kt[k, j]
+        if s > m:
+            r = math.exp(m - s)  # 0 on the first token (m = -inf)
+            z *= r
+            for k in range(dv):
+                acc[k] *= r
+            m = s
+        w = math.exp(s - m)
+        z += w
+        for k in range(dv):
+            acc[k] += w * vt[k, j]
+        j += tpb
+
+    # merge the block's threads: shared-memory tree of (m, z, acc)
+    sm_m = cuda.shared.array(_TPB, float64)
+    sm_z = cuda.shared.array(_TPB, float64)
+    sm_acc = cuda.shared.array((_TPB, MAX_DIM), float64)
+    sm_m[t] = m
+    sm_z[t] = z
+    for k in range(dv):
+        sm_acc[t, k] = acc[k]
+    cuda.syncthreads()
+    stride = tpb // 2
+    while stride > 0:
+        if t < stride:
+            m1 = sm_m[t]
+            m2 = sm_m[t + stride]
+            if m2 > -math.inf:
+                mm = max(m1, m2)
+                r1 = math.exp(m1 - mm) if m1 > -math.inf else 0.0
+                r2 = math.exp(m2 - mm)
+                sm_z[t] = sm_z[t] * r1 + sm_z[t + stride] * r2
+                for k in range(dv):
+                    sm_acc[t, k] = sm_acc[t, k] * r1 + sm_acc[t + stride, k] * r2
+                sm_m[t] = mm
+        cuda.syncthreads()
+        stride //= 2
+    if t == 0:
+        pm[i, sl] = sm_m[0]
+        pz[i, sl] = sm_z[0]
+        for k in range(dv):
+            pacc[i, sl, k] = sm_acc[0, k]
+
+
+def merge_partials(pm, pz, pacc, xp=np):
+    """Merge per-slice softmax states (m, z, acc) along axis 1 into (out, lse)."""
+    m = xp.max(pm, axis=1)
+    r = xp.where(pm > -xp.inf, xp.exp(pm - m[:, None]), 0.0)
+    z = xp.sum(pz * r, axis=1)
+    acc = xp.sum(pacc * r[:, :, None], axis=1)
+    return acc / z[:, None], m + xp.log(z)
+
+
+def _is_device_array(x) -> bool:
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: int | None = None):
+    """Streaming softmax attention on the GPU; returns ``(out, lse)`` (module docstring)."""
+    values = keys if values is None else values
+    if a.ndim != 2 or keys.ndim != 2 or values.ndim != 2 or a.shape[1] != keys.shape[1]:
+        raise ValueError("need a (q, dk), keys (n, dk), values (n, dv)")
+    q, dk = a.shape
+    n, dv = values.shape
+    if n == 0 or keys.shape[0] != n:
+        raise ValueError("keys and values need the same, positive, number of rows")
+    if dk > MAX_DIM or dv > MAX_DIM:
+        raise ValueError(f"the CUDA kernel handles dk, dv <= {MAX_DIM}; use method='stream'")
+    on_device = _is_device_array(a)
+    tpb = min(_TPB, 1 << max(0, int(tpb or _TPB) - 1).bit_length())  # a power of two
+    if slices is None:
+        # enough blocks to fill a large GPU (~4 waves of 132 SMs x 16 blocks) without tiny slices
+        slices = max(1, min(n // (4 * tpb) or 1, math.ceil(8192 / q)))
+    slice_len = math.ceil(n / slices)
+    slices = math.ceil(n / slice_len)
+    if on_device:
+        import cupy as xp
+
+        kt = xp.ascontiguousarray(keys.T)
+        vt = kt if values is keys else xp.ascontiguousarray(values.T)
+        a_d = xp.ascontiguousarray(a)
+        pm = xp.empty((q, slices))
+        pz = xp.empty((q, slices))
+        pacc = xp.empty((q, slices, dv))
+    else:
+        xp = np
+        kt_h = np.ascontiguousarray(keys.T)
+        kt = cuda.to_device(kt_h)
+        vt = kt if values is keys else cuda.to_device(np.ascontiguousarray(values.T))
+        a_d = cuda.to_device(np.ascontiguousarray(a))
+        pm = cuda.device_array((q, slices))
+        pz = cuda.device_array((q, slices))
+        pacc = cuda.device_array((q, slices, dv))
+    _attend_kernel[(q, slices), tpb](a_d, kt, vt, slice_len, pm, pz, pacc)
+    if not on_device:
+        pm, pz, pacc = pm.copy_to_host(), pz.copy_to_host(), pacc.copy_to_host()
+    return merge_partials(pm, pz, pacc, xp)
