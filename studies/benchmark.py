@@ -12,7 +12,11 @@ A suite is a module ``studies/benchmarks/<name>.py`` defining
     def run(quick: bool) -> xr.Dataset        # timings; attrs hold targets and verdicts
     def summary(ds: xr.Dataset) -> str        # the lines printed after the run
 
-and listed in :data:`SUITES` below (modules that do not exist yet are skipped).
+and listed in :data:`SUITES` below (modules that do not exist yet are skipped). Its dataset has
+a ``time_s`` variable with an ``impl`` dimension (the implementations compared), which is what
+``python -m paper_figs.benchmark`` draws. A suite that cannot run on this machine (the ``gpu``
+suite without a GPU) raises an exception named ``SuiteUnavailable``: it is skipped with a note,
+or is a usage error when asked for by name.
 """
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ def build_parser():
     p.add_argument("--out", type=Path, default=Path("results") / "benchmark.zarr",
                    help="Zarr store for the timings (default results/benchmark.zarr)")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds): checks the machinery, not the targets")
+    p.add_argument("--plot", action="store_true", help="draw the timings figure next to the store")
     return p
 
 
@@ -74,17 +79,30 @@ def _main(argv=None) -> int:
     suites = args.suite or available_suites()
     if not suites:
         raise UsageError("no benchmark suites are installed")
+    explicit = args.suite is not None
     for name in suites:
         mod = importlib.import_module(f"studies.benchmarks.{name}")
         print(f"== {name}: {mod.DESCRIPTION}", flush=True)
         t0 = time.perf_counter()
-        ds = mod.run(quick=args.quick)
+        try:
+            ds = mod.run(quick=args.quick)
+        except RuntimeError as e:
+            if type(e).__name__ != "SuiteUnavailable":
+                raise
+            if explicit:
+                raise UsageError(f"suite {name!r} cannot run here: {e}") from None
+            print(f"   skipped: {e}")
+            continue
         ds.attrs.update({k: v for k, v in machine_attrs().items() if k not in ds.attrs})
         ds.attrs.update({"suite": name, "quick": int(args.quick), "cli": " ".join(sys.argv)})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         ds.to_zarr(str(args.out), group=name, mode="w", consolidated=False)
         print(mod.summary(ds))
         print(f"   ({time.perf_counter() - t0:.1f} s; stored in {args.out} group {name!r})", flush=True)
+    if args.plot:
+        from paper_figs.benchmark import draw
+
+        print(f"figure: {draw(args.out)}")
     return 0
 
 
