@@ -11,7 +11,9 @@ threads read consecutive tokens: coalesced), keeping an online softmax state ``(
 rescaled when m grows. The block merges its threads' states by a shared-memory tree, and the
 host merges the slices with the same (associative) rule, so memory is O(q * slices * dv) and no
 q x n array exists. Scores and exponentials use the input dtype (float32 inputs run on the fast
-single-precision units); ``z`` and ``acc`` are float64 in every case.
+single-precision units and the fast ``ex2.approx`` exp); ``z`` and ``acc`` are float64 in
+every case. One kernel is compiled per (dk, dv, score dtype), so the per-thread vectors have
+constant sizes and stay in registers.
 
 Limits: ``dk, dv <= MAX_DIM`` (per-thread accumulators live in registers). Inputs may be NumPy
 arrays (copied to the device) or any ``__cuda_array_interface__`` arrays (CuPy): outputs are
@@ -20,81 +22,89 @@ NumPy for NumPy inputs and CuPy otherwise. Runs under ``NUMBA_ENABLE_CUDASIM=1``
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float32, float64
 
-__all__ = ["softmax_attention", "merge_partials", "MAX_DIM"]
+__all__ = ["softmax_attention", "merge_partials", "attend_kernel", "MAX_DIM"]
 
 MAX_DIM = 8
 _TPB = 128  # threads per block on a real GPU (power of two)
 
 
-@cuda.jit(cache=False)
-def _attend_kernel(a, kt, vt, slice_len, pm, pz, pacc):
-    i = cuda.blockIdx.x
-    sl = cuda.blockIdx.y
-    t = cuda.threadIdx.x
-    tpb = cuda.blockDim.x
-    dk = kt.shape[0]
-    dv = vt.shape[0]
-    n = kt.shape[1]
-    acc = cuda.local.array(MAX_DIM, float64)
-    ai = cuda.local.array(MAX_DIM, float64)
-    for k in range(dv):
-        acc[k] = 0.0
-    for k in range(dk):
-        ai[k] = a[i, k]
-    m = -math.inf
-    z = 0.0
-    j = sl * slice_len + t
-    stop = min(n, (sl + 1) * slice_len)
-    while j < stop:
-        s = ai[0] * kt[0, j]
-        for k in range(1, dk):
-            s += ai[k] * kt[k, j]
-        if s > m:
-            r = math.exp(m - s)  # 0 on the first token (m = -inf)
-            z *= r
-            for k in range(dv):
-                acc[k] *= r
-            m = s
-        w = math.exp(s - m)
-        z += w
-        for k in range(dv):
-            acc[k] += w * vt[k, j]
-        j += tpb
+@functools.cache
+def attend_kernel(dk: int, dv: int, score_dtype: str):
+    """The kernel specialised to (dk, dv, score dtype): constant loop bounds let the per-thread
+    score vector and accumulators live in registers, and float32 scores use the fast exp."""
+    st = float32 if score_dtype == "float32" else float64
+    neg_inf = -math.inf
 
-    # merge the block's threads: shared-memory tree of (m, z, acc)
-    sm_m = cuda.shared.array(_TPB, float64)
-    sm_z = cuda.shared.array(_TPB, float64)
-    sm_acc = cuda.shared.array((_TPB, MAX_DIM), float64)
-    sm_m[t] = m
-    sm_z[t] = z
-    for k in range(dv):
-        sm_acc[t, k] = acc[k]
-    cuda.syncthreads()
-    stride = tpb // 2
-    while stride > 0:
-        if t < stride:
-            m1 = sm_m[t]
-            m2 = sm_m[t + stride]
-            if m2 > -math.inf:
-                mm = max(m1, m2)
-                r1 = math.exp(m1 - mm) if m1 > -math.inf else 0.0
-                r2 = math.exp(m2 - mm)
-                sm_z[t] = sm_z[t] * r1 + sm_z[t + stride] * r2
-                for k in range(dv):
-                    sm_acc[t, k] = sm_acc[t, k] * r1 + sm_acc[t + stride, k] * r2
-                sm_m[t] = mm
-        cuda.syncthreads()
-        stride //= 2
-    if t == 0:
-        pm[i, sl] = sm_m[0]
-        pz[i, sl] = sm_z[0]
+    @cuda.jit(fastmath=score_dtype == "float32")
+    def kernel(a, kt, vt, slice_len, pm, pz, pacc):
+        i = cuda.blockIdx.x
+        sl = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        tpb = cuda.blockDim.x
+        n = kt.shape[1]
+        acc = cuda.local.array(dv, float64)
+        ai = cuda.local.array(dk, st)
         for k in range(dv):
-            pacc[i, sl, k] = sm_acc[0, k]
+            acc[k] = 0.0
+        for k in range(dk):
+            ai[k] = a[i, k]
+        m = st(neg_inf)
+        z = 0.0
+        j = sl * slice_len + t
+        stop = min(n, (sl + 1) * slice_len)
+        while j < stop:
+            s = ai[0] * kt[0, j]
+            for k in range(1, dk):
+                s += ai[k] * kt[k, j]
+            if s > m:
+                r = math.exp(m - s)  # 0 on the first token (m = -inf)
+                z *= r
+                for k in range(dv):
+                    acc[k] *= r
+                m = s
+            w = float64(math.exp(s - m))
+            z += w
+            for k in range(dv):
+                acc[k] += w * vt[k, j]
+            j += tpb
+
+        # merge the block's threads: shared-memory tree of (m, z, acc), in float64
+        sm_m = cuda.shared.array(_TPB, float64)
+        sm_z = cuda.shared.array(_TPB, float64)
+        sm_acc = cuda.shared.array((_TPB, dv), float64)
+        sm_m[t] = m
+        sm_z[t] = z
+        for k in range(dv):
+            sm_acc[t, k] = acc[k]
+        cuda.syncthreads()
+        stride = tpb // 2
+        while stride > 0:
+            if t < stride:
+                m1 = sm_m[t]
+                m2 = sm_m[t + stride]
+                if m2 > neg_inf:
+                    mm = max(m1, m2)
+                    r1 = math.exp(m1 - mm) if m1 > neg_inf else 0.0
+                    r2 = math.exp(m2 - mm)
+                    sm_z[t] = sm_z[t] * r1 + sm_z[t + stride] * r2
+                    for k in range(dv):
+                        sm_acc[t, k] = sm_acc[t, k] * r1 + sm_acc[t + stride, k] * r2
+                    sm_m[t] = mm
+            cuda.syncthreads()
+            stride //= 2
+        if t == 0:
+            pm[i, sl] = sm_m[0]
+            pz[i, sl] = sm_z[0]
+            for k in range(dv):
+                pacc[i, sl, k] = sm_acc[0, k]
+
+    return kernel
 
 
 def merge_partials(pm, pz, pacc, xp=np):
@@ -146,7 +156,8 @@ def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: i
         pm = cuda.device_array((q, slices))
         pz = cuda.device_array((q, slices))
         pacc = cuda.device_array((q, slices, dv))
-    _attend_kernel[(q, slices), tpb](a_d, kt, vt, slice_len, pm, pz, pacc)
+    score_dtype = "float32" if (a.dtype == np.float32 and keys.dtype == np.float32) else "float64"
+    attend_kernel(dk, dv, score_dtype)[(q, slices), tpb](a_d, kt, vt, slice_len, pm, pz, pacc)
     if not on_device:
         pm, pz, pacc = pm.copy_to_host(), pz.copy_to_host(), pacc.copy_to_host()
     return merge_partials(pm, pz, pacc, xp)
