@@ -118,7 +118,11 @@ class Sweep:
         out = []
         for idx in indices:
             idx = tuple(int(i) for i in idx)
-            coords = {k: self.cell_dims[k][i].item() for k, i in zip(names, idx)}
+            coords = {}
+            for k, i in zip(names, idx):
+                v = self.cell_dims[k][i]
+                coords[k] = v.item() if hasattr(v, "item") else v  # numpy scalar, or str/object
+
             out.append(Cell(idx, coords, cell_seed(self.root_seed, idx)))
         return out
 
@@ -337,9 +341,12 @@ class SerialExecutor(cf.Executor):
 
 
 def _init_worker(threads: int) -> None:
+    """Give each worker process its share of the cores, for Numba and for BLAS."""
     import numba
+    from threadpoolctl import threadpool_limits
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    threadpool_limits(limits=threads)
 
 
 @contextlib.contextmanager
@@ -351,7 +358,8 @@ def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: in
     * ``workers=N > 1`` — a local process pool (spawned processes);
     * otherwise — the in-process serial executor.
 
-    Worker processes get ``cpu_count // N`` Numba threads each, so N workers do not oversubscribe.
+    Worker processes get ``cpu_count // N`` Numba and BLAS threads each, so N workers do not
+    oversubscribe the cores.
     """
     threads = max(1, (os.cpu_count() or 1) // max(1, dask_local or workers))
     if scheduler is not None or dask_local:
@@ -363,8 +371,9 @@ def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: in
             with Client(scheduler) as client:
                 yield client.get_executor()
             return
+        env = {k: str(threads) for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
         with LocalCluster(n_workers=dask_local, threads_per_worker=1, processes=True,
-                          dashboard_address=None, env={"NUMBA_NUM_THREADS": str(threads)}) as cluster, \
+                          dashboard_address=None, env=env) as cluster, \
                 Client(cluster) as client:
             yield client.get_executor()
         return

@@ -1,0 +1,546 @@
+r"""Random-feature attention: infinite-head kernels, excess-risk bound, sample complexities.
+
+Implements the theory side of Fu, Guo, Bai, Mei, *What can a single attention layer learn? A
+study through the random features lens* (NeurIPS 2023), as reconstructed in
+``shared/specs/random_features.md`` (the paper's full text was not available: items tagged
+[RECALL]/[DERIVED] there are conventions, so every one of them is a keyword argument here).
+
+Model (spec §2)
+---------------
+Inputs: a query ``x0`` and N keys ``x_1..x_N``, each on the unit sphere S^{d-1} (row vectors;
+a batch of samples is ``x0: (n, d)``, ``X: (n, N, d)``). With the appended constant coordinate
+(``augment=True``, default) ``x~ = [x; 1]`` in R^{D}, D = d + 1 (else ``x~ = x``, D = d).
+Head m has a frozen random query-key matrix ``W_m`` (D x D) and a trained value vector ``v_m``::
+
+    f_M(x0, X) = sum_m  c_N sum_i  sigma(x~0^T W_m x~_i) <v_m, val(x_i)>,
+    W_m = mu * Wbar + G_m,   G_m entries i.i.d. N(0, s^2),
+
+* ``sigma``: ``"relu"`` (default, the paper's activation [READ]) or ``"identity"`` (linear
+  attention); the softmax variant has no closed-form kernel and is simulation-only;
+* ``c_N``: ``key_norm="mean"`` -> 1/N (default [RECALL]), ``"sum"`` -> 1;
+* ``val(x)``: ``value="augmented"`` -> x~ (default; x itself without the constant coordinate),
+  ``"x"`` -> x;
+* ``s^2`` (``w_var``): default ``None`` = unit-variance scores on the sphere,
+  ``s^2 = 1/(|x~0|^2 |x~|^2)`` = 1/4 with the constant coordinate, 1 without [RECALL + DERIVED];
+* mean: ``Wbar = diag(I_d, 0)`` (``mean_shape="diag"``, default) or ``I_D`` (``"identity"``),
+  ``mu = r_bias * sqrt(d) * sigma_score``: the *bias ratio* r = std of the score's mean part
+  (mu <x0, xi>, whose std is mu/sqrt(d) on the sphere) over the std of its random part
+  ``sigma_score = s |x~0| |x~|`` (spec §2.4). r = 0 is RFA, r > 0 is BRFA.
+
+Scores of two inputs are jointly Gaussian over W:
+``mean m = mu x~0^T Wbar x~``, ``var v = s^2 |x~0|^2 |x~|^2``,
+``cov(x~0^T W x~, x~0'^T W x~') = s^2 <x~0, x~0'> <x~, x~'>``.
+
+Kernels (spec §3.3)
+-------------------
+Pairwise kernel on (query, key) pairs, and the infinite-head kernel of the full model (the mean
+over heads of ``<phi_m(X), phi_m(X')>``, phi_m the head's feature block)::
+
+    k((x0, xi), (x0', xj')) = E_W[sigma(s) sigma(s')] <val(xi), val(xj')>
+    K(X, X')               = c_N^2 sum_{i,j} k((x0, xi), (x0', xj')).
+
+For ReLU, ``E[(m+U)^+ (m'+V)^+]`` (U, V standard normal with correlation rho) is the closed form
+of :func:`relu_moment` (bivariate normal CDF through Owen's T; exact limits at rho = +-1). With
+zero mean and the default conventions it reduces to ``kappa1((1+a)(1+b)/4) (1+b)``, a = <x0,x0'>,
+b = <xi,xj'>, ``kappa1`` the degree-1 arc-cosine kernel (:func:`kappa1`). The RFMLP baseline
+(ReLU features of the flattened input ``z = [x0; x1; ..; xN; 1]`` with w ~ N(0, I/|z|^2))
+has kernel ``kappa1(<z, z'>/|z|^2)`` (:func:`mlp_kernel`).
+
+Complexity and bounds (spec §§3.4, 4)
+-------------------------------------
+Zero-mean kernels depend on inner products only, so by Funk-Hecke they are diagonal in products
+of spherical harmonics. With ``P_p`` the Gegenbauer polynomial of S^{d-1} (P_p(1) = 1) and
+``Q_p = sqrt(N_p(d)) P_p`` its unit-variance version (:func:`gegenbauer`), the eigenvalue of the
+pairwise RFA kernel on bidegree (s, t) is ``mu_{s,t} = E[k(a, b) P_s(a) P_t(b)]`` (a, b
+independent projections of uniform points, :func:`rfa_harmonic_eigenvalue`), and the RKHS norm
+of a unit-variance pure-degree pairwise function is ``1/mu``:
+
+    keys  F = Q_p(<beta, x>)    B = 1/mu_{0,p};   query F = Q_p(<beta, x0>)  B = 1/mu_{p,0};
+    pair  F = Q_p(<x0, x>)      B = 1/mu_{p,p}.
+
+B(f*) := |F|_k^2 for f* = (1/N) sum_i F(x0, xi) (spec §3.2) does not depend on N. For the RFMLP
+the same f* has ``|f*|^2 = 1/(N nu)`` with ``nu`` the eigenvalue of the flattened-input ReLU
+kernel (:func:`mlp_harmonic_eigenvalue`, an exact series in the arc-cosine coefficients).
+:func:`target_complexity` returns both. Excess-risk bound (spec §4.2, [RECALL form], constants
+and log factors unknown, set to one)::
+
+    E l(f^) - E l(f*)  <=  sqrt(B R^2 / n) + sqrt(B R^2 / M)  [+ sqrt(log(1/delta) / n)],
+
+with ``R^2 = E K(X, X)`` the mean feature norm of one head (:func:`feature_radius_sq`; it depends
+on N and d only through this factor). :data:`COMPLEXITY_TABLE` is the spec's §4.3 table of
+sample complexities (n needed for relative error eps ~ d^a N^b / eps^2, [DERIVED]) for attention
+(r = 0 and r ~ 1) and the RFMLP; :func:`predicted_sample_complexity` evaluates it.
+
+Everything here is a deterministic function of its parameters (numpy/scipy only).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from scipy import special
+
+__all__ = [
+    "ACTIVATIONS",
+    "MEAN_SHAPES",
+    "VALUES",
+    "KEY_NORMS",
+    "default_w_var",
+    "score_std",
+    "bias_mu",
+    "kappa1",
+    "kappa1_series",
+    "bvn_upper",
+    "relu_moment",
+    "score_stats",
+    "pair_kernel",
+    "rfa_kernel",
+    "mlp_kernel",
+    "harmonic_dim",
+    "gegenbauer",
+    "sphere_projection_rule",
+    "sphere_projection_moments",
+    "rfa_pair_kernel_ab",
+    "rfa_harmonic_eigenvalue",
+    "mlp_harmonic_eigenvalue",
+    "target_complexity",
+    "feature_radius_sq",
+    "excess_risk_bound",
+    "COMPLEXITY_TABLE",
+    "complexity_exponents",
+    "predicted_sample_complexity",
+    "is_learnable",
+]
+
+ACTIVATIONS = ("relu", "identity")  # closed forms exist for these ("softmax" is sim-only)
+MEAN_SHAPES = ("diag", "identity")
+VALUES = ("augmented", "x")
+KEY_NORMS = ("mean", "sum")
+
+_SQRT2PI = math.sqrt(2.0 * math.pi)
+_RHO_EDGE = 1.0 - 1e-12  # beyond this |rho| the exact degenerate (rho = +-1) formulas are used
+
+
+# --------------------------------------------------------------------------- conventions
+
+def default_w_var(augment: bool = True) -> float:
+    """Entry variance s^2 giving unit-variance scores for unit-sphere inputs: 1/(|x~0|^2 |x~|^2)."""
+    sq = 2.0 if augment else 1.0
+    return 1.0 / (sq * sq)
+
+
+def score_std(augment: bool = True, w_var: float | None = None) -> float:
+    """Standard deviation of the random part of a score, s |x~0| |x~|, on the unit sphere."""
+    s2 = default_w_var(augment) if w_var is None else float(w_var)
+    sq = 2.0 if augment else 1.0
+    return math.sqrt(s2) * sq
+
+
+def bias_mu(r_bias: float, d: int, augment: bool = True, w_var: float | None = None) -> float:
+    """Mean scale mu of W = mu Wbar + G for bias ratio r (spec §2.4): mu = r sqrt(d) sigma_score."""
+    return float(r_bias) * math.sqrt(d) * score_std(augment, w_var)
+
+
+def _check(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- Gaussian moments
+
+def kappa1(rho):
+    """Degree-1 arc-cosine kernel E[relu(U) relu(V)], (U, V) standard normal with correlation rho:
+    ``[sqrt(1 - rho^2) + (pi - arccos rho) rho] / (2 pi)``."""
+    rho = np.clip(np.asarray(rho, dtype=float), -1.0, 1.0)
+    return (np.sqrt(np.maximum(1.0 - rho * rho, 0.0)) + (np.pi - np.arccos(rho)) * rho) / (2.0 * np.pi)
+
+
+@lru_cache(maxsize=8)
+def kappa1_series(order: int) -> np.ndarray:
+    """Taylor coefficients c_0..c_order of :func:`kappa1` (all >= 0):
+    1/(2pi) + rho/4 + rho^2/(4pi) + rho^4/(48pi) + ...  (odd powers >= 3 vanish)."""
+    c = np.zeros(order + 1)
+    c[0] = 1.0 / (2 * np.pi)
+    if order >= 1:
+        c[1] = 0.25
+    # sqrt(1 - r^2) + r arcsin(r) - 1 = sum_{k>=1} a_k r^{2k},
+    # a_k = binom(1/2, k) (-1)^k + (2k-2)! / (4^{k-1} ((k-1)!)^2 (2k-1))
+    for k in range(1, order // 2 + 1):
+        b = special.binom(0.5, k) * (-1.0) ** k
+        j = k - 1
+        asin_coef = math.exp(math.lgamma(2 * j + 1) - j * math.log(4.0) - 2 * math.lgamma(j + 1)) / (2 * j + 1)
+        c[2 * k] = (b + asin_coef) / (2 * np.pi)
+    return c
+
+
+def _norm_pdf(x):
+    return np.exp(-0.5 * x * x) / _SQRT2PI
+
+
+def _norm_sf(x):
+    return special.ndtr(-x)
+
+
+def _bvn_lower(x, y, rho):
+    """P(U <= x, V <= y) for |rho| < 1 via Owen's T (vectorised, no loops)."""
+    s = np.sqrt(1.0 - rho * rho)
+    tiny = 1e-150
+    xs = np.where(x == 0.0, tiny, x)
+    ys = np.where(y == 0.0, tiny, y)
+    ax = (ys - rho * xs) / (xs * s)
+    ay = (xs - rho * ys) / (ys * s)
+    beta = np.where(np.sign(xs) == np.sign(ys), 0.0, 0.5)  # signs, not the product (underflow)
+    return 0.5 * (special.ndtr(x) + special.ndtr(y)) - special.owens_t(xs, ax) - special.owens_t(ys, ay) - beta
+
+
+def bvn_upper(h, k, rho):
+    """P(U > h, V > k) for standard normals with correlation rho (any rho in [-1, 1])."""
+    h, k, rho = np.broadcast_arrays(*(np.asarray(t, dtype=float) for t in (h, k, rho)))
+    rho = np.clip(rho, -1.0, 1.0)
+    out = np.empty(h.shape)
+    inner = np.abs(rho) < _RHO_EDGE
+    out[inner] = np.clip(_bvn_lower(-h[inner], -k[inner], rho[inner]), 0.0, 1.0)
+    pos = rho >= _RHO_EDGE
+    out[pos] = _norm_sf(np.maximum(h[pos], k[pos]))
+    neg = rho <= -_RHO_EDGE
+    out[neg] = np.maximum(special.ndtr(-k[neg]) - special.ndtr(h[neg]), 0.0)  # h < U < -k
+    return out
+
+
+def relu_moment(m1, m2, rho):
+    """E[(m1 + U)^+ (m2 + V)^+] for standard normals U, V with correlation rho (broadcasting).
+
+    With h = -m1, k = -m2, s = sqrt(1 - rho^2), L = P(U > h, V > k) (spec §3.3):
+    ``m1 m2 L + m1 E[V; .] + m2 E[U; .] + E[UV; .]`` with the truncated moments
+    ``E[U; .] = phi(h) Q((k - rho h)/s) + rho phi(k) Q((h - rho k)/s)`` (and symmetrically) and
+    ``E[UV; .] = rho L + rho h phi(h) Q((k-rho h)/s) + rho k phi(k) Q((h-rho k)/s)
+    + s/sqrt(2 pi) phi(sqrt((h^2 - 2 rho h k + k^2)/s^2))``. At |rho| = 1 the exact one-dimensional
+    integrals are used. At m1 = m2 = 0 it is :func:`kappa1`.
+    """
+    m1, m2, rho = np.broadcast_arrays(*(np.asarray(t, dtype=float) for t in (m1, m2, rho)))
+    rho = np.clip(rho, -1.0, 1.0)
+    out = np.empty(m1.shape)
+    inner = np.abs(rho) < _RHO_EDGE
+    if inner.any():
+        a, b, r = m1[inner], m2[inner], rho[inner]
+        h, k = -a, -b
+        s = np.sqrt(1.0 - r * r)
+        L = bvn_upper(h, k, r)
+        qk = _norm_sf((k - r * h) / s)
+        qh = _norm_sf((h - r * k) / s)
+        ph, pk = _norm_pdf(h), _norm_pdf(k)
+        EU = ph * qk + r * pk * qh
+        EV = pk * qh + r * ph * qk
+        quad = np.maximum(h * h - 2 * r * h * k + k * k, 0.0) / (s * s)
+        EUV = r * L + r * h * ph * qk + r * k * pk * qh + s / _SQRT2PI * _norm_pdf(np.sqrt(quad))
+        out[inner] = a * b * L + a * EV + b * EU + EUV
+    pos = rho >= _RHO_EDGE
+    if pos.any():  # U = V: integral over u > c = max(-m1, -m2)
+        a, b = m1[pos], m2[pos]
+        c = np.maximum(-a, -b)
+        Q, p = _norm_sf(c), _norm_pdf(c)
+        out[pos] = a * b * Q + (a + b) * p + c * p + Q
+    neg = rho <= -_RHO_EDGE
+    if neg.any():  # V = -U: integral over -m1 < u < m2 of (m1 + u)(m2 - u)
+        a, b = m1[neg], m2[neg]
+        lo, hi = -a, b
+        ok = hi > lo
+        dP = special.ndtr(hi) - special.ndtr(lo)
+        val = a * b * dP + (b - a) * (_norm_pdf(lo) - _norm_pdf(hi)) - (
+            lo * _norm_pdf(lo) - hi * _norm_pdf(hi) + dP)
+        out[neg] = np.where(ok, np.maximum(val, 0.0), 0.0)
+    return np.maximum(out, 0.0)
+
+
+# --------------------------------------------------------------------------- kernels
+
+def _aug(x, augment):
+    x = np.asarray(x, dtype=float)
+    if not augment:
+        return x
+    return np.concatenate([x, np.ones(x.shape[:-1] + (1,))], axis=-1)
+
+
+def _mean_form(x0t, xt, d, mean_shape):
+    """x~0^T Wbar x~ for Wbar = diag(I_d, 0) or I_D (broadcasting over leading axes)."""
+    if mean_shape == "diag":
+        return np.sum(x0t[..., :d] * xt[..., :d], axis=-1)
+    return np.sum(x0t * xt, axis=-1)
+
+
+def score_stats(x0, x, x0p, xp, *, r_bias=0.0, augment=True, w_var=None, mean_shape="diag"):
+    """Means, variances and covariance over W of the scores ``x~0^T W x~`` and ``x~0'^T W x~'``.
+
+    Arrays of shape ``(..., d)`` broadcast together; returns ``(m, mp, v, vp, c)``."""
+    _check("mean_shape", mean_shape, MEAN_SHAPES)
+    d = np.shape(x0)[-1]
+    s2 = default_w_var(augment) if w_var is None else float(w_var)
+    a0, a, b0, b = (_aug(t, augment) for t in (x0, x, x0p, xp))
+    mu = bias_mu(r_bias, d, augment, w_var)
+    m = mu * _mean_form(a0, a, d, mean_shape)
+    mp = mu * _mean_form(b0, b, d, mean_shape)
+    v = s2 * np.sum(a0 * a0, -1) * np.sum(a * a, -1)
+    vp = s2 * np.sum(b0 * b0, -1) * np.sum(b * b, -1)
+    c = s2 * np.sum(a0 * b0, -1) * np.sum(a * b, -1)
+    return m, mp, v, vp, c
+
+
+def pair_kernel(x0, x, x0p, xp, *, r_bias=0.0, augment=True, w_var=None, mean_shape="diag",
+                activation="relu", value="augmented"):
+    """Pairwise kernel ``E_W[sigma(s) sigma(s')] <val(x), val(x')>`` (arrays ``(..., d)``)."""
+    _check("activation", activation, ACTIVATIONS)
+    _check("value", value, VALUES)
+    m, mp, v, vp, c = score_stats(x0, x, x0p, xp, r_bias=r_bias, augment=augment, w_var=w_var,
+                                  mean_shape=mean_shape)
+    if activation == "relu":
+        sd, sdp = np.sqrt(v), np.sqrt(vp)
+        e = sd * sdp * relu_moment(m / sd, mp / sdp, c / (sd * sdp))
+    else:
+        e = c + m * mp
+    vv = np.sum(np.asarray(x, float) * np.asarray(xp, float), -1)
+    if value == "augmented" and augment:
+        vv = vv + 1.0  # <x~, x~'> = <x, x'> + 1
+    return e * vv
+
+
+def rfa_kernel(x0, X, x0p, Xp, *, key_norm="mean", chunk=64, **conv):
+    """Infinite-head kernel matrix ``K(X_p, X'_q)`` of shape (n, n') between samples
+    ``x0: (n, d), X: (n, N, d)`` and ``x0p: (n', d), Xp: (n', N', d)`` (``conv``: the keyword
+    conventions of :func:`pair_kernel`). Cost n n' N N' closed-form evaluations."""
+    _check("key_norm", key_norm, KEY_NORMS)
+    x0, X, x0p, Xp = (np.asarray(t, dtype=float) for t in (x0, X, x0p, Xp))
+    n, N, _ = X.shape
+    n2, N2, _ = Xp.shape
+    cn = (1.0 / N) * (1.0 / N2) if key_norm == "mean" else 1.0
+    out = np.empty((n, n2))
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        a0 = x0[s:e, None, None, None, :]
+        a = X[s:e, None, :, None, :]
+        b0 = x0p[None, :, None, None, :]
+        b = Xp[None, :, None, :, :]
+        k = pair_kernel(a0, a, b0, b, **conv)
+        out[s:e] = cn * k.sum(axis=(2, 3))
+    return out
+
+
+def mlp_kernel(z, zp, *, w_var=None):
+    """ReLU random-feature kernel ``E_w[relu(<w,z>) relu(<w,z'>)]``, w ~ N(0, w_var I), for
+    flattened inputs ``z: (n, D_in)``, ``zp: (n', D_in)``; ``w_var=None`` means 1/|z|^2 of the
+    first row (unit-variance pre-activations, the spec's 1/(N+2) for augmented sphere inputs)."""
+    z, zp = np.asarray(z, float), np.asarray(zp, float)
+    nz = np.linalg.norm(z, axis=-1)
+    nzp = np.linalg.norm(zp, axis=-1)
+    s2 = 1.0 / nz.flat[0] ** 2 if w_var is None else float(w_var)
+    rho = (z @ zp.T) / (nz[:, None] * nzp[None, :])
+    return s2 * nz[:, None] * nzp[None, :] * kappa1(rho)
+
+
+# --------------------------------------------------------------------------- harmonics
+
+def harmonic_dim(p: int, d: int) -> int:
+    """Dimension N_p(d) of the degree-p spherical harmonics on S^{d-1}."""
+    if p < 0:
+        raise ValueError("degree must be >= 0")
+    if p == 0:
+        return 1
+    if d == 2:
+        return 2
+    return int(round((2 * p + d - 2) / p * special.comb(p + d - 3, p - 1, exact=True)))
+
+
+def gegenbauer(p: int, d: int, t, unit_variance: bool = True):
+    """Gegenbauer polynomial of S^{d-1}: P_p(1) = 1, or (default) the unit-variance
+    ``Q_p = sqrt(N_p(d)) P_p`` (E Q_p(<u, e>)^2 = 1 for u uniform on the sphere)."""
+    t = np.asarray(t, dtype=float)
+    if d < 2:
+        raise ValueError("d must be >= 2")
+    if p == 0:
+        val = np.ones_like(t)
+    elif d == 2:
+        val = special.eval_chebyt(p, t)
+    else:
+        lam = (d - 2) / 2.0
+        val = special.eval_gegenbauer(p, lam, t) / special.eval_gegenbauer(p, lam, 1.0)
+    return val * math.sqrt(harmonic_dim(p, d)) if unit_variance else val
+
+
+@lru_cache(maxsize=64)
+def sphere_projection_rule(d: int, nodes: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Jacobi rule (t_j, w_j), sum w = 1, for E g(<u, e>), u uniform on S^{d-1}:
+    the law of t has density proportional to (1 - t^2)^{(d-3)/2} on [-1, 1]."""
+    alpha = (d - 3) / 2.0
+    t, w = special.roots_jacobi(nodes, alpha, alpha)
+    return t, w / w.sum()
+
+
+def sphere_projection_moments(d: int, order: int) -> np.ndarray:
+    """E t^j, j = 0..order, for t = <u, e>: E t^{2k} = prod_{i<k} (2i+1)/(d+2i), odd ones 0."""
+    m = np.zeros(order + 1)
+    m[0] = 1.0
+    for k in range(1, order // 2 + 1):
+        m[2 * k] = m[2 * k - 2] * (2 * k - 1) / (d + 2 * k - 2)
+    return m
+
+
+def rfa_pair_kernel_ab(a, b, *, augment=True, w_var=None, activation="relu", value="augmented"):
+    """Zero-mean pairwise RFA kernel as a function of a = <x0, x0'> and b = <x, x'> (unit sphere).
+    Default conventions: ``kappa1((1+a)(1+b)/4) (1+b)``."""
+    _check("activation", activation, ACTIVATIONS)
+    _check("value", value, VALUES)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    s2 = default_w_var(augment) if w_var is None else float(w_var)
+    g = (1.0 + a) * (1.0 + b) if augment else a * b
+    sq = 2.0 if augment else 1.0
+    var = s2 * sq * sq
+    e = var * kappa1(g / (sq * sq)) if activation == "relu" else s2 * g
+    vv = (1.0 + b) if (value == "augmented" and augment) else b
+    return e * vv
+
+
+def rfa_harmonic_eigenvalue(s: int, t: int, d: int, *, nodes: int = 160, **conv) -> float:
+    """Eigenvalue mu_{s,t} = E[k(a, b) P_s(a) P_t(b)] of the zero-mean pairwise RFA kernel on the
+    bidegree-(s, t) harmonics (query degree s, key degree t); 2-D Gauss-Jacobi quadrature.
+    ``conv``: augment, w_var, activation, value (see :func:`rfa_pair_kernel_ab`)."""
+    ta, wa = sphere_projection_rule(d, nodes)
+    k = rfa_pair_kernel_ab(ta[:, None], ta[None, :], **conv)
+    ps = gegenbauer(s, d, ta, unit_variance=False)
+    pt = gegenbauer(t, d, ta, unit_variance=False)
+    return float((wa * ps) @ k @ (wa * pt))
+
+
+def _moments_of_sum(mom_list, order):
+    """Moments 0..order of a sum of independent variables from their moment sequences."""
+    out = np.zeros(order + 1)
+    out[0] = 1.0
+    binom = special.comb(np.arange(order + 1)[:, None], np.arange(order + 1)[None, :])
+    for m in mom_list:
+        new = np.zeros(order + 1)
+        for j in range(order + 1):
+            new[j] = np.sum(binom[j, :j + 1] * out[:j + 1] * m[j::-1][:j + 1])
+        out = new
+    return out
+
+
+def mlp_harmonic_eigenvalue(s: int, t: int, d: int, N: int, *, augment: bool = True,
+                            order: int = 160) -> float:
+    """Eigenvalue nu_{s,t} of the RFMLP kernel ``kappa1(<z, z'>/|z|^2)`` (z = [x0; x1..xN; 1])
+    on the harmonic that has degree s in the query and degree t in the first key (degree 0 in
+    the other coordinates): ``E[kappa1(rho) P_s(a) P_t(b_1)]`` with
+    ``rho = (c + a + b_1 + ... + b_N)/(N + 1 + c)``, c = 1 with the constant coordinate.
+
+    Exact series: kappa1 = sum_k c_k rho^k with c_k >= 0 (:func:`kappa1_series`) and the moments
+    of a sum of independent sphere projections, so every term is non-negative (no cancellation);
+    truncated at ``order``."""
+    if N < 1:
+        raise ValueError("N must be >= 1")
+    c0 = 1.0 if augment else 0.0
+    scale = N + 1 + c0
+    mom_t = sphere_projection_moments(d, order)
+    # rest R = c0 + sum_{i=2..N} b_i, all divided by `scale`
+    powers = scale ** -np.arange(order + 1.0)
+    rest_mom = [mom_t * powers] * (N - 1)
+    const = np.array([(c0 / scale) ** j for j in range(order + 1)])
+    R = _moments_of_sum(rest_mom + [const], order)
+    # special coordinates: E[(a/scale)^j P_s(a)], E[(b/scale)^j P_t(b)] (Gauss-Jacobi, exact)
+    ta, wa = sphere_projection_rule(d, order // 2 + 8)
+    ps = gegenbauer(s, d, ta, unit_variance=False)
+    pt = gegenbauer(t, d, ta, unit_variance=False)
+    jj = np.arange(order + 1)
+    A = ((ta[None, :] / scale) ** jj[:, None]) @ (wa * ps)
+    Bm = ((ta[None, :] / scale) ** jj[:, None]) @ (wa * pt)
+    AB = _moments_of_sum([A, Bm], order)  # E[(a + b)^j P_s(a) P_t(b)] / scale^j (product form)
+    total = _moments_of_sum([R, AB], order)  # E[rho^j P_s(a) P_t(b)]
+    c = kappa1_series(order)
+    return float(np.sum(c * total))
+
+
+def target_complexity(family: str, p: int, d: int, N: int = 1, *, model: str = "rfa",
+                      **conv) -> float:
+    """Squared RKHS norm B of the unit-variance pure-degree Gegenbauer target of ``family``
+    (keys, query, pair) under the infinite-width kernel of ``model``:
+
+    * ``"rfa"`` (zero mean): B(f*) = |F|_k^2 of the pairwise function (N-free, spec §3.2);
+    * ``"rfmlp"``: |f*|^2 of f* = (1/N) sum_i F under the flattened-input ReLU kernel
+      (``1/(N nu)`` for keys/pair; ``1/nu`` for the query-only target).
+    """
+    if family not in ("keys", "query", "pair"):
+        raise ValueError(f"exact complexities exist for keys/query/pair targets, not {family!r}")
+    s, t = {"keys": (0, p), "query": (p, 0), "pair": (p, p)}[family]
+    if model == "rfa":
+        return 1.0 / rfa_harmonic_eigenvalue(s, t, d, **conv)
+    if model == "rfmlp":
+        nu = mlp_harmonic_eigenvalue(s, t, d, N, augment=conv.get("augment", True))
+        return 1.0 / (nu if family == "query" else N * nu)
+    raise ValueError(f"model must be 'rfa' or 'rfmlp', got {model!r}")
+
+
+def feature_radius_sq(N: int, d: int, *, key_norm="mean", nodes: int = 160, **conv) -> float:
+    """R^2 = E_X K(X, X) for zero-mean RFA on the unit sphere: the mean squared feature norm of
+    one head, the only place where N and d enter the excess-risk bound."""
+    _check("key_norm", key_norm, KEY_NORMS)
+    diag = float(rfa_pair_kernel_ab(1.0, 1.0, **conv))
+    tb, wb = sphere_projection_rule(d, nodes)
+    off = float(wb @ rfa_pair_kernel_ab(1.0, tb, **conv))
+    if key_norm == "mean":
+        return diag / N + (1.0 - 1.0 / N) * off
+    return N * diag + N * (N - 1) * off
+
+
+def excess_risk_bound(n, M, B, *, N: int = 1, d: int = 8, delta: float | None = None,
+                      radius_sq: float | None = None, **conv):
+    """Shape of the excess-risk bound (spec §4.2, constants and log factors set to one)::
+
+        sqrt(B R^2 / n) + sqrt(B R^2 / M)  [+ sqrt(log(1/delta) / n)]
+
+    broadcasting over n, M and B; ``R^2 = feature_radius_sq(N, d)`` unless given."""
+    n = np.asarray(n, float)
+    M = np.asarray(M, float)
+    B = np.asarray(B, float)
+    R2 = feature_radius_sq(N, d, **conv) if radius_sq is None else float(radius_sq)
+    out = np.sqrt(B * R2 / n) + np.sqrt(B * R2 / M)
+    if delta is not None:
+        out = out + np.sqrt(np.log(1.0 / delta) / n)
+    return out
+
+
+# --------------------------------------------------------------------------- complexity table
+
+# spec §4.3 [DERIVED]: n needed for relative error eps ~ d^a N^b / eps^2 for a per-key term of
+# degree p. Entries: (a, b) as functions of p; None = not learnable (outside the function class);
+# "?" = no prediction (the spec only says "worse than RFA").
+COMPLEXITY_TABLE = {
+    "keys": {"rfa": lambda p: (p, 0), "brfa": "?", "rfmlp": lambda p: (p, p)},
+    "query": {"rfa": lambda p: (p, 0), "brfa": "?", "rfmlp": lambda p: (p, p)},
+    "pair": {"rfa": lambda p: (2 * p, 0), "brfa": lambda p: (0, 0), "rfmlp": lambda p: (2 * p, 2 * p)},
+    "bilin": {"rfa": lambda p: (2 * p, 0), "brfa": lambda p: (2 * p, 0), "rfmlp": lambda p: (2 * p, 2 * p)},
+    "attn": {"rfa": lambda p: (2 * p + 1, 0), "brfa": lambda p: (1, 0), "rfmlp": lambda p: (2 * p + 1, 2 * p + 1)},
+    "keykey": {"rfa": None, "brfa": None, "rfmlp": lambda p: (p, p)},
+}
+
+
+def is_learnable(family: str, model: str) -> bool:
+    """Whether the target family lies in the model's infinite-width function class: attention
+    sees (query, key) pairs only, so key-key interactions are out of reach (spec §3.2)."""
+    return COMPLEXITY_TABLE[family][model] is not None
+
+
+def complexity_exponents(family: str, model: str, p: int):
+    """(a, b) with n ~ d^a N^b / eps^2 (spec §4.3); None if not learnable, "?" if unknown."""
+    entry = COMPLEXITY_TABLE[family][model]
+    if entry is None or entry == "?":
+        return entry
+    return entry(p)
+
+
+def predicted_sample_complexity(family: str, model: str, p: int, d: int, N: int,
+                                eps: float = 0.1, constant: float = 1.0) -> float:
+    """constant * d^a N^b / eps^2 (inf when not learnable); raises when the spec has no entry."""
+    e = complexity_exponents(family, model, p)
+    if e is None:
+        return math.inf
+    if e == "?":
+        raise ValueError(f"no sample-complexity prediction for {family} targets with {model}")
+    a, b = e
+    return constant * float(d) ** a * float(N) ** b / eps**2
