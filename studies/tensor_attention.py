@@ -1,0 +1,736 @@
+"""Bounded-entry tensor attention: ``python -m studies.tensor_attention``.
+
+Three parts (``--parts``, all by default), each replicate (``rep``, one sweep cell) running
+every selected part with fresh inputs:
+
+* **error** — output error ``||T_approx - T_exact||_inf`` of the polynomial method (Taylor and
+  Chebyshev) against exact attention, over degree g and entry bound B, for matrix (k = 2) and
+  tensor (k = 3) attention, on uniform and adversarial sign-aligned inputs (``|logit| = B^k``
+  reached), with the proven bound ``2 eps/(1 - eps) prod ||V_m||_inf`` overlaid
+  (``eps`` = relative error of the polynomial on the design range ``[-B^k, B^k]``);
+* **runtime** — wall time against n of exact matrix attention (~n^2), exact tensor attention
+  (~n^3), and the near-linear approximations (k = 2, 3) at fixed (d, g): log-log slopes over the
+  asymptotic window, and the crossover n where the fitted power laws meet;
+* **match3** — accuracy on Match3 of the exact tensor-attention construction (spec §5.1) against
+  pairwise-attention baselines (the Match2 construction; random pairwise heads with a trained
+  bilinear readout), the majority-class chance level, and the polynomial approximation at the
+  construction's (huge) entry bound.
+
+Dataset (``results/tensor_attention.zarr``): raw ``err_out``/``rejected``/``vmax`` (error),
+``time_*`` (runtime), ``match3_acc``/``match3_positive`` (per sequence); then fits, ``theory_*``
+predictions and ``verdict_*`` booleans with their tolerances in the attributes.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from sim import tensor_attention as sta
+from sim.backend import DeviceUnavailable, make_rng, resolve_device
+from studies.benchmarks._timing import best_time
+from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
+                         executor_options, nonnegative_int, parse_n_grid, parse_range, positive_int,
+                         run_main)
+from studies.fits import loglog_rate, ols
+from studies.sweep import StoreMismatch, Sweep, run_sweep, str_coord, write_analysis
+from theory import tensor_attention as th
+
+STUDY = "tensor_attention"
+PARTS = ("error", "runtime", "match3")
+METHODS = th.METHODS
+INPUTS = ("uniform", "sign_aligned")
+IMPLS = ("exact_matrix", "exact_tensor", "approx_matrix", "approx_tensor")
+MODELS = ("tensor_exact", "tensor_poly", "pairwise_match2", "pairwise_readout", "majority")
+PAIRWISE = ("pairwise_match2", "pairwise_readout")
+SCALES = {"1/d": lambda d: 1.0 / d, "1/sqrt(d)": lambda d: 1.0 / math.sqrt(d)}
+
+DEFAULTS = {"B": "0.5..2:0.25", "degrees": "1..16", "n_error": 64, "reps": 4,
+            "n_approx": "2^12..2^20", "n_matrix": "2^7..2^15", "n_tensor": "16..1024/13",
+            "N": "8,12,16,24", "sequences": 50, "train": 200}
+QUICK = {"B": "0.5,1,2", "degrees": "2,4,8", "n_error": 16, "reps": 2,
+         "n_approx": "2^10..2^12", "n_matrix": "2^6..2^10:2", "n_tensor": "8..64/4",
+         "N": "8,12", "sequences": 6, "train": 20}
+EXACT_LIMITS = {"tensor": 1024, "matrix": 2**16, "error_tuples": 2**30}
+
+# verdict tolerances (recorded in the dataset)
+APPROX_SLOPE_MAX = 1.15
+EXACT_TENSOR_SLOPE = (3.0, 0.3)  # target, tolerance
+EXACT_MATRIX_SLOPE = (2.0, 0.3)
+MIN_FIT_TIME = 0.03  # s: the fit window holds the grid points whose median time is at least this
+MIN_FIT_POINTS = 3
+BOUND_SLACK = 1e-12  # absolute slack on top of the rounding allowance in verdict_bound
+FLOOR = 1e-13  # errors below FLOOR * vmax count as float64 floor in verdict_decay
+MATCH3_TARGET = 0.99
+PAIRWISE_MARGIN = 0.10  # pairwise accuracy <= chance + margin counts as chance level
+ERR_TARGET = 1e-6  # output error target used in theory_min_degree
+
+EXAMPLES = """\
+examples:
+  python -m studies.tensor_attention                          # all three parts (a few minutes)
+  python -m studies.tensor_attention --quick --plot           # seconds
+  python -m studies.tensor_attention --parts error --k 2,3 --B 0.5..2.5:0.25 --degrees 0..20
+  python -m studies.tensor_attention --parts runtime --n-tensor 2^7..2^11 --force
+  python -m studies.tensor_attention --parts match3 --N 8..32:8 --sequences 100
+  python -m paper_figs.tensor_attention results/tensor_attention.zarr
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = StudyParser(
+        prog="python -m studies.tensor_attention",
+        description="Bounded-entry matrix/tensor attention (Alman & Song): polynomial-method error vs "
+                    "degree and entry bound, runtime vs n (exact ~n^k, approximation ~n), and Match3 "
+                    "accuracy of tensor vs pairwise attention.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", type=_parse_parts, default=PARTS, metavar="LIST",
+                   help="comma list of parts to run: error,runtime,match3 (default all)")
+    p.add_argument("--d", type=positive_int, default=4, help="head dimension d (default 4)")
+    p.add_argument("--scale", choices=tuple(SCALES), default="1/d",
+                   help="softmax scale of the logits (default 1/d, the papers' convention; the "
+                        "logit range is |scale| d B^k)")
+    g = p.add_argument_group("error part")
+    g.add_argument("--k", type=lambda t: parse_range(t, int), default=(2, 3), metavar="RANGE",
+                   help="attention orders (2 = matrix, 3 = tensor, 4 allowed; default 2,3)")
+    g.add_argument("--B", type=lambda t: parse_range(t, float), default=None, metavar="RANGE",
+                   help=f"entry bounds B (inclusive ranges: 0.5..2:0.25; default {DEFAULTS['B']}; "
+                        f"--quick {QUICK['B']})")
+    g.add_argument("--degrees", type=lambda t: parse_range(t, int), default=None, metavar="RANGE",
+                   help=f"polynomial degrees g >= 0 (default {DEFAULTS['degrees']}; --quick {QUICK['degrees']})")
+    g.add_argument("--methods", type=_parse_methods, default=METHODS, metavar="LIST",
+                   help="polynomial families: taylor,chebyshev (default both)")
+    g.add_argument("--n-error", dest="n_error", type=positive_int, default=None,
+                   help=f"tokens per input in the error part (default {DEFAULTS['n_error']}; "
+                        f"--quick {QUICK['n_error']}); exact attention costs n^k")
+    g = p.add_argument_group("runtime part")
+    g.add_argument("--n-approx", dest="n_approx", type=parse_n_grid, default=None, metavar="GRID",
+                   help=f"n grid of the approximations (default {DEFAULTS['n_approx']}; --quick {QUICK['n_approx']})")
+    g.add_argument("--n-matrix", dest="n_matrix", type=parse_n_grid, default=None, metavar="GRID",
+                   help=f"n grid of exact matrix attention (default {DEFAULTS['n_matrix']}; "
+                        f"--quick {QUICK['n_matrix']}; above {EXACT_LIMITS['matrix']} needs --force)")
+    g.add_argument("--n-tensor", dest="n_tensor", type=parse_n_grid, default=None, metavar="GRID",
+                   help=f"n grid of exact tensor attention (default {DEFAULTS['n_tensor']}; "
+                        f"--quick {QUICK['n_tensor']}; above {EXACT_LIMITS['tensor']} needs --force)")
+    g.add_argument("--timing-degree", dest="timing_degree", type=nonnegative_int, default=8,
+                   help="degree g of the timed approximations (default 8, Chebyshev)")
+    g.add_argument("--timing-B", dest="timing_B", type=float, default=1.0,
+                   help="entry bound of the timed inputs (default 1)")
+    g = p.add_argument_group("match3 part")
+    g.add_argument("--N", type=lambda t: parse_range(t, int), default=None, metavar="RANGE",
+                   help=f"sequence lengths (default {DEFAULTS['N']}; --quick {QUICK['N']}); "
+                        "modulus M = round(N^2/ln 4) (about half positive labels)")
+    g.add_argument("--sequences", type=positive_int, default=None,
+                   help=f"test sequences per N and replicate (default {DEFAULTS['sequences']}; "
+                        f"--quick {QUICK['sequences']})")
+    g.add_argument("--train", type=positive_int, default=None,
+                   help=f"training sequences of the pairwise readout (default {DEFAULTS['train']}; "
+                        f"--quick {QUICK['train']})")
+    g.add_argument("--match3-degree", dest="match3_degree", type=nonnegative_int, default=8,
+                   help="even degree of the Taylor approximation tried at the construction's "
+                        "entry bound (default 8)")
+    p.add_argument("--reps", type=positive_int, default=None,
+                   help=f"replicates (sweep cells), each running every part with fresh inputs "
+                        f"(default {DEFAULTS['reps']}; --quick {QUICK['reps']})")
+    p.add_argument("--force", action="store_true",
+                   help="allow exact attention at sizes beyond the default limits (slow)")
+    add_common_arguments(p, STUDY)
+    return p
+
+
+def _parse_list(text, allowed, what):
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or repr(text)}; "
+                                         f"choose from {', '.join(allowed)}")
+    return tuple(t for t in allowed if t in items)
+
+
+def _parse_parts(text):
+    return _parse_list(text, PARTS, "part(s)")
+
+
+def _parse_methods(text):
+    return _parse_list(text, METHODS, "method(s)")
+
+
+# ------------------------------------------------------------------------ validation
+def _validate(args):
+    src = QUICK if args.quick else DEFAULTS
+    args.B = args.B or parse_range(src["B"], float)
+    args.degrees = args.degrees if args.degrees is not None else parse_range(src["degrees"], int)
+    args.n_error = args.n_error or src["n_error"]
+    args.reps = args.reps or src["reps"]
+    args.n_approx = args.n_approx or parse_n_grid(src["n_approx"])
+    args.n_matrix = args.n_matrix or parse_n_grid(src["n_matrix"])
+    args.n_tensor = args.n_tensor or parse_n_grid(src["n_tensor"])
+    args.N = args.N or parse_range(src["N"], int)
+    args.sequences = args.sequences or src["sequences"]
+    args.train = args.train or src["train"]
+
+    if min(args.degrees) < 0:
+        raise UsageError(f"--degrees: the polynomial degree must be >= 0 (got {min(args.degrees)})")
+    if min(args.B) <= 0 or not all(math.isfinite(b) for b in args.B):
+        raise UsageError(f"--B: entry bounds must be positive (got {min(args.B):g})")
+    if not (math.isfinite(args.timing_B) and args.timing_B > 0):
+        raise UsageError(f"--timing-B: the entry bound must be positive (got {args.timing_B:g})")
+    if min(args.k) < 2 or max(args.k) > 4:
+        raise UsageError("--k: attention orders must be 2, 3 or 4")
+    if args.reps < 2:
+        raise UsageError("--reps: standard errors need at least 2 replicates")
+    if "match3" in args.parts:
+        if min(args.N) < 2:
+            raise UsageError("--N: Match3 sequences need at least 2 tokens")
+        if args.match3_degree % 2:
+            raise UsageError("--match3-degree must be even (an odd Taylor polynomial is not "
+                             "positive outside its range, and the construction's logits are huge)")
+    if "runtime" in args.parts:
+        for name in ("n_approx", "n_matrix", "n_tensor"):
+            if len(getattr(args, name)) < 3:
+                raise UsageError(f"--{name.replace('_', '-')}: a slope fit needs at least 3 sizes")
+    if not args.force:
+        if "runtime" in args.parts and max(args.n_tensor) > EXACT_LIMITS["tensor"]:
+            raise UsageError(f"--n-tensor: exact tensor attention at n = {max(args.n_tensor)} costs "
+                             f"n^3 = {float(max(args.n_tensor))**3:.1e} triples; the limit is n <= "
+                             f"{EXACT_LIMITS['tensor']} (pass --force to run it anyway)")
+        if "runtime" in args.parts and max(args.n_matrix) > EXACT_LIMITS["matrix"]:
+            raise UsageError(f"--n-matrix: exact matrix attention above n = {EXACT_LIMITS['matrix']} "
+                             f"is too slow for a sweep (pass --force to run it anyway)")
+        if "error" in args.parts and float(args.n_error) ** max(args.k) > EXACT_LIMITS["error_tuples"]:
+            raise UsageError(f"--n-error: exact order-{max(args.k)} attention at n = {args.n_error} "
+                             f"costs {float(args.n_error) ** max(args.k):.1e} tuples per input "
+                             f"(limit {EXACT_LIMITS['error_tuples']:.1e}; pass --force)")
+    if "error" in args.parts:
+        s = SCALES[args.scale](args.d)
+        for method in args.methods:
+            if method != "chebyshev":
+                continue
+            for k in args.k:
+                for B in args.B:
+                    R = th.logit_range(B, k, args.d, s)
+                    for g in args.degrees:
+                        try:
+                            th.chebyshev_coefficients(g, R)
+                        except ValueError:
+                            raise UsageError(f"--degrees/--B: the Chebyshev polynomial of degree {g} on "
+                                             f"[-{R:g}, {R:g}] (k={k}, B={B:g}) cannot be converted to "
+                                             "monomials in float64; lower the degree or B") from None
+    try:
+        args.device = resolve_device(args.device)
+    except DeviceUnavailable as e:
+        raise UsageError(str(e)) from None
+    if args.device != "cpu":
+        raise UsageError("--device gpu: this study's kernels run on the CPU (the array-namespace "
+                         "paths of sim.tensor_attention accept CuPy arrays directly)")
+    check_out_path(args.out)
+    args.executor = executor_options(args)
+
+
+# ---------------------------------------------------------------------------- cells
+def _child_rng(seed: np.random.SeedSequence, part: int):
+    """An independent stream per part, so selecting parts does not change any number."""
+    return make_rng(np.random.SeedSequence(seed.entropy, spawn_key=tuple(seed.spawn_key) + (part,)))
+
+
+def _error_part(rng, *, ks, Bs, degrees, methods, n, d, scale):
+    shape = (len(methods), len(ks), len(Bs), len(degrees), len(INPUTS))
+    err = np.zeros(shape)
+    rej = np.zeros(shape)
+    vmax = np.zeros((len(ks), len(Bs), len(INPUTS)))
+    lbound = np.zeros_like(vmax)
+    gens = {"uniform": sta.uniform_inputs, "sign_aligned": sta.sign_aligned_inputs}
+    for ik, k in enumerate(ks):
+        for ib, B in enumerate(Bs):
+            for ii, kind in enumerate(INPUTS):
+                Q, keys, values = gens[kind](rng, n, d, B, k)
+                exact = sta.kth_order_attention(Q, keys, values, scale=scale)
+                vm = float(np.prod([np.abs(V).max() for V in values]))
+                vmax[ik, ib, ii] = vm
+                lbound[ik, ib, ii] = sta.logit_range_bound(Q, keys, scale=scale)
+                for im, method in enumerate(methods):
+                    for ig, g in enumerate(degrees):
+                        try:
+                            res = sta.polynomial_attention(Q, keys, values, degree=g, method=method,
+                                                           B=B, scale=scale)
+                            err[im, ik, ib, ig, ii] = float(np.abs(res.out - exact).max())
+                        except sta.NonPositiveNormalizer:
+                            rej[im, ik, ib, ig, ii] = 1.0
+                            err[im, ik, ib, ig, ii] = vm
+    return {"err_out": err, "rejected": rej, "vmax": vmax, "logit_bound": lbound}
+
+
+def _runtime_part(rng, *, n_approx, n_matrix, n_tensor, d, g, B, scale, repeat):
+    out = {}
+
+    def timed(fn):
+        return best_time(fn, repeat=repeat)
+
+    t = np.zeros(len(n_matrix))
+    for j, n in enumerate(n_matrix):
+        Q, (K,), (V,) = sta.uniform_inputs(rng, n, d, B, 2)
+        t[j] = timed(lambda: sta.matrix_attention(Q, K, V, scale=scale))
+    out["time_exact_matrix"] = t
+    t = np.zeros(len(n_tensor))
+    for j, n in enumerate(n_tensor):
+        Q, keys, values = sta.uniform_inputs(rng, n, d, B, 3)
+        t[j] = timed(lambda: sta.kth_order_attention(Q, keys, values, scale=scale))
+    out["time_exact_tensor"] = t
+    for k, name, grid in ((2, "time_approx_matrix", n_approx), (3, "time_approx_tensor", n_approx),
+                          (2, "time_approx_matrix_x", n_matrix), (3, "time_approx_tensor_x", n_tensor)):
+        t = np.zeros(len(grid))
+        for j, n in enumerate(grid):
+            Q, keys, values = sta.uniform_inputs(rng, n, d, B, k)
+            t[j] = timed(lambda: sta.polynomial_attention(Q, keys, values, degree=g, method="chebyshev",
+                                                          B=B, scale=scale))
+        out[name] = t
+    return out
+
+
+def _match3_part(rng, *, Ns, sequences, train, degree):
+    acc = np.zeros((len(Ns), len(MODELS), sequences))
+    pos = np.zeros((len(Ns), sequences))
+    for iN, N in enumerate(Ns):
+        M = th.match3_balanced_M(N)
+        thr = th.match3_threshold(M)
+        train_x = [rng.integers(0, M, N) for _ in range(train)]
+        train_y = [sta.match3_labels(x, M) for x in train_x]
+        readout = sta.PairwiseReadout(M, rng).fit(train_x, train_y)
+        majority = bool(np.mean(np.concatenate(train_y)) > 0.5)
+        for s in range(sequences):
+            x = rng.integers(0, M, N)
+            y = sta.match3_labels(x, M)
+            pos[iN, s] = y.mean()
+            preds = {
+                "tensor_exact": sta.match3_tensor_scores(x, M) > thr,
+                "tensor_poly": sta.match3_poly_scores(x, M, degree) > thr,
+                "pairwise_match2": sta.match2_pairwise_scores(x, M) > thr,
+                "pairwise_readout": readout.predict(x),
+                "majority": np.full(N, majority),
+            }
+            for im, model in enumerate(MODELS):
+                acc[iN, im, s] = np.mean(preds[model] == y)
+    return {"match3_acc": acc, "match3_positive": pos}
+
+
+def _cell(cell, *, parts, err_cfg, time_cfg, m3_cfg):
+    out = {}
+    if "error" in parts:
+        out.update(_error_part(_child_rng(cell.seed, 0), **err_cfg))
+    if "runtime" in parts:
+        out.update(_runtime_part(_child_rng(cell.seed, 1), **time_cfg))
+    if "match3" in parts:
+        out.update(_match3_part(_child_rng(cell.seed, 2), **m3_cfg))
+    return out
+
+
+def make_sweep(args) -> Sweep:
+    d = args.d
+    scale = SCALES[args.scale](d)
+    params = {"parts": list(args.parts), "d": d, "scale": args.scale, "reps": args.reps}
+    variables, coords, var_attrs = {}, {}, {}
+    err_cfg = time_cfg = m3_cfg = None
+    if "error" in args.parts:
+        params["error"] = {"k": list(args.k), "B": list(args.B), "degrees": list(args.degrees),
+                           "methods": list(args.methods), "n": args.n_error, "inputs": list(INPUTS)}
+        err_cfg = dict(ks=tuple(args.k), Bs=tuple(args.B), degrees=tuple(args.degrees),
+                       methods=tuple(args.methods), n=args.n_error, d=d, scale=scale)
+        coords.update({"family": str_coord(args.methods), "k": np.asarray(args.k),
+                       "B": np.asarray(args.B, dtype=float), "degree": np.asarray(args.degrees),
+                       "inputs": str_coord(INPUTS)})
+        dims5 = ("family", "k", "B", "degree", "inputs", "rep")
+        variables.update({"err_out": dims5, "rejected": dims5, "vmax": ("k", "B", "inputs", "rep"),
+                          "logit_bound": ("k", "B", "inputs", "rep")})
+        var_attrs.update({
+            "err_out": {"long_name": "max_i,l |T_approx - T_exact| over all n queries",
+                        "note": "where rejected = 1 it holds vmax (no accuracy)"},
+            "rejected": {"long_name": "1 where the approximation refused (non-positive normaliser)"},
+            "vmax": {"long_name": "prod_m max |V_m| of the input"},
+            "logit_bound": {"long_name": "cheap bound |s| sum_l max|Q_l| prod_m max|K_m,l| on max |logit|"},
+        })
+    if "runtime" in args.parts:
+        repeat = 1 if args.quick else 3  # timed calls per measurement (after one warm-up call)
+        params["runtime"] = {"n_approx": list(args.n_approx), "n_matrix": list(args.n_matrix),
+                             "n_tensor": list(args.n_tensor), "degree": args.timing_degree,
+                             "B": args.timing_B, "method": "chebyshev", "repeat": repeat}
+        time_cfg = dict(n_approx=tuple(args.n_approx), n_matrix=tuple(args.n_matrix),
+                        n_tensor=tuple(args.n_tensor), d=d, g=args.timing_degree, B=args.timing_B,
+                        scale=scale, repeat=repeat)
+        coords.update({"n_approx": np.asarray(args.n_approx), "n_matrix": np.asarray(args.n_matrix),
+                       "n_tensor": np.asarray(args.n_tensor)})
+        for name, dim in (("time_exact_matrix", "n_matrix"), ("time_exact_tensor", "n_tensor"),
+                          ("time_approx_matrix", "n_approx"), ("time_approx_tensor", "n_approx"),
+                          ("time_approx_matrix_x", "n_matrix"), ("time_approx_tensor_x", "n_tensor")):
+            variables[name] = (dim, "rep")
+            what = name[5:].replace("_x", " (on the exact grid, for the crossover)")
+            var_attrs[name] = {"units": "s", "long_name": f"best of {repeat} wall times: {what}"}
+    if "match3" in args.parts:
+        params["match3"] = {"N": list(args.N), "sequences": args.sequences, "train": args.train,
+                            "degree": args.match3_degree, "distinct": False,
+                            "M": [th.match3_balanced_M(N) for N in args.N]}
+        m3_cfg = dict(Ns=tuple(args.N), sequences=args.sequences, train=args.train,
+                      degree=args.match3_degree)
+        coords.update({"N": np.asarray(args.N), "model": str_coord(MODELS),
+                       "seq": np.arange(args.sequences)})
+        variables.update({"match3_acc": ("N", "model", "seq", "rep"),
+                          "match3_positive": ("N", "seq", "rep")})
+        var_attrs.update({"match3_acc": {"long_name": "fraction of the N tokens of a test sequence "
+                                                      "whose Match3 label is predicted correctly"},
+                          "match3_positive": {"long_name": "fraction of positive labels of the sequence"}})
+    run_cell = functools.partial(_cell, parts=tuple(args.parts), err_cfg=err_cfg, time_cfg=time_cfg,
+                                 m3_cfg=m3_cfg)
+    return Sweep(
+        study=STUDY,
+        cell_dims={"rep": np.arange(args.reps)},
+        variables=variables,
+        coords=coords,
+        params=params,
+        run_cell=run_cell,
+        root_seed=args.seed,
+        attrs={"device": args.device,
+               "convention": f"logit = s sum_l Q_il K1_j1,l ... (s = {args.scale}); softmax joint over "
+                             "all key tuples; Khatri-Rao rows in numpy order (j1 n + j2)",
+               "error_design_range": "R = |s| d B^k (the declared entry bound, k-th order)",
+               "timing_note": "timings are best-of-3 (--quick: 1) wall times after a warm-up call, in the "
+                              "cell's process; with "
+                              "--workers > 1 (or Dask) cells run concurrently and their timings contend "
+                              f"(workers={args.workers}, dask_local={args.dask_local}, "
+                              f"scheduler={args.scheduler})",
+               "match3_convention": "indices unrestricted (SHT23 form [C]); M = round(N^2/ln 4); "
+                                    "construction of spec 5.1 with d = 4 and scale lam"},
+        var_attrs=var_attrs,
+    )
+
+
+# -------------------------------------------------------------------------- analysis
+def _params(ds) -> dict:
+    return json.loads(ds.attrs["params_json"])
+
+
+def _analyze_error(ds, out, p):
+    d = p["d"]
+    s = SCALES[p["scale"]](d)
+    methods = [str(m) for m in ds["family"].values]
+    ks = ds["k"].values
+    Bs = ds["B"].values
+    degs = ds["degree"].values
+    n = p["error"]["n"]
+    shape = (len(methods), len(ks), len(Bs), len(degs))
+    eps = np.zeros(shape)
+    eps_b = np.zeros(shape)
+    allow = np.zeros(shape)
+    for im, m in enumerate(methods):
+        for ik, k in enumerate(ks):
+            for ib, B in enumerate(Bs):
+                R = th.logit_range(B, int(k), d, s)
+                for ig, g in enumerate(degs):
+                    c = th.approximation_coefficients(int(g), R, m)
+                    eps[im, ik, ib, ig] = th.relative_error(c, R)
+                    eps_b[im, ik, ib, ig] = th.relative_error_bound(int(g), R, m)
+                    allow[im, ik, ib, ig] = th.rounding_error_bound(c, R, th.rank(d, int(g)) + n)
+    eps = np.minimum(eps, np.finfo(float).max)  # inf only for R in the hundreds
+    defined = eps < 1.0
+    Bk1 = Bs[None, :] ** (ks[:, None] - 1.0)  # (k, B): max prod ||V_m|| for entries in [-B, B]
+    bound = np.where(defined, 2 * eps / np.where(defined, 1 - eps, 1.0), 0.0) * Bk1[None, :, :, None]
+    dims4 = ("family", "k", "B", "degree")
+    out["theory_eps"] = (dims4, eps, {"long_name": "relative error of P on [-R, R], R = |s| d B^k (grid)"})
+    out["theory_eps_bound"] = (dims4, np.minimum(eps_b, np.finfo(float).max),
+                               {"long_name": "proven relative error bound (Taylor: e^R R^(g+1)/(g+1)!; "
+                                             "Chebyshev: e^(2R) R^(g+1)/(2^g (g+1)!))"})
+    out["theory_bound_defined"] = (dims4, defined, {"long_name": "theory_eps < 1 (the bound applies)"})
+    out["theory_err_bound"] = (dims4, bound, {
+        "long_name": "2 eps/(1 - eps) B^(k-1): bound on the output error for entries in [-B, B]",
+        "note": "0 where theory_bound_defined is False (no bound)"})
+    e_f = eps + allow
+    limit = np.where(e_f < 1, 2 * e_f / np.where(e_f < 1, 1 - e_f, 1.0), 0.0) * Bk1[None, :, :, None]
+    out["theory_err_limit"] = (dims4, np.where(defined & (e_f < 1), limit + BOUND_SLACK, 0.0), {
+        "long_name": "the same bound with eps + float64 rounding allowance, plus BOUND_SLACK: what "
+                     "verdict_bound checks (with the realised prod ||V_m|| instead of B^(k-1))",
+        "note": "0 where undefined"})
+    out["theory_logit_range"] = (("k", "B"), np.array([[th.logit_range(B, int(k), d, s) for B in Bs]
+                                                       for k in ks]))
+    out["theory_rank"] = (("degree",), np.array([th.rank(d, int(g)) for g in degs], dtype=float),
+                          {"long_name": "C(d+g, g), tight CP rank (any k)"})
+    out["theory_rank_loose"] = (("k", "degree"), np.array([[float(th.rank_loose(d, int(g), int(k)))
+                                                            for g in degs] for k in ks]),
+                                {"long_name": "papers' bound C(k(g+d), k g) [C]"})
+    out["theory_rank_redundant"] = (("degree",), np.array([float(th.rank_redundant(d, int(g))) for g in degs]))
+    # minimum degree for ERR_TARGET on the output: eps with 2 eps/(1-eps) B^(k-1) <= target
+    mind = np.zeros((len(methods), len(ks), len(Bs)), dtype=np.int64)
+    for im, m in enumerate(methods):
+        for ik, k in enumerate(ks):
+            for ib, B in enumerate(Bs):
+                e = ERR_TARGET / (2 * B ** (k - 1) + ERR_TARGET)
+                try:
+                    mind[im, ik, ib] = th.min_degree(th.logit_range(B, int(k), d, s), e, m, g_max=60)
+                except ValueError:
+                    mind[im, ik, ib] = 61
+    out["theory_min_degree"] = (("family", "k", "B"), mind, {
+        "long_name": f"smallest g whose certified output bound is <= {ERR_TARGET:g} "
+                     "(61 = not reached by g <= 60)"})
+
+    err = ds["err_out"].values  # (method, k, B, degree, inputs, rep)
+    rej = ds["rejected"].values > 0.5
+    vmax = ds["vmax"].values  # (k, B, inputs, rep)
+    errm = np.where(rej, -np.inf, err).max(axis=-1)
+    any_ok = (~rej).any(axis=-1)
+    out["err_max"] = (dims4 + ("inputs",), np.where(any_ok, errm, 0.0),
+                      {"long_name": "max over reps of err_out (accepted runs only; 0 where all rejected)"})
+    out["err_mean"] = (dims4 + ("inputs",), np.where(any_ok, np.where(rej, 0, err).sum(-1) /
+                                                      np.maximum((~rej).sum(-1), 1), 0.0))
+    out["n_rejected"] = (dims4 + ("inputs",), rej.sum(axis=-1).astype(np.int64))
+    # verdict_bound: every accepted run with a defined bound is below it (+ rounding allowance)
+    e_eff = eps + allow
+    vm = vmax[None, :, :, None, :, :]  # (1, k, B, 1, inputs, rep)
+    lim = np.where((e_eff < 1)[..., None, None],
+                   2 * e_eff[..., None, None] / np.where(e_eff < 1, 1 - e_eff, 1.0)[..., None, None] * vm,
+                   np.inf) + BOUND_SLACK
+    check = defined[..., None, None] & ~rej
+    ok = np.where(check, err <= lim, True)
+    ratio = np.where(check, err / np.where(np.isfinite(lim), lim, 1.0), 0.0)
+    out["bound_ratio_max"] = (("family", "k"), ratio.max(axis=(2, 3, 4, 5)),
+                              {"long_name": "max of err_out / certified bound over B, g, inputs, reps"})
+    out["verdict_bound"] = (("family", "k"), ok.all(axis=(2, 3, 4, 5)), {
+        "description": "err_out <= 2e/(1-e) prod||V_m|| + slack for every accepted run where theory_eps < 1; "
+                       "e = theory_eps + rounding allowance (n_terms = r + n)"})
+    # verdict_decay: log10 err_max decreases with g above the float64 floor
+    floor = FLOOR * np.maximum(vmax.max(axis=-1), 1e-300)  # (k, B, inputs)
+    slope = np.zeros((len(methods), len(ks), len(Bs), len(INPUTS)))
+    decays = np.ones_like(slope, dtype=bool)
+    for im in range(len(methods)):
+        for ik in range(len(ks)):
+            for ib in range(len(Bs)):
+                for ii in range(len(INPUTS)):
+                    e = errm[im, ik, ib, :, ii]
+                    use = any_ok[im, ik, ib, :, ii] & (e > floor[ik, ib, ii])
+                    if use.sum() >= 3:
+                        f = ols(degs[use].astype(float), np.log10(e[use]))
+                        slope[im, ik, ib, ii] = f.slope
+                        decays[im, ik, ib, ii] = f.slope < 0 and e[use][-1] < e[use][0]
+    out["err_decay_slope"] = (("family", "k", "B", "inputs"), slope,
+                              {"long_name": "OLS slope of log10 err_max vs g above the float64 floor "
+                                            "(0 where < 3 points)"})
+    out["verdict_decay"] = (("family", "k"), decays.all(axis=(2, 3)), {
+        "description": f"at every B: log10 err_max decreases with g (OLS slope < 0 and last < first) over "
+                       f"degrees with err_max > {FLOOR:g} vmax"})
+
+
+def _fit_window(n, t):
+    med = np.median(t, axis=-1)
+    use = med >= MIN_FIT_TIME
+    if use.sum() < MIN_FIT_POINTS:
+        use = np.zeros(len(n), dtype=bool)
+        use[-MIN_FIT_POINTS:] = True
+    return use
+
+
+def _crossing(n, t_exact, t_approx):
+    """Log-log interpolated n where t_exact / t_approx first reaches 1 (None if it never crosses
+    inside the grid from below)."""
+    lr = np.log(t_exact) - np.log(t_approx)
+    for j in range(1, len(n)):
+        if lr[j - 1] < 0 <= lr[j]:
+            f = -lr[j - 1] / (lr[j] - lr[j - 1])
+            return float(np.exp(np.log(n[j - 1]) + f * (np.log(n[j]) - np.log(n[j - 1]))))
+    return None
+
+
+def _analyze_runtime(ds, out, p):
+    grids = {"exact_matrix": "n_matrix", "exact_tensor": "n_tensor", "approx_matrix": "n_approx",
+             "approx_tensor": "n_approx"}
+    slope, se, lo, hi, icpt, npts = (np.zeros(len(IMPLS)) for _ in range(6))
+    for i, impl in enumerate(IMPLS):
+        n = ds[grids[impl]].values.astype(float)
+        t = ds[f"time_{impl}"].values
+        use = _fit_window(n, t)
+        f = loglog_rate(n[use], t[use])
+        slope[i], se[i], icpt[i] = f.slope, f.se, f.intercept
+        lo[i], hi[i], npts[i] = n[use].min(), n[use].max(), use.sum()
+        out[f"time_{impl}_median"] = ((grids[impl],), np.median(t, axis=-1))
+    out["fit_slope"] = (("impl",), slope, {"long_name": "WLS log-log slope of mean time vs n over the window"})
+    out["fit_slope_se"] = (("impl",), se)
+    out["fit_intercept"] = (("impl",), icpt, {"long_name": "log mean time = intercept + slope log n"})
+    out["fit_n_min"] = (("impl",), lo)
+    out["fit_n_max"] = (("impl",), hi)
+    out["fit_points"] = (("impl",), npts.astype(np.int64))
+    out["theory_slope"] = (("impl",), np.array([2.0, 3.0, 1.0, 1.0]))
+    d, g = p["d"], p["runtime"]["degree"]
+    for kind, ie, ia, k in (("matrix", 0, 2, 2), ("tensor", 1, 3, 3)):
+        out[f"theory_crossover_n_{kind}"] = ((), th.crossover_n(d, g, k), {
+            "long_name": "flop-count crossover (r k (d+2)/(2d+1))^(1/(k-1))"})
+        if slope[ie] > slope[ia]:
+            nx = math.exp((icpt[ia] - icpt[ie]) / (slope[ie] - slope[ia]))
+            out[f"crossover_n_{kind}_fit"] = ((), nx, {
+                "long_name": f"n where the fitted exact and approximate {kind} power laws meet"})
+        grid = ds[grids[IMPLS[ie]]].values.astype(float)
+        # best time over reps (each already a best of 3): the standard benchmark statistic, and
+        # robust to scheduler noise at the small n where the crossing happens
+        te = ds[f"time_{IMPLS[ie]}"].values.min(axis=-1)
+        ta = ds[f"time_approx_{kind}_x"].values.min(axis=-1)
+        out[f"time_exact_{kind}_best"] = ((grids[IMPLS[ie]],), te)
+        out[f"time_approx_{kind}_x_best"] = ((grids[IMPLS[ie]],), ta)
+        nx = _crossing(grid, te, ta)
+        if nx is not None:
+            out[f"crossover_n_{kind}"] = ((), nx, {
+                "long_name": f"measured: smallest n where exact {kind} attention becomes slower than the "
+                             "approximation (best times over reps, log-log interpolation between grid points)"})
+    out["theory_rank_timing"] = ((), float(th.rank(d, g)))
+    ok_a = bool(slope[2] <= APPROX_SLOPE_MAX and slope[3] <= APPROX_SLOPE_MAX)
+    out["verdict_approx_slope"] = ((), ok_a, {"description": f"both approximation slopes <= {APPROX_SLOPE_MAX}"})
+    for name, i, (target, tol) in (("tensor", 1, EXACT_TENSOR_SLOPE), ("matrix", 0, EXACT_MATRIX_SLOPE)):
+        out[f"verdict_exact_{name}_slope"] = ((), bool(abs(slope[i] - target) <= tol),
+                                              {"description": f"|slope - {target}| <= {tol}"})
+
+
+def _analyze_match3(ds, out, p):
+    acc = ds["match3_acc"].values  # (N, model, seq, rep)
+    N = ds["N"].values
+    a = acc.reshape(acc.shape[0], acc.shape[1], -1)
+    k = a.shape[-1]
+    mean = a.mean(-1)
+    se = a.std(-1, ddof=1) / math.sqrt(k) if k > 1 else np.zeros_like(mean)
+    out["match3_accuracy"] = (("N", "model"), mean, {"long_name": "mean accuracy over test sequences"})
+    out["match3_accuracy_se"] = (("N", "model"), se, {"long_name": "standard error over sequences"})
+    out["match3_positive_rate"] = (("N",), ds["match3_positive"].values.reshape(len(N), -1).mean(-1))
+    Ms = np.array([th.match3_balanced_M(int(n)) for n in N])
+    out["match3_M"] = (("N",), Ms)
+    out["theory_match3_lambda"] = (("N",), np.array([th.match3_lambda(int(n), int(m)) for n, m in zip(N, Ms)]))
+    out["theory_match3_entry_bound"] = (("N",), np.array([th.match3_entry_bound(int(n), int(m), 4)
+                                                          for n, m in zip(N, Ms)]),
+                                        {"long_name": "(4 lam)^(1/3): the construction's B in the 1/d convention"})
+    out["theory_match3_accuracy_tensor"] = (("N",), np.ones(len(N)), {"long_name": "the construction is exact"})
+    models = [str(m) for m in ds["model"].values]
+    ten = mean[:, models.index("tensor_exact")]
+    chance = mean[:, models.index("majority")]
+    pw = np.stack([mean[:, models.index(m)] for m in PAIRWISE], axis=1)
+    out["verdict_match3_tensor"] = ((), bool(np.all(ten >= MATCH3_TARGET)),
+                                    {"description": f"exact tensor attention accuracy >= {MATCH3_TARGET} at every N"})
+    out["verdict_match3_pairwise"] = ((), bool(np.all(pw <= chance[:, None] + PAIRWISE_MARGIN)), {
+        "description": f"every pairwise baseline's accuracy <= majority-class accuracy + {PAIRWISE_MARGIN} "
+                       "at every N (chance level)"})
+
+
+def analyze(ds: xr.Dataset) -> xr.Dataset:
+    """Fits, theory and verdicts from the raw sweep (a pure function of the dataset)."""
+    p = _params(ds)
+    coords = {c: ds[c].values for c in ds.coords if c != "rep"}
+    out = xr.Dataset(coords={**coords, "impl": str_coord(IMPLS)} if "runtime" in p["parts"] else coords)
+    if "error" in p["parts"]:
+        _analyze_error(ds, out, p)
+    if "runtime" in p["parts"]:
+        _analyze_runtime(ds, out, p)
+    if "match3" in p["parts"]:
+        _analyze_match3(ds, out, p)
+    d = p["d"]
+    out["theory_entry_threshold"] = (("order",), th.entry_threshold(2**16, np.array([2, 3, 4])), {
+        "long_name": "(log n)^(1/k) at n = 2^16: entries must be o(this) for near-linear time"})
+    out = out.assign_coords(order=np.array([2, 3, 4]))
+    out["theory_crossover_entry_bound"] = (("order",), np.array(
+        [th.crossover_entry_bound(2**16, d, k, 1e-6, "chebyshev") for k in (2, 3, 4)]), {
+        "long_name": f"largest B at which the approximation (relative error 1e-6 on B^k) costs no more "
+                     f"flops than exact order-k attention at n = 2^16, d = {d}"})
+    out.attrs["d"] = int(d)
+    out.attrs["verdict_tolerances"] = (
+        f"APPROX_SLOPE_MAX={APPROX_SLOPE_MAX}; EXACT_TENSOR_SLOPE={EXACT_TENSOR_SLOPE}; "
+        f"EXACT_MATRIX_SLOPE={EXACT_MATRIX_SLOPE}; MIN_FIT_TIME={MIN_FIT_TIME}s; MIN_FIT_POINTS={MIN_FIT_POINTS}; "
+        f"BOUND_SLACK={BOUND_SLACK}; FLOOR={FLOOR}; MATCH3_TARGET={MATCH3_TARGET}; "
+        f"PAIRWISE_MARGIN={PAIRWISE_MARGIN}; ERR_TARGET={ERR_TARGET}")
+    return out
+
+
+# --------------------------------------------------------------------------- summary
+def summary_table(an: xr.Dataset) -> str:
+    rows = []
+    if "err_max" in an:
+        rows.append("error part: max output error over reps (sign-aligned inputs) at the largest degree; "
+                    "min degree g* for a certified 1e-6")
+        methods = [str(m) for m in an["family"].values]
+        degs = an["degree"].values
+        rows.append(f"  {'family':<10} {'k':>2} " + " ".join(f"{'B=' + format(b, 'g'):>9}" for b in an["B"].values))
+        for m in methods:
+            for k in an["k"].values:
+                e = an["err_max"].sel(family=m, k=k, inputs="sign_aligned", degree=degs[-1]).values
+                rows.append(f"  {m:<10} {int(k):>2} " + " ".join(f"{v:>9.1e}" for v in e))
+                gs = an["theory_min_degree"].sel(family=m, k=k).values
+                rows.append(f"  {'  g*':<10} {'':>2} " + " ".join(f"{int(v) if v <= 60 else '>60':>9}" for v in gs))
+        rows.append("  bound holds: " + "  ".join(
+            f"{m}/k={int(k)}: {'yes' if bool(an['verdict_bound'].sel(family=m, k=k)) else 'NO'} "
+            f"(max err/bound {float(an['bound_ratio_max'].sel(family=m, k=k)):.2g})"
+            for m in methods for k in an["k"].values))
+        rows.append("  error decays with g: " + "  ".join(
+            f"{m}/k={int(k)}: {'yes' if bool(an['verdict_decay'].sel(family=m, k=k)) else 'NO'}"
+            for m in methods for k in an["k"].values))
+    if "fit_slope" in an:
+        rows.append(f"runtime part (d={an.attrs.get('d', '?')}): log-log slopes of wall time vs n; "
+                    f"crossover from best times")
+        rows.append(f"  {'impl':<14} {'n-window':<16} {'slope ± se':<16} {'theory':>6}")
+        for i, impl in enumerate(an["impl"].values):
+            win = f"{int(an['fit_n_min'].values[i])}..{int(an['fit_n_max'].values[i])}"
+            rows.append(f"  {str(impl):<14} {win:<16} {an['fit_slope'].values[i]:+.3f} ± "
+                        f"{an['fit_slope_se'].values[i]:.3f}   {an['theory_slope'].values[i]:>6g}")
+        for kind in ("matrix", "tensor"):
+            meas = (f"{float(an[f'crossover_n_{kind}']):.0f}" if f"crossover_n_{kind}" in an
+                    else "outside the grid")
+            fit = f"{float(an[f'crossover_n_{kind}_fit']):.0f}" if f"crossover_n_{kind}_fit" in an else "n/a"
+            rows.append(f"  crossover n ({kind}): measured {meas}; fitted power laws {fit}; flop model "
+                        f"{float(an[f'theory_crossover_n_{kind}']):.0f}")
+    if "match3_accuracy" in an:
+        models = [str(m) for m in an["model"].values]
+        rows.append("match3 part: accuracy (± se over sequences); positive-label rate")
+        rows.append(f"  {'N':>3} {'M':>4} {'B_constr':>8} " + " ".join(f"{m:>17}" for m in models) + "  positive")
+        for i, N in enumerate(an["N"].values):
+            cells = " ".join(f"{an['match3_accuracy'].values[i, j]:>9.3f} ± {an['match3_accuracy_se'].values[i, j]:.3f}"
+                             for j in range(len(models)))
+            rows.append(f"  {int(N):>3} {int(an['match3_M'].values[i]):>4} "
+                        f"{an['theory_match3_entry_bound'].values[i]:>8.1f} {cells}  "
+                        f"{an['match3_positive_rate'].values[i]:.3f}")
+    if "theory_entry_threshold" in an:
+        rows.append("theory at n = 2^16: (log n)^(1/k) = " + ", ".join(
+            f"k={int(k)}: {v:.2f}" for k, v in zip(an["order"].values, an["theory_entry_threshold"].values))
+            + f"; largest B where the approximation (eps 1e-6) beats exact in flops (d={an.attrs.get('d', '?')}): "
+            + ", ".join(f"k={int(k)}: {v:.2f}" for k, v in zip(an["order"].values,
+                                                               an["theory_crossover_entry_bound"].values)))
+    verdicts = [k for k in an.data_vars if k.startswith("verdict_")]
+    rows.append("verdicts: " + "  ".join(
+        f"{k[8:]}={'yes' if bool(np.all(an[k].values)) else 'no'}" for k in verdicts))
+    return "\n".join(rows)
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    sweep = make_sweep(args)
+    t0 = time.perf_counter()
+    try:
+        ds, info = run_sweep(sweep, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                             **args.executor)
+    except StoreMismatch as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
+    analysis = analyze(ds)
+    write_analysis(args.out, analysis)
+    print(summary_table(analysis))
+    print(f"wrote {args.out}: {info['cells']} cells ({info['computed']} computed, "
+          f"{info['resumed']} already done) in {time.perf_counter() - t0:.1f} s")
+    if args.plot:
+        from paper_figs.tensor_attention import draw
+
+        fig_path = Path(args.out).with_suffix(".png")
+        draw(args.out, fig_path)
+        print(f"figure: {fig_path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv, prog="python -m studies.tensor_attention")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

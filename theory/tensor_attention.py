@@ -1,0 +1,530 @@
+r"""Bounded-entry matrix and tensor attention: the polynomial method, in closed form.
+
+Papers: Alman & Song, *Fast attention requires bounded entries* (NeurIPS 2023, **AS23**, k = 2) and
+*How to capture higher-order correlations? Generalizing matrix softmax attention to Kronecker
+computation* (ICLR 2024, **AS24**, k = 3). Spec: ``shared/specs/tensor_attention.md`` (§ numbers
+below refer to it). Tags: [R] read in the papers' public text, [C] reconstructed, [D] derived here.
+
+Symbols and shapes (row-vector layout, rows are tokens)
+-------------------------------------------------------
+* ``n`` tokens, head dimension ``d``; order ``k`` (k = 2 matrix attention, k = 3 tensor attention).
+* Inputs ``Q, K_1..K_{k-1}, V_1..V_{k-1}`` in R^{n x d}, every entry in ``[-B, B]``.
+* Logits ``x = s * sum_l Q[i,l] K_1[j_1,l] ... K_{k-1}[j_{k-1},l]``, softmax scale ``s``. The
+  papers' convention is ``s = 1/d`` [C for AS24's body; the AS24 abstract shows no scale, R],
+  so ``|x| <= s d B^k = B^k``: the **logit range** ``R = B^k`` (:func:`logit_range`; other scales
+  give ``|s| d B^k``). Everything below depends on the inputs only through ``R``.
+
+Polynomial approximation of exp (§2.1)
+--------------------------------------
+A polynomial ``P(x) = sum_{t<=g} c_t x^t`` of degree ``g`` approximates ``e^x`` with **relative**
+error ``eps(g, R) = max_{|x|<=R} |P(x) e^{-x} - 1|`` (what attention needs: every weight is off by
+the same factor ``1 +- eps``). Two families:
+
+* Taylor ``c_t = 1/t!``. Proven bound (Lagrange remainder, [D]):
+  ``eps <= e^R R^{g+1} / (g+1)!`` (the ``e^R`` comes from the negative end).
+  Even degrees are positive on all of R (``T_{2m}(x) > 0``), odd ones are not.
+* Chebyshev: interpolate ``e^x`` at the ``g+1`` Chebyshev points of the first kind on ``[-R, R]``.
+  Proven bound (interpolation remainder, node polynomial ``R^{g+1} T_{g+1}(x/R) / 2^g``, [D]):
+  ``|P - e^x| <= e^R R^{g+1} / (2^g (g+1)!)``, so ``eps <= e^{2R} R^{g+1} / (2^g (g+1)!)``.
+  Measured ``eps`` is ~2^g smaller than Taylor's (tables of §2.1). Monomial coefficients come
+  from ``cheb2poly`` (fine for R <= 4, g <= ~30; §2.1 numerical notes).
+* The additive-to-relative **shift** (§2.1, [D]): if ``|P(y) - e^y| <= eps`` on ``[0, 2R]`` then
+  ``Pt(x) = e^{-R} P(x + R)`` has ``|Pt(x) - e^x| <= eps e^{-R} <= eps e^x`` on ``[-R, R]``
+  (:func:`shift_polynomial`). This is how AS23 turn the AA22 degree bound
+  ``g = Theta(max{R, log(1/eps)/log(log(1/eps)/R)})`` [R: AA22 abstract; C: its use in AS23]
+  into the relative guarantee (:func:`aa22_degree`; order of magnitude only, constants unknown).
+* float64 floor: evaluating a degree-g polynomial costs absolute error ~``u sum |c_t| R^t`` with
+  ``u = 2^-53``, i.e. relative error ~``e^{2R} u`` at ``x = -R`` (:func:`float64_floor`,
+  :func:`rounding_error_bound`).
+
+Low-rank (CP) factorisation (§2.2, §2.3) and rank
+--------------------------------------------------
+By the multinomial theorem, with ``a_l = q_l k_{1,l} ... k_{k-1,l}``,
+
+    P(s <q, k_1 o ... o k_{k-1}>) = sum_{alpha in N^d, |alpha| <= g} w_alpha q^alpha k_1^alpha ... k_{k-1}^alpha,
+    w_alpha = c_{|alpha|} s^{|alpha|} |alpha|! / alpha!,      alpha! = prod_l alpha_l!,
+
+so the polynomial kernel is an exact rank-``r`` CP decomposition with ``r = C(d+g, g)`` multi-indices,
+**the same r for every order k** [D] (:func:`rank`). The papers' looser bounds are
+``C(2(g+d), 2g)`` (AS23, matrix) and ``C(3(g+d), 3g)`` (AS24, tensor, by analogy) [C]
+(:func:`rank_loose`); the redundant tensor-power basis ``x o x ...`` has ``sum_t d^t`` features
+(:func:`rank_redundant`). :func:`multi_indices` enumerates the multi-indices in graded order with a
+parent pointer (``alpha = parent + e_var``) so features build level by level in O(n r);
+:func:`feature_weights` gives ``w_alpha``; :func:`sympy_multinomial_table` and
+:func:`sympy_kernel_residual` derive the same expansion symbolically (the tests compare them).
+
+Error guarantee (§2.5, [D]; AS23's analogue states ``4 eps ||V||_inf`` [C])
+----------------------------------------------------------------------------
+If every weight is ``A (1 + E)`` with ``|E| <= eps < 1``, every normalised weight is within
+``p * 2 eps / (1 - eps)``, so ``||T - T*||_inf <= 2 eps/(1 - eps) * ||V_1||_inf ... ||V_{k-1}||_inf``
+independently of n (:func:`output_error_bound`); the values' bound is ``B^{k-1}`` for entries in
+[-B, B].
+
+Running time and thresholds (§2.6, §3)
+--------------------------------------
+* Exact: ``n^k`` tuples of ~``2d+1`` flops (:func:`exact_flops`). Approximate: ``k`` feature maps
+  (``n r``), ``k-1`` contractions ``U_m^T V_m`` (``n r d``), the query side (``n r d``): about
+  ``n r k (d+2)`` flops (:func:`approx_flops`). Crossover ``n`` where they meet
+  (:func:`crossover_n`); the entry bound at which the approximation stops paying at a given n
+  (:func:`crossover_entry_bound`).
+* Entry-bound threshold of near-linear time for order k: ``B = o((log n)^{1/k})``; at
+  ``B = Theta((log n)^{1/k})`` no ``n^{k - o(1)}``-beating algorithm exists under SETH
+  (k = 2: AS23 [R]; k = 3: AS24 [R]; general k [C]) (:func:`entry_threshold`).
+
+Match3 (§5.1, SHT23 [C])
+------------------------
+Labels ``Match3(x)_i = 1`` iff ``x_i + x_j1 + x_j2 = 0 (mod M)`` for some ``j1, j2`` (indices
+unrestricted). The exact tensor-attention construction of §5.1 uses logits
+``lam cos(2 pi (x_i + x_j1 + x_j2)/M)`` with ``lam = ln(100 N^2) / (1 - cos(2 pi/M))`` and the
+threshold ``(1 + cos(2 pi/M))/2`` on the attention-weighted mean cosine (:func:`match3_lambda`,
+:func:`match3_threshold`); balanced labels need ``M ~ N^2 / ln 4`` (:func:`match3_balanced_M`).
+With the ``1/d`` convention and ``d = 4`` the construction's entry bound is ``(4 lam)^{1/3}``
+(:func:`match3_entry_bound`), far outside the bounded-entry regime.
+
+Everything here is a deterministic function of its parameters (numpy, scipy, sympy only).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.polynomial import chebyshev as _cheb
+
+__all__ = [
+    "METHODS",
+    "UNIT_ROUNDOFF",
+    "logit_range",
+    "entry_threshold",
+    "taylor_coefficients",
+    "chebyshev_coefficients",
+    "approximation_coefficients",
+    "is_positive_everywhere",
+    "polyval",
+    "shift_polynomial",
+    "relative_error",
+    "absolute_error",
+    "taylor_error_bound",
+    "chebyshev_error_bound",
+    "relative_error_bound",
+    "min_degree",
+    "aa22_degree",
+    "float64_floor",
+    "rounding_error_bound",
+    "rank",
+    "rank_loose",
+    "rank_redundant",
+    "MultiIndex",
+    "multi_indices",
+    "feature_weights",
+    "sympy_multinomial_table",
+    "sympy_kernel_residual",
+    "output_error_bound",
+    "output_error_bound_as23",
+    "exact_flops",
+    "approx_flops",
+    "crossover_n",
+    "crossover_entry_bound",
+    "match3_balanced_M",
+    "match3_lambda",
+    "match2_lambda",
+    "match3_threshold",
+    "match3_entry_bound",
+    "check_degree",
+]
+
+METHODS = ("taylor", "chebyshev")
+UNIT_ROUNDOFF = 2.0**-53
+_GRID = 2049  # points of each of the two grids of relative_error
+
+
+# ------------------------------------------------------------------------------ ranges
+def logit_range(B: float, k: int = 3, d: int | None = None, scale: float | None = None) -> float:
+    """Largest possible ``|logit|`` for entries in ``[-B, B]``: ``|s| d B^k`` (``B^k`` when
+    ``scale`` is None, the papers' ``s = 1/d``). Tight for sign-aligned inputs."""
+    if B < 0:
+        raise ValueError("the entry bound B must be non-negative")
+    if k < 2:
+        raise ValueError("the attention order k must be >= 2")
+    if scale is None:
+        return float(B) ** k
+    if d is None:
+        raise ValueError("an explicit scale needs the head dimension d")
+    return abs(float(scale)) * d * float(B) ** k
+
+
+def entry_threshold(n, k: int = 3):
+    """``(log n)^{1/k}``: entries must be ``o`` of this for near-linear time (order k)."""
+    n = np.asarray(n, dtype=float)
+    if np.any(n <= 1):
+        raise ValueError("n must exceed 1")
+    return np.log(n) ** (1.0 / k)
+
+
+# ------------------------------------------------------------------ polynomial families
+def taylor_coefficients(g: int) -> np.ndarray:
+    """``c_t = 1/t!`` for ``t = 0..g``."""
+    g = check_degree(g)
+    return np.array([1.0 / math.factorial(t) for t in range(g + 1)])
+
+
+@functools.lru_cache(maxsize=512)
+def _cheb_cached(g: int, R: float) -> tuple:
+    ct = _cheb.chebinterpolate(lambda t: np.exp(R * t), g)  # coefficients in t = x/R
+    pt = _cheb.cheb2poly(ct)
+    pt = np.concatenate([pt, np.zeros(g + 1 - pt.size)])
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        c = pt / R ** np.arange(g + 1)
+    # the interpolant is exact at its nodes: a monomial form that misses e^x there by more than
+    # 1e-3 (relative) has lost its accuracy to cancellation in float64
+    nodes = R * _cheb.chebpts1(g + 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        miss = np.abs(polyval(c, nodes) * np.exp(-nodes) - 1.0) if np.all(np.isfinite(c)) else np.inf
+    if not np.all(np.isfinite(c)) or not np.max(miss) <= 1e-3:
+        raise ValueError(f"the Chebyshev interpolant of degree {g} on [-{R:g}, {R:g}] loses its accuracy in "
+                         "the float64 monomial basis")
+    return tuple(c.tolist())
+
+
+def chebyshev_coefficients(g: int, R: float) -> np.ndarray:
+    """Monomial coefficients (in x) of the interpolant of ``e^x`` at the ``g+1`` Chebyshev
+    points of the first kind on ``[-R, R]``. Raises ValueError when the float64 monomial form no
+    longer reproduces ``e^x`` at the nodes to 1e-3 (large R or g, spec §2.1 numerical notes)."""
+    g = check_degree(g)
+    R = float(R)
+    if not R > 0:
+        raise ValueError("the Chebyshev design range R must be positive")
+    return np.array(_cheb_cached(g, R))
+
+
+def approximation_coefficients(g: int, R: float, method: str = "taylor") -> np.ndarray:
+    """Monomial coefficients ``c_0..c_g`` of the degree-g approximation of ``e^x`` used on
+    ``[-R, R]`` (Taylor ignores R)."""
+    if method == "taylor":
+        return taylor_coefficients(g)
+    if method == "chebyshev":
+        return chebyshev_coefficients(g, R)
+    raise ValueError(f"unknown approximation method {method!r}; choose one of {METHODS}")
+
+
+def is_positive_everywhere(g: int, method: str) -> bool:
+    """True when the approximation is positive on the whole real line for *any* input, so
+    normalisers stay positive outside the design range: even-degree Taylor polynomials."""
+    return method == "taylor" and g % 2 == 0
+
+
+def polyval(coeffs, x):
+    """``sum_t c_t x^t`` (Horner, float64)."""
+    x = np.asarray(x, dtype=float)
+    out = np.zeros_like(x)
+    for c in np.asarray(coeffs, dtype=float)[::-1]:
+        out = out * x + c
+    return out
+
+
+def shift_polynomial(coeffs, R: float) -> np.ndarray:
+    """Coefficients of ``e^{-R} P(x + R)``: turns an additive approximation of ``e^y`` on
+    ``[0, 2R]`` into a relative one of ``e^x`` on ``[-R, R]`` (§2.1, [D])."""
+    c = np.asarray(coeffs, dtype=float)
+    g = c.size - 1
+    out = np.zeros(g + 1)
+    for t in range(g + 1):  # c_t (x + R)^t = sum_j C(t, j) R^{t-j} x^j
+        for j in range(t + 1):
+            out[j] += c[t] * math.comb(t, j) * R ** (t - j)
+    return out * math.exp(-R)
+
+
+def _grid(R: float) -> np.ndarray:
+    cheb = R * np.cos(np.linspace(0.0, np.pi, _GRID))
+    return np.unique(np.concatenate([cheb, np.linspace(-R, R, _GRID)]))
+
+
+def relative_error(coeffs, R: float) -> float:
+    """Measured ``eps = max_{|x| <= R} |P(x) e^{-x} - 1|`` on a fine deterministic grid
+    (Chebyshev-clustered plus uniform, endpoints included), float64 evaluation; ``inf`` when the
+    ratio overflows (R in the hundreds)."""
+    if R < 0:
+        raise ValueError("R must be non-negative")
+    x = _grid(float(R)) if R > 0 else np.zeros(1)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        p = polyval(coeffs, x)
+        ratio = np.sign(p) * np.exp(np.log(np.abs(p)) - x)  # P(x) e^{-x} without overflow
+    err = np.abs(ratio - 1.0)
+    return float(np.max(err)) if np.all(np.isfinite(err)) else math.inf
+
+
+def absolute_error(coeffs, lo: float, hi: float) -> float:
+    """``max_{lo <= x <= hi} |P(x) - e^x|`` on a fine grid (the additive error of §2.1)."""
+    x = np.linspace(lo, hi, 2 * _GRID)
+    return float(np.max(np.abs(polyval(coeffs, x) - np.exp(x))))
+
+
+def taylor_error_bound(g: int, R: float) -> float:
+    """Proven relative error of the degree-g Taylor polynomial on ``[-R, R]``:
+    ``e^R R^{g+1}/(g+1)!`` ([D], Lagrange remainder)."""
+    g = check_degree(g)
+    return float(math.exp(R + (g + 1) * math.log(R) - math.lgamma(g + 2))) if R > 0 else 0.0
+
+
+def chebyshev_error_bound(g: int, R: float) -> float:
+    """Proven relative error of the degree-g Chebyshev interpolant on ``[-R, R]``:
+    ``e^{2R} R^{g+1} / (2^g (g+1)!)`` ([D], interpolation remainder at first-kind nodes)."""
+    g = check_degree(g)
+    if R <= 0:
+        return 0.0
+    return float(math.exp(2 * R + (g + 1) * math.log(R) - g * math.log(2.0) - math.lgamma(g + 2)))
+
+
+def relative_error_bound(g: int, R: float, method: str = "taylor") -> float:
+    if method == "taylor":
+        return taylor_error_bound(g, R)
+    if method == "chebyshev":
+        return chebyshev_error_bound(g, R)
+    raise ValueError(f"unknown approximation method {method!r}; choose one of {METHODS}")
+
+
+def min_degree(R: float, eps: float, method: str = "taylor", *, use: str = "measured",
+               g_max: int = 80) -> int:
+    """Smallest degree g whose relative error on ``[-R, R]`` is ``<= eps``: measured on the grid
+    (``use="measured"``, the tables of §2.1) or by the proven bound (``use="bound"``). Raises
+    ValueError when no g <= g_max reaches eps (e.g. below the float64 floor ``e^{2R} u``)."""
+    if not eps > 0:
+        raise ValueError("the target error eps must be positive")
+    if use not in ("measured", "bound"):
+        raise ValueError("use must be 'measured' or 'bound'")
+    for g in range(g_max + 1):
+        if use == "bound":
+            e = relative_error_bound(g, R, method)
+        else:
+            try:
+                e = relative_error(approximation_coefficients(g, R, method), R)
+            except ValueError:  # Chebyshev conversion broke down: no higher degree will do
+                break
+        if e <= eps:
+            return g
+    raise ValueError(f"no {method} degree <= {g_max} reaches relative error {eps:g} on "
+                     f"[-{R:g}, {R:g}] (float64 floor ~ {float64_floor(R):.1e})")
+
+
+def aa22_degree(R, eps):
+    """The AA22 degree scale ``max{R, log(1/eps) / log(log(1/eps)/R)}`` (Theta, constants
+    unknown [R abstract]); the second term is used only where ``log(1/eps) > e R``."""
+    R = np.asarray(R, dtype=float)
+    L = math.log(1.0 / eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        second = np.where(L > np.e * R, L / np.log(np.maximum(L / np.maximum(R, 1e-300), np.e)), R)
+    return np.maximum(R, second)
+
+
+def float64_floor(R: float) -> float:
+    """Relative-error floor of a global polynomial for ``e^x`` on ``[-R, R]`` in float64."""
+    return math.exp(2.0 * R) * UNIT_ROUNDOFF
+
+
+def rounding_error_bound(coeffs, R: float, n_terms: int) -> float:
+    """A bound on the *relative* rounding error of a float64 kernel value computed as a sum of
+    ``n_terms`` signed products (the feature sums), ``~ n_terms u sum |c_t| R^t e^R``."""
+    a = np.abs(np.asarray(coeffs, dtype=float))
+    return float((n_terms + a.size + 4) * UNIT_ROUNDOFF * polyval(a, R) * math.exp(R))
+
+
+# ---------------------------------------------------------------------------- ranks
+def rank(d: int, g: int) -> int:
+    """Tight CP rank of the degree-g polynomial kernel: ``C(d+g, g)`` (any order k, [D])."""
+    return math.comb(int(d) + int(g), int(g))
+
+
+def rank_loose(d: int, g: int, k: int = 2) -> int:
+    """The papers' looser bound ``C(k(g+d), k g)`` (k = 2: AS23; k = 3: AS24 by analogy) [C]."""
+    return math.comb(k * (int(g) + int(d)), k * int(g))
+
+
+def rank_redundant(d: int, g: int) -> int:
+    """Feature count of the redundant tensor-power basis ``sum_{t<=g} d^t``."""
+    return sum(int(d) ** t for t in range(int(g) + 1))
+
+
+@dataclass(frozen=True)
+class MultiIndex:
+    """Multi-indices ``alpha`` with ``|alpha| <= g`` in graded order.
+
+    ``alphas`` (r, d) exponents; ``degree`` (r,) ``|alpha|``; ``parent`` (r,) index of
+    ``alpha - e_var`` (-1 for alpha = 0); ``var`` (r,) the variable added (-1 for alpha = 0);
+    ``levels[t]`` = (start, stop) rows of degree t."""
+
+    d: int
+    g: int
+    alphas: np.ndarray
+    degree: np.ndarray
+    parent: np.ndarray
+    var: np.ndarray
+    levels: tuple
+
+    @property
+    def r(self) -> int:
+        return int(self.alphas.shape[0])
+
+
+@functools.lru_cache(maxsize=64)
+def multi_indices(d: int, g: int) -> MultiIndex:
+    """Enumerate ``{alpha in N^d : |alpha| <= g}`` degree by degree (spec §2.3)."""
+    d, g = int(d), check_degree(g)
+    if d < 1:
+        raise ValueError("d must be >= 1")
+    combos, pos = [], {}
+    parent, var, levels = [], [], []
+    for t in range(g + 1):
+        start = len(combos)
+        for c in itertools.combinations_with_replacement(range(d), t):
+            pos[c] = len(combos)
+            combos.append(c)
+            parent.append(pos[c[:-1]] if t else -1)
+            var.append(c[-1] if t else -1)
+        levels.append((start, len(combos)))
+    alphas = np.zeros((len(combos), d), dtype=np.int64)
+    for row, c in enumerate(combos):
+        for v in c:
+            alphas[row, v] += 1
+    for arr in (alphas,):
+        arr.setflags(write=False)
+    return MultiIndex(d, g, alphas, alphas.sum(axis=1), np.array(parent, dtype=np.int64),
+                      np.array(var, dtype=np.int64), tuple(levels))
+
+
+def feature_weights(index: MultiIndex, coeffs, scale: float) -> np.ndarray:
+    """``w_alpha = c_{|alpha|} s^{|alpha|} |alpha|!/alpha!`` for every multi-index."""
+    c = np.asarray(coeffs, dtype=float)
+    if c.size != index.g + 1:
+        raise ValueError(f"need {index.g + 1} coefficients, got {c.size}")
+    deg = index.degree
+    from scipy.special import gammaln
+
+    log_multinom = gammaln(deg + 1.0) - gammaln(index.alphas + 1.0).sum(axis=1)
+    return c[deg] * float(scale) ** deg * np.exp(log_multinom)
+
+
+def sympy_multinomial_table(d: int, g: int) -> dict:
+    """``{alpha: |alpha|!/alpha!}`` for all ``|alpha| <= g``, from sympy's multinomial theorem."""
+    from sympy.ntheory.multinomial import multinomial_coefficients
+
+    table = {tuple([0] * d): 1}
+    for t in range(1, g + 1):
+        table.update({tuple(a): int(v) for a, v in multinomial_coefficients(d, t).items()})
+    return table
+
+
+def sympy_kernel_residual(d: int, g: int, k: int = 3):
+    """Symbolic check of the feature expansion: ``P(s sum_l q_l prod_m k_{m,l})`` minus
+    ``sum_alpha c_|alpha| s^|alpha| |alpha|!/alpha! q^alpha prod_m k_m^alpha``, expanded (0 iff
+    the expansion is right). Symbols ``c_t`` (coefficients) and ``s`` (scale) stay free."""
+    import sympy as sp
+
+    q = sp.symbols(f"q0:{d}")
+    ks = [sp.symbols(f"k{m}_0:{d}") for m in range(k - 1)]
+    s = sp.Symbol("s")
+    c = sp.symbols(f"c0:{g + 1}")
+    x = s * sum(q[l] * sp.Mul(*[km[l] for km in ks]) for l in range(d))
+    lhs = sum(c[t] * x**t for t in range(g + 1))
+    rhs = 0
+    for alpha, mult in sympy_multinomial_table(d, g).items():
+        t = sum(alpha)
+        mono = sp.Mul(*[(q[l] * sp.Mul(*[km[l] for km in ks])) ** alpha[l] for l in range(d)])
+        rhs += c[t] * s**t * mult * mono
+    return sp.expand(lhs - rhs)
+
+
+# ----------------------------------------------------------------------- error bounds
+def output_error_bound(eps, vmax):
+    """``2 eps/(1 - eps) * vmax`` (inf where eps >= 1): the n-free bound on
+    ``||T_approx - T_exact||_inf``; ``vmax = prod_m ||V_m||_inf``."""
+    eps = np.asarray(eps, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where(eps < 1.0, 2.0 * eps / (1.0 - eps) * vmax, np.inf)
+
+
+def output_error_bound_as23(eps, vmax):
+    """The AS23-style statement ``4 eps ||V||_inf`` [C] (valid for eps <= 1/2)."""
+    return 4.0 * np.asarray(eps, dtype=float) * vmax
+
+
+# ------------------------------------------------------------------------ cost model
+def exact_flops(n, d: int, k: int = 3):
+    """``n^k (2d + 1)``: one d-term logit, one exp and d value products per tuple."""
+    return np.asarray(n, dtype=float) ** k * (2 * d + 1)
+
+
+def approx_flops(n, d: int, g: int, k: int = 3):
+    """``n r k (d + 2)`` with ``r = C(d+g, g)`` (spec §2.4)."""
+    return np.asarray(n, dtype=float) * rank(d, g) * k * (d + 2)
+
+
+def crossover_n(d: int, g: int, k: int = 3) -> float:
+    """``n`` at which :func:`exact_flops` equals :func:`approx_flops`:
+    ``(r k (d+2)/(2d+1))^{1/(k-1)}``."""
+    return float((rank(d, g) * k * (d + 2) / (2 * d + 1)) ** (1.0 / (k - 1)))
+
+
+def crossover_entry_bound(n: int, d: int, k: int, eps: float, method: str = "chebyshev") -> float:
+    """Largest entry bound B at which the approximation with relative error ``eps`` on the
+    range ``B^k`` still costs no more flops than exact attention at this n (spec §5 item 15).
+    Degrees are capped at 40 (the monomial conversion's limit) and ``B^k`` at 64; returns 0 when
+    nothing qualifies. For small d the rank is cheap and the float64 floor binds instead:
+    ``e^{2R} u <= eps`` caps ``R = B^k`` near ``log(eps/u)/2`` (11.4 for eps = 1e-6)."""
+    g_best = -1
+    for g in range(0, 41):  # monomial conversion of Chebyshev interpolants is unreliable beyond
+        if approx_flops(n, d, g, k) > exact_flops(n, d, k):
+            break
+        g_best = g
+    if g_best < 0:
+        return 0.0
+
+    def ok(R):
+        try:
+            return relative_error(approximation_coefficients(g_best, R, method), R) <= eps
+        except ValueError:
+            return False
+
+    if not ok(1e-3):
+        return 0.0
+    lo, hi = 1e-3, 1.0
+    while ok(hi) and hi < 64:
+        lo, hi = hi, 2 * hi
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return float(lo ** (1.0 / k))
+
+
+# ---------------------------------------------------------------------------- Match3
+def match3_balanced_M(N: int) -> int:
+    """Modulus giving about half positive Match3 labels for uniform tokens: ``N^2/ln 4``."""
+    return max(3, int(round(N * N / math.log(4.0))))
+
+
+def match3_lambda(N: int, M: int) -> float:
+    """Inverse temperature of the exact construction: ``ln(100 N^2)/(1 - cos(2 pi/M))``."""
+    return math.log(100.0 * N * N) / (1.0 - math.cos(2 * math.pi / M))
+
+
+def match2_lambda(N: int, M: int) -> float:
+    """The pairwise (Match2) analogue: ``ln(100 N)/(1 - cos(2 pi/M))``."""
+    return math.log(100.0 * N) / (1.0 - math.cos(2 * math.pi / M))
+
+
+def match3_threshold(M: int) -> float:
+    """Decision threshold ``(1 + cos(2 pi/M))/2`` on the attention-weighted mean cosine."""
+    return 0.5 * (1.0 + math.cos(2 * math.pi / M))
+
+
+def match3_entry_bound(N: int, M: int, d: int = 4) -> float:
+    """Entry bound B of the construction in the ``1/d`` convention: ``(d lam)^{1/3}``."""
+    return (d * match3_lambda(N, M)) ** (1.0 / 3.0)
+
+
+def check_degree(g) -> int:
+    """``g`` as an int; ValueError unless it is a non-negative integer."""
+    if int(g) != g or g < 0:
+        raise ValueError(f"the polynomial degree must be a non-negative integer, got {g!r}")
+    return int(g)
