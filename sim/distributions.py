@@ -17,6 +17,10 @@ ball          uniform in the ball of radius ``radius``    radius=1
 truncated     N(0, sigma^2) per coordinate, truncated to  sigma=1, c=2
               [-c sigma, c sigma] (box)
 ============  ==========================================  =====================================
+
+and, built by ``make_atom_distribution(d, eps=, atom_radius=, bulk=, bulk_radius=)``, the
+worst case of the uniform bound: a bounded bulk (ball or sphere) plus an atom of tiny mass
+``eps`` at the extreme point ``atom_radius e_1`` (``theory.token_sample.AtomMixtureLaw``).
 """
 from __future__ import annotations
 
@@ -128,3 +132,43 @@ def make_distribution(name: str, d: int, **params) -> TokenDistribution:
     if params:
         raise ValueError(f"unknown parameters for {name}: {sorted(params)}")
     return TokenDistribution(law, p)
+
+
+# ------------------------------------------------------------------------------------------
+# Part 2 additions (token-sample thread): a bounded law with a tiny-mass extreme atom.
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AtomTokenDistribution(TokenDistribution):
+    """Tokens from :class:`theory.token_sample.AtomMixtureLaw`: each token is the atom with
+    probability eps, otherwise a draw from the bulk (sphere, ball or box-truncated Gaussian)."""
+
+    def sample(self, rng, n: int):
+        law = self.law
+        bulk = TokenDistribution(law.bulk).sample(rng, n)
+        u = rng.random(n)
+        xp = namespace(bulk)
+        hit = u < law.eps
+        return xp.where(hit[:, None], xp.asarray(law.atom)[None, :], bulk)
+
+
+def make_atom_distribution(d: int, *, eps: float = 1e-3, atom_radius: float = 1.5,
+                           bulk: str = "ball", bulk_radius: float = 0.5) -> AtomTokenDistribution:
+    """mu = (1 - eps) * Uniform(bulk of radius ``bulk_radius``) + eps * delta_{atom_radius e_1}.
+
+    ``bulk`` is ``"ball"`` or ``"sphere"``; the atom sits on the first axis, outside the bulk
+    when ``atom_radius > bulk_radius`` (then it is the extreme point of the support)."""
+    if d < 1:
+        raise ValueError("d must be >= 1")
+    if bulk not in ("ball", "sphere"):
+        raise ValueError("bulk must be 'ball' or 'sphere'")
+    if not (0 < eps < 1) or bulk_radius <= 0 or atom_radius <= 0:
+        raise ValueError("need 0 < eps < 1 and positive radii")
+    base = ts.BallLaw(d, bulk_radius) if bulk == "ball" else ts.SphereLaw(d, bulk_radius)
+    atom = np.zeros(d)
+    atom[0] = atom_radius
+    law = ts.AtomMixtureLaw(base, eps, atom)
+    return AtomTokenDistribution(law, {"eps": float(eps), "atom_radius": float(atom_radius),
+                                       "bulk": bulk, "bulk_radius": float(bulk_radius)})
+
+
+__all__ += ["AtomTokenDistribution", "make_atom_distribution"]

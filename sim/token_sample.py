@@ -120,3 +120,59 @@ def sup_errors(tokens, dist, A, V=None, radii=(1.0,), *, lam: float = 1.0, n_dir
     value = pv[np.arange(k), i_best]
     argmax = pts[np.arange(k), i_best]
     return SupResult(radius=radii, value=value, argmax=argmax, n_evals=n_evals)
+
+
+# =============================================================================================
+# Hardmax regime (spec §2.3, §6 check 8): appended section of the token-sample thread.
+#
+# For queries x_q (q, d), tokens Y (n, d), score matrix A and value matrix V (default I):
+#   pure hardmax  Gamma^inf_{mu_n}(x) = V y_{j*},  j* = argmax_j <A x, y_j>;
+#   softmax at parameter lam  Gamma^lam_{mu_n}(x) = sum_j softmax_j(lam <A x, y_j>) V y_j;
+# both against the population hardmax limit Gamma^inf_mu(x) (theory.token_sample.hardmax_limit):
+#   err = |Gamma_{mu_n}(x) - Gamma^inf_mu(x)|_2 and, for the sphere, the radial deficit
+#   rho - <Gamma^lam_{mu_n}(x), u> with u = Gamma^inf_mu(x)/rho, an unbiased-to-O(1/n) estimator
+#   of the bias rho (1 - A_d(lam kappa)). Every value is the mean over the queries.
+# =============================================================================================
+from sim.attention import hardmax_attention as _hardmax_attention  # noqa: E402
+from theory.token_sample import hardmax_limit as _hardmax_limit  # noqa: E402
+
+__all__ += ["HardmaxErrors", "hardmax_errors"]
+
+
+@dataclass(frozen=True)
+class HardmaxErrors:
+    pure_err: float  # mean_q |V y_{j*} - Gamma^inf_mu(x_q)|
+    lam_err: np.ndarray  # (L,) mean_q |Gamma^lam_{mu_n}(x_q) - Gamma^inf_mu(x_q)|
+    lam_deficit: np.ndarray  # (L,) mean_q <u_q, Gamma^inf_mu(x_q) - Gamma^lam_{mu_n}(x_q)>
+
+
+def hardmax_errors(tokens, law, A, queries, lams, V=None, *, method: str = "auto",
+                   chunk: int = DEFAULT_CHUNK) -> HardmaxErrors:
+    """Errors of the empirical hardmax and of softmax at every ``lams`` against the population
+    hardmax limit, averaged over ``queries`` (see the section comment). ``u_q`` is the unit
+    vector of Gamma^inf_mu(x_q) (radial direction for the sphere)."""
+    X = np.asarray(queries, dtype=float)
+    A = np.asarray(A, dtype=float)
+    lams = np.atleast_1d(np.asarray(lams, dtype=float))
+    target = _hardmax_limit(law, X, A, V)
+    norm = np.linalg.norm(target, axis=1, keepdims=True)
+    u = np.where(norm > 0, target / np.where(norm > 0, norm, 1.0), 0.0)
+    a = X @ A.T
+    if not isinstance(tokens, np.ndarray):
+        from sim.backend import namespace
+
+        a_dev = namespace(tokens).asarray(a)
+    else:
+        a_dev = a
+    hard, _ = _hardmax_attention(a_dev, tokens)
+    hard = to_numpy(hard)
+    hard = hard if V is None else hard @ np.asarray(V, dtype=float).T
+    pure = float(np.linalg.norm(hard - target, axis=1).mean())
+    errs = np.empty(lams.size)
+    defs = np.empty(lams.size)
+    for i, lam in enumerate(lams):
+        out = empirical_attention(X, tokens, A, V, float(lam), method=method, chunk=chunk)
+        diff = target - out
+        errs[i] = np.linalg.norm(diff, axis=1).mean()
+        defs[i] = np.einsum("qi,qi->q", u, diff).mean()
+    return HardmaxErrors(pure, errs, defs)

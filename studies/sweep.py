@@ -17,7 +17,8 @@ Storage (``results/<study>.zarr``): the first run writes a template (NaN data, `
 False, chunk size 1 along every cell dim) with the provenance attributes; each finished cell
 is written into its own chunks, data first and ``done`` last, so a killed run leaves only whole
 cells behind and a rerun computes exactly the missing ones. An existing store is resumed only
-if its study, ``params_json``, root seed and ``schema_version`` equal the new run's; otherwise the run stops with
+if its study, ``params_json``, root seed, variable layout and ``schema_version`` equal the new
+run's; otherwise the run stops with
 a message (or replaces it with ``overwrite=True``). Cells are written by the process that computed them.
 
 Executors: anything with the ``concurrent.futures.Executor`` interface. ``make_executor``
@@ -111,6 +112,13 @@ class Sweep:
     def params_json(self) -> str:
         return json.dumps(self.params, sort_keys=True, default=_json_default)
 
+    @property
+    def layout_json(self) -> str:
+        """The store layout: variables with their dims, and the cell dims. Part of the identity
+        of a store, so a changed layout never resumes into an old store."""
+        return json.dumps({"variables": {k: list(v) for k, v in self.variables.items()},
+                           "cell_dims": list(self.cell_dims)}, sort_keys=True)
+
     def cells(self, indices: Iterable[tuple[int, ...]] | None = None) -> list[Cell]:
         if indices is None:
             indices = itertools.product(*(range(n) for n in self.shape))
@@ -182,6 +190,7 @@ def provenance(sweep: Sweep) -> dict:
         "study": sweep.study,
         "schema_version": SCHEMA_VERSION,
         "params_json": sweep.params_json,
+        "layout_json": sweep.layout_json,
         "root_seed": str(sweep.root_seed),
         "seed_policy": "cell seed = SeedSequence(root_seed, spawn_key=cell grid index); "
                        f"cell dims {list(sweep.cell_dims)}",
@@ -229,7 +238,8 @@ class SweepStore:
                 same = (attrs.get("params_json") == self.sweep.params_json
                         and int(attrs.get("schema_version", -1)) == SCHEMA_VERSION
                         and attrs.get("study") == self.sweep.study
-                        and attrs.get("root_seed") == str(self.sweep.root_seed))
+                        and attrs.get("root_seed") == str(self.sweep.root_seed)
+                        and attrs.get("layout_json") == self.sweep.layout_json)
                 if not same:
                     if not overwrite:
                         raise StoreMismatch(

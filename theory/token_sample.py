@@ -650,3 +650,327 @@ def derive_gaussian_tilt(d: int = 2) -> dict:
         "mgf_1d": sp.simplify(sp.log(mgf)),
         "symbols_1d": {"alpha": a1, "mu": mu1, "sigma": s1},
     }
+
+
+# =============================================================================================
+# Part 2 (moment rates vs horizon, hardmax regime, bounded vs unbounded tokens). Appended
+# section, self-contained: every symbol below is defined here or in the module docstring.
+#
+# * Output law of a sphere (spec §3.2, [C] formula, [D] reduction). mu = uniform on
+#   S^{d-1}(rho), A = U diag(sigma) W^T (SVD), zeta = W^T z uniform on S^{d-1}. Then
+#   Gamma_mu(rho z) = rho A_d(kappa) U (sigma * zeta) / sqrt(s), s = sum_k sigma_k^2 zeta_k^2,
+#   kappa = rho^2 sqrt(s), and the output law nu = (Gamma_mu)_# mu has mean 0 and covariance
+#   U diag(lambda) U^T with lambda_i = rho^6 sigma_i^2 E[(A_d(kappa)/kappa)^2 zeta_i^2]
+#   (off-diagonal terms vanish by the sign symmetry of zeta). The value side is V(.)V^T.
+# * Hardmax (spec §2.3, §3.2): Gamma^inf_mu(x) = V * barycenter of mu on argmax_y <Ax, y>; for
+#   the sphere V rho a/|a|, bias at parameter lam: rho (1 - A_d(lam kappa_1)) ~ rho (d-1) /
+#   (2 lam kappa_1). The empirical hardmax on n sphere tokens picks the token of largest
+#   cosine t with the direction u = a/|a|; |z - u| = sqrt(2 - 2t), and (1 + t)/2 ~
+#   Beta((d-1)/2, (d-1)/2), which gives the exact expected error as a 1-D integral
+#   (:func:`sphere_hardmax_expected_error`), ~ n^{-1/(d-1)} for large n [D].
+# * Finer beta heuristic (spec §2.2, [D]): 1/2 for H <= 1, 1/(1 + H^2) for H > 1.
+# * Tokens with a tiny-mass extreme atom (spec §6 check 3): mu = (1 - eps) bulk + eps delta_{y*};
+#   a mixture, so logZ = logaddexp(log(1-eps) + logZ_bulk, log eps + <a, y*>) and the tilt is the
+#   mixture of the tilted bulk and the atom with weights softmax of those two terms.
+# =============================================================================================
+import functools  # noqa: E402
+
+from scipy import integrate as _integrate  # noqa: E402
+
+__all__ += [
+    "beta_fine_of_horizon",
+    "AtomMixtureLaw",
+    "hardmax_limit",
+    "sphere_hardmax_bias",
+    "sphere_hardmax_bias_asymptotic",
+    "sphere_hardmax_expected_error",
+    "sphere_hardmax_rate",
+    "hardmax_error_prediction",
+    "sphere_output_covariance",
+    "sphere_output_variances",
+    "truncated_output_moments",
+]
+
+
+def beta_fine_of_horizon(H):
+    """The finer moment-rate heuristic (spec §2.2 [D]): 1/2 for H <= 1 (the leading
+    fluctuation has finite variance), 1/(1 + H^2) for H > 1 (heavy-tailed averaging)."""
+    H = np.asarray(H, dtype=float)
+    return np.where(H <= 1.0, 0.5, 1.0 / (1.0 + H**2))
+
+
+@dataclass(frozen=True)
+class AtomMixtureLaw:
+    """mu = (1 - eps) * bulk + eps * delta_atom: a bounded law whose extreme point carries a
+    tiny mass (the worst case for the uniform constant C(R), spec §6 check 3). ``bulk`` is any
+    law of this module with ``log_partition``, ``tilted_mean``, ``tilted_cov``, ``mean``, ``cov``."""
+
+    bulk: object
+    eps: float
+    atom: np.ndarray
+    name: str = field(default="atom", init=False)
+
+    def __post_init__(self):
+        if not (0.0 < float(self.eps) < 1.0):
+            raise ValueError("eps must lie in (0, 1)")
+        object.__setattr__(self, "eps", float(self.eps))
+        object.__setattr__(self, "atom", np.asarray(self.atom, dtype=float))
+        if self.atom.shape != (self.bulk.dim,):
+            raise ValueError("the atom must be a point of R^d")
+
+    @property
+    def dim(self) -> int:
+        return self.bulk.dim
+
+    @property
+    def support_radius(self) -> float:
+        return float(max(self.bulk.support_radius, np.linalg.norm(self.atom)))
+
+    @property
+    def mean(self):
+        return (1 - self.eps) * np.asarray(self.bulk.mean) + self.eps * self.atom
+
+    @property
+    def cov(self):
+        mb = np.asarray(self.bulk.mean)
+        second = (1 - self.eps) * (np.asarray(self.bulk.cov) + np.outer(mb, mb)) + self.eps * np.outer(self.atom, self.atom)
+        m = self.mean
+        return second - np.outer(m, m)
+
+    def _logits(self, a):
+        a = np.asarray(a, dtype=float)
+        lb = np.log1p(-self.eps) + self.bulk.log_partition(a)
+        la = np.log(self.eps) + a @ self.atom
+        return lb, la
+
+    def log_partition(self, a):
+        lb, la = self._logits(a)
+        return np.logaddexp(lb, la)
+
+    def _atom_weight(self, a):
+        lb, la = self._logits(a)
+        return special.expit(la - lb)
+
+    def tilted_mean(self, a):
+        p = self._atom_weight(a)[..., None]
+        return (1 - p) * self.bulk.tilted_mean(a) + p * self.atom
+
+    def tilted_cov(self, a):
+        p = self._atom_weight(a)[..., None, None]
+        mb = self.bulk.tilted_mean(a)
+        second = (1 - p) * (self.bulk.tilted_cov(a) + _outer(mb)) + p * _outer(np.broadcast_to(self.atom, mb.shape))
+        return second - _outer(self.tilted_mean(a))
+
+
+def _support_point(law, a):
+    """argmax over the support of <a, y> (its barycenter when the face is a set), for a (..., d)."""
+    a = np.asarray(a, dtype=float)
+    if isinstance(law, (SphereLaw, BallLaw)):
+        norm = np.linalg.norm(a, axis=-1, keepdims=True)
+        return law.radius * np.where(norm > 0, a / np.where(norm > 0, norm, 1.0), 0.0)
+    if isinstance(law, TruncatedGaussianLaw):
+        return law.c * law.sigma * np.sign(a)
+    if isinstance(law, AtomMixtureLaw):
+        yb = _support_point(law.bulk, a)
+        hb = np.einsum("...i,...i->...", a, yb)
+        ha = a @ law.atom
+        # ties go to the atom: it has positive mass, the bulk's maximising face has none
+        return np.where((ha >= hb)[..., None], np.broadcast_to(law.atom, yb.shape), yb)
+    raise ValueError(f"the hardmax limit needs a compactly supported law; {getattr(law, 'name', law)!r} "
+                     "has unbounded support")
+
+
+def hardmax_limit(law, x, A, V=None):
+    """Gamma^inf_mu(x) = V * (barycenter of mu on argmax_{y in supp mu} <A x, y>), shape (..., d_v).
+
+    Sphere / ball: V rho a/|a|; box-truncated Gaussian: V c sigma sign(a); atom mixture: the
+    atom when <a, y*> >= the bulk's support function, else the bulk's face. Unbounded laws
+    (Gaussian, Gaussian mixture) have no hardmax limit: ValueError."""
+    return _apply_v(_support_point(law, _scores(x, A, 1.0)), V)
+
+
+def sphere_hardmax_bias(d: int, kappa, radius: float = 1.0):
+    """|Gamma^lam_mu(x) - Gamma^inf_mu(x)| for the uniform sphere S^{d-1}(radius), V = I:
+    radius * (1 - A_d(kappa)) with kappa = radius * |lam A x| (exact)."""
+    kappa = np.asarray(kappa, dtype=float)
+    return radius * (1.0 - bessel_ratio(d / 2 - 1, kappa))
+
+
+def sphere_hardmax_bias_asymptotic(d: int, kappa, radius: float = 1.0):
+    """The large-kappa form of :func:`sphere_hardmax_bias`: radius (d - 1) / (2 kappa)."""
+    return radius * (d - 1) / (2.0 * np.asarray(kappa, dtype=float))
+
+
+def sphere_hardmax_rate(d: int) -> float:
+    """Asymptotic log-log slope of the pure-hardmax error against n on S^{d-1}: -1/(d-1)."""
+    if d < 2:
+        raise ValueError("the sphere needs d >= 2")
+    return -1.0 / (d - 1)
+
+
+def sphere_hardmax_expected_error(d: int, n, radius: float = 1.0):
+    """E |y_{j*} - radius u|, y_1..y_n uniform on S^{d-1}(radius), j* = argmax_j <u, y_j>.
+
+    Exact up to quadrature: with e = |z - u| = sqrt(2 - 2t) and P(t > 1 - e^2/2) =
+    I_{e^2/4}((d-1)/2, (d-1)/2) (regularised incomplete beta),
+    E e = int_0^2 (1 - I_{e^2/4})^n de. Vectorised over ``n``."""
+    if d < 2:
+        raise ValueError("the sphere needs d >= 2")
+    b = (d - 1) / 2.0
+    ns = np.atleast_1d(np.asarray(n, dtype=float))
+    out = np.empty_like(ns)
+    for i, nn in enumerate(ns):
+        if nn < 1:
+            raise ValueError("n must be >= 1")
+        scale = min(2.0, 2.0 * nn ** (-1.0 / (d - 1)))
+
+        def f(e):
+            sf = special.betainc(b, b, min(1.0, e * e / 4.0))
+            return float(np.exp(nn * np.log1p(-sf))) if sf < 1.0 else 0.0
+
+        pts = sorted({min(2.0, scale * k) for k in (0.25, 1.0, 4.0)} - {2.0})
+        val, _ = _integrate.quad(f, 0.0, 2.0, points=pts, limit=200, epsabs=0.0, epsrel=1e-10)
+        out[i] = radius * val
+    return out.reshape(np.shape(n)) if np.ndim(n) else float(out[0])
+
+
+def hardmax_error_prediction(law, x, A, lam, n, V=None):
+    """First-order E|Gamma^lam_{mu_n}(x) - Gamma^inf_mu(x)|: sqrt(|bias|^2 + tr V M V^T / n),
+    the bias Gamma^lam_mu(x) - Gamma^inf_mu(x) plus the delta-method fluctuation at (lam, n).
+    Broadcasts over ``lam`` and ``n`` (scalars or arrays of one shape); ``x`` is one query."""
+    lam_b, n_b = np.broadcast_arrays(np.asarray(lam, dtype=float), np.asarray(n, dtype=float))
+    out = np.empty(lam_b.shape)
+    x = np.asarray(x, dtype=float)
+    hard = hardmax_limit(law, x, A, V)
+    for idx in np.ndindex(lam_b.shape):
+        la = float(lam_b[idx])
+        bias = attention_limit(law, x, A, V, la) - hard
+        tr = np.trace(fluctuation(law, x, A, V, la))
+        out[idx] = np.sqrt(np.sum(bias**2) + tr / n_b[idx])
+    return out if out.ndim else float(out)
+
+
+def _sphere_zeta_rule(d: int, n_quad: int):
+    """Quadrature nodes/weights for the uniform law on S^{d-1}, d <= 3 (exact for smooth
+    integrands to spectral accuracy): d = 1: +-1; d = 2: trapezoid in the angle; d = 3:
+    Gauss-Legendre in the height times trapezoid in the azimuth."""
+    if d == 1:
+        return np.array([[1.0], [-1.0]]), np.array([0.5, 0.5])
+    if d == 2:
+        t = 2 * np.pi * (np.arange(4 * n_quad) + 0.5) / (4 * n_quad)
+        return np.stack([np.cos(t), np.sin(t)], axis=1), np.full(t.size, 1.0 / t.size)
+    if d == 3:
+        h, wh = np.polynomial.legendre.leggauss(n_quad)
+        phi = 2 * np.pi * (np.arange(2 * n_quad) + 0.5) / (2 * n_quad)
+        r = np.sqrt(1 - h**2)
+        pts = np.stack([np.outer(r, np.cos(phi)).ravel(), np.outer(r, np.sin(phi)).ravel(),
+                        np.repeat(h, phi.size)], axis=1)
+        w = np.repeat(wh / 2.0, phi.size) / phi.size
+        return pts, w
+    raise ValueError("tensor quadrature is provided for d <= 3 only")
+
+
+def _sobol_sphere_points(d: int, m: int):
+    """2^m deterministic quasi-uniform points of S^{d-1}: an unscrambled Sobol net moved by a
+    fixed Cranley-Patterson shift (fractional parts of sqrt of the first d primes, so no
+    point sits on the grid 0 / 1/2 that the Gaussian quantile maps to the origin), Gaussian
+    quantiles, normalised."""
+    primes = [p for p in range(2, 20 * d + 20) if all(p % q for q in range(2, int(p**0.5) + 1))][:d]
+    shift = np.sqrt(np.asarray(primes, dtype=float)) % 1.0
+    pts = (stats.qmc.Sobol(d, scramble=False).random_base2(m) + shift) % 1.0
+    g = special.ndtri(np.clip(pts, 1e-15, 1 - 1e-15))
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def sphere_output_variances(sigma, radius: float = 1.0, *, points=None, weights=None):
+    """lambda_i = rho^6 sigma_i^2 E[(A_d(kappa)/kappa)^2 zeta_i^2], kappa = rho^2 |sigma * zeta|,
+    for the singular values ``sigma`` (length d) of A: the eigenvalues of the output covariance
+    of the uniform sphere (module section above), in the left singular basis of A.
+
+    ``points`` (N, d) unit vectors with optional ``weights`` (default uniform) is the rule for
+    zeta. With equal weights a control variate is used: g = (A_d/kappa)^2 is regressed on
+    s = |sigma * zeta|^2, and the exactly known E[zeta_i^2] = 1/d and
+    E[zeta_i^2 s] = (sum sigma^2 + 2 sigma_i^2)/(d (d+2)) absorb the fitted part, so only the
+    (second-order) residual is averaged."""
+    sigma = np.asarray(sigma, dtype=float)
+    d = sigma.size
+    rho = float(radius)
+    nu = d / 2 - 1
+    Z = np.asarray(points, dtype=float)
+    if Z.ndim != 2 or Z.shape[1] != d:
+        raise ValueError(f"points must have shape (N, {d})")
+    z2 = Z**2
+    s = z2 @ sigma**2
+    kappa = rho**2 * np.sqrt(s)
+    g = _ratio_over_x(nu, kappa, bessel_ratio(nu, kappa)) ** 2
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        e = (w * g) @ z2
+    else:
+        X = np.stack([np.ones_like(s), s - s.mean()], axis=1)
+        coef, *_ = np.linalg.lstsq(X, g, rcond=None)
+        b0 = coef[0] - coef[1] * s.mean()
+        b1 = coef[1]
+        resid = g - b0 - b1 * s
+        e = resid @ z2 / s.size + b0 / d + b1 * (np.sum(sigma**2) + 2 * sigma**2) / (d * (d + 2))
+    return rho**6 * sigma**2 * e
+
+
+def sphere_output_covariance(A, V=None, radius: float = 1.0, *, points=None, n_quad: int = 96,
+                             sobol_log2: int = 16):
+    """Covariance of the output law nu = (Gamma_mu)_# mu for mu uniform on S^{d-1}(radius)
+    (its mean is 0), shape (d_v, d_v): V U diag(lambda) U^T V^T (module section above).
+
+    Rule for zeta: d <= 3 tensor quadrature with ``n_quad`` nodes (machine precision for any
+    A); otherwise ``points`` (unit vectors, e.g. randomised QMC from
+    :func:`sim.token_moments.sphere_output_covariance_rqmc`) or, by default, 2^sobol_log2
+    deterministic Sobol points with the control variate of :func:`sphere_output_variances`
+    (relative accuracy ~1e-5 for d = 50; the sim layer's RQMC gives error bars)."""
+    A = np.asarray(A, dtype=float)
+    d = A.shape[0]
+    U, sigma, _ = np.linalg.svd(A)
+    if points is not None:
+        lam = sphere_output_variances(sigma, radius, points=points)
+    elif d <= 3:
+        pts, w = _sphere_zeta_rule(d, n_quad)
+        lam = sphere_output_variances(sigma, radius, points=pts, weights=w)
+    else:
+        lam = sphere_output_variances(sigma, radius, points=_sobol_sphere_points(d, sobol_log2))
+    C = (U * lam) @ U.T
+    if V is None:
+        return C
+    V = np.asarray(V, dtype=float)
+    return V @ C @ V.T
+
+
+@functools.lru_cache(maxsize=16)
+def _leggauss(n: int):
+    t, w = np.polynomial.legendre.leggauss(n)
+    t.flags.writeable = False
+    w.flags.writeable = False
+    return t, w
+
+
+def truncated_output_moments(law, a: float, V=None, n_quad: int = 256):
+    """Mean and covariance of the output law for box-truncated Gaussian tokens
+    (:class:`TruncatedGaussianLaw`) and A = a I: coordinate i of Gamma_mu(x) is the tilted
+    mean m_1(a x_i) of one truncated coordinate, so nu has mean 0 (m_1 is odd) and covariance
+    v I with v = E[m_1(a X_1)^2], a one-dimensional Gauss-Legendre integral over the
+    truncated normal density (then V(.)V^T)."""
+    if not isinstance(law, TruncatedGaussianLaw):
+        raise TypeError("truncated_output_moments needs a TruncatedGaussianLaw")
+    one = TruncatedGaussianLaw(1, law.sigma, law.c)
+    h = law.c * law.sigma
+    t, w = _leggauss(int(n_quad))
+    x = h * t
+    dens = np.exp(-0.5 * (x / law.sigma) ** 2)
+    dens = dens / np.sum(w * dens)  # normalised on [-h, h] by the same rule
+    m1 = one.tilted_mean(float(a) * x[:, None])[:, 0]
+    v = float(np.sum(w * dens * m1**2))
+    d = law.dim
+    mean = np.zeros(d)
+    cov = v * np.eye(d)
+    if V is None:
+        return mean, cov
+    V = np.asarray(V, dtype=float)
+    return V @ mean, V @ cov @ V.T

@@ -183,3 +183,12 @@ def test_killing_a_dask_worker_loses_nothing(tmp_path):
     assert bool(ds["done"].all())
     np.testing.assert_array_equal(ds["x"].values, serial["x"].values)
     np.testing.assert_array_equal(ds["y"].values, serial["y"].values)
+
+
+def test_other_variable_layout_refuses_to_resume(tmp_path):
+    path = tmp_path / "s.zarr"
+    run_sweep(make(seed=1), path, progress=False)
+    other = make(seed=1)
+    other.variables = {"x": ("k", "a", "b")}  # same parameters, one variable fewer
+    with pytest.raises(StoreMismatch):
+        run_sweep(other, path, progress=False)

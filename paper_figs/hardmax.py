@@ -1,0 +1,132 @@
+"""Figure of the hardmax study: ``python -m paper_figs.hardmax STORE [--out FIG]``.
+
+(a) bias of Gamma at parameter lam against the hardmax limit (radial deficit at the largest n)
+    vs lam, log-log: measured with standard errors, the exact rho (1 - A_d(lam kappa_1)), its
+    asymptote rho (d-1)/(2 lam kappa_1) (slope -1) and the fitted slope;
+(b) error against n at fixed lam (each plateaus at its bias), the pure-hardmax error with its
+    exact curve (slope -> -1/(d-1)), and the coupled lam_n = c log n;
+(c) the coupled error times log n against n (flat: the logarithmic rate), with its first-order
+    prediction and its n -> infinity limit rho (d-1)/(2 c kappa_1).
+
+Reads the dataset written by ``python -m studies.hardmax`` and nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+
+def _open(path) -> xr.Dataset:
+    with xr.open_zarr(str(path), consolidated=False) as ds:
+        return ds.load()
+
+
+def draw(store, out=None, dpi: int = 150) -> Path:
+    ds = _open(store)
+    if "bias" not in ds:
+        raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
+    out = Path(out) if out is not None else Path(store).with_suffix(".png")
+    params = json.loads(ds.attrs.get("params_json", "{}"))
+    d, c = params.get("d", "?"), params.get("c", "?")
+    lam = ds["lam"].values
+    n = ds["n"].values.astype(float)
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15.5, 4.8), gridspec_kw={"width_ratios": [1, 1.25, 1]})
+
+    # (a) bias vs lam
+    ll = np.geomspace(lam.min(), lam.max(), 200)
+    ax.plot(lam, ds["theory_bias"].values, "-", color="black", lw=1.4, label=r"exact $\rho(1-A_d(\lambda\kappa_1))$")
+    ax.plot(lam, ds["theory_bias_asymptotic"].values, "--", color="0.5", lw=1.2,
+            label=r"$\rho(d-1)/(2\lambda\kappa_1)$ (slope $-1$)")
+    mask = ds["bias_fit_mask"].values.astype(bool)
+    ax.errorbar(lam[mask], ds["bias"].values[mask], yerr=ds["bias_se"].values[mask], fmt="o", color="C0", ms=5,
+                capsize=2, label="measured (fit window)")
+    ax.errorbar(lam[~mask], ds["bias"].values[~mask], yerr=ds["bias_se"].values[~mask], fmt="o", mfc="white",
+                color="C0", ms=5, capsize=2, label="measured (outside the window)")
+    if "bias_slope" in ds:
+        ax.text(0.04, 0.05, f"fitted slope {float(ds['bias_slope']):+.4f} ± {float(ds['bias_slope_se']):.4f}\n"
+                            f"(exact curve {float(ds['theory_bias_slope']):+.4f})", transform=ax.transAxes, fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(ll[0] * 0.8, ll[-1] * 1.25)
+    ax.set_xlabel(r"attention parameter $\lambda$")
+    ax.set_ylabel(r"bias $|\Gamma^\lambda_\mu(x)-\Gamma^\infty_\mu(x)|$")
+    ax.set_title(f"(a) softmax -> hardmax bias at n = {int(n[-1])}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+
+    # (b) errors vs n
+    cmap = plt.get_cmap("viridis")
+    norm = LogNorm(vmin=lam.min(), vmax=lam.max() if lam.max() > lam.min() else lam.min() * 1.01)
+    for i, lv in enumerate(lam):
+        bx.plot(n, ds["lam_err_mean"].values[i], "-", color=cmap(norm(lv)), lw=1.0, alpha=0.9)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    cb = fig.colorbar(sm, ax=bx, pad=0.01)
+    cb.set_label(r"fixed $\lambda$ (thin lines: error vs n)")
+    bx.errorbar(n, ds["pure_err_mean"].values, yerr=ds["pure_err_sem"].values, fmt="s", color="C3", ms=4,
+                capsize=2, label=f"pure hardmax: slope {float(ds['pure_slope']):+.3f} ± {float(ds['pure_slope_se']):.3f}")
+    bx.plot(n, ds["theory_pure_err"].values, "-", color="C3", lw=1.2, alpha=0.7,
+            label=f"exact E|y_j* - rho u| (asymptotic slope {float(ds['theory_pure_slope']):+.3f})")
+    bx.errorbar(n, ds["coupled_err_mean"].values, yerr=ds["coupled_err_sem"].values, fmt="D", color="C1", ms=4,
+                capsize=2, label=rf"coupled $\lambda_n = {c}\,\log n$")
+    bx.plot(n, ds["theory_coupled_err"].values, ":", color="C1", lw=1.4, label="coupled: first-order prediction")
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    bx.set_xlabel("tokens n")
+    bx.set_ylabel(r"mean error $|\Gamma_{\mu_n}(x)-\Gamma^\infty_\mu(x)|$")
+    bx.set_title("(b) errors vs n: fixed lam (plateau at the bias), hardmax, coupled", fontsize=9)
+    bx.legend(fontsize=6.5, loc="lower left", framealpha=0.9)
+
+    # (c) coupled error x log n
+    cx.errorbar(n, ds["coupled_err_x_logn"].values, yerr=ds["coupled_err_sem"].values * np.log(n), fmt="D",
+                color="C1", ms=5, capsize=2, label="measured error x log n")
+    cx.plot(n, ds["theory_coupled_err"].values * np.log(n), ":", color="C1", lw=1.4, label="first-order prediction")
+    lim = float(ds["theory_coupled_x_logn_limit"])
+    cx.axhline(lim, color="black", ls="--", lw=1.2, label=rf"limit $\rho(d-1)/(2c\kappa_1)$ = {lim:.3g}")
+    top = max(ds["coupled_err_x_logn"].values.max(), lim) * 1.6
+    cx.set_ylim(0, top)
+    cx.set_xscale("log")
+    cx.set_xlabel("tokens n")
+    cx.set_ylabel(r"error $\times \log n$")
+    cx.set_title(f"(c) logarithmic rate: max/min over the grid = {float(ds['coupled_ratio']):.2f}", fontsize=9)
+    cx.legend(fontsize=7, loc="lower right")
+
+    fig.suptitle(f"Token sample complexity, hardmax regime — tokens uniform on S^{int(d) - 1 if d != '?' else '?'} "
+                 f"(d = {d}), kappa_1 = {ds.attrs.get('kappa_1', '?')}; {ds.sizes['rep']} samples per n", fontsize=9.5)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, metadata={"Software": None} if out.suffix == ".png" else {"CreationDate": None})
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m paper_figs.hardmax", description=__doc__.split("\n")[0])
+    p.add_argument("store", type=Path, help="Zarr store written by python -m studies.hardmax")
+    p.add_argument("--out", type=Path, default=None, help="figure path (.png or .pdf; default STORE.png)")
+    args = p.parse_args(argv)
+    if not args.store.exists():
+        print(f"{p.prog}: error: no store at {args.store}", file=sys.stderr)
+        return 2
+    try:
+        path = draw(args.store, args.out)
+    except (ValueError, KeyError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"figure: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
