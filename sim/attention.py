@@ -51,6 +51,7 @@ METHODS = ("auto", "numba", "stream", "naive", "cuda")
 DEFAULT_CHUNK = 2048
 _RESCALE_AT = math.exp(300.0)
 _EXP_CAP = 400.0  # keeps every chunk sum finite (L * e^400 << 1.8e308) before the rescale check
+_SERIAL_BELOW = 1 << 18  # multiply-adds below which a call runs on one thread
 
 
 def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int = DEFAULT_CHUNK):
@@ -94,11 +95,14 @@ def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int 
     vt = kt if values is keys else np.ascontiguousarray(values.T, dtype=np.float64)
     out = np.empty((a.shape[0], values.shape[1]))
     lse = np.empty(a.shape[0])
+    # tiny problems run serially: waking the thread pool costs more than the work (and up to
+    # ~10 ms on a loaded machine); the serial twins compute exactly the same numbers
+    serial = a.shape[0] * keys.shape[0] * (keys.shape[1] + values.shape[1]) < _SERIAL_BELOW
     if kt.shape[0] == 2 and vt is kt:
-        _attend_d2(a64, kt, out, lse, int(chunk))
+        (_attend_d2_serial if serial else _attend_d2)(a64, kt, out, lse, int(chunk))
         return out, lse
     qblock = max(1, min(8, a.shape[0] // (4 * numba.get_num_threads())))
-    _attend(a64, kt, vt, out, lse, int(chunk), qblock)
+    (_attend_serial if serial else _attend)(a64, kt, vt, out, lse, int(chunk), qblock)
     return out, lse
 
 
@@ -270,6 +274,11 @@ def _attend_d2(a, kt, out, lse, chunk):
         out[i, 0] = s0 / z
         out[i, 1] = s1 / z
         lse[i] = m + math.log(z)
+
+
+# serial twins (same code, prange runs as range) for calls too small to be worth the pool
+_attend_serial = njit(fastmath=FASTMATH, cache=True)(_attend.py_func)
+_attend_d2_serial = njit(fastmath=FASTMATH, cache=True)(_attend_d2.py_func)
 
 
 # =============================================================================================

@@ -125,3 +125,24 @@ def test_bad_inputs_are_rejected():
         softmax_attention(np.ones((1, 2)), k, method="fast")
     with pytest.raises(ValueError, match="chunk"):
         softmax_attention(np.ones((1, 2)), k, chunk=0)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_serial_twins_give_identical_numbers(d):
+    """Tiny calls run the serial twins of the kernels: same code, so bit-identical results
+    (a sweep's numbers cannot depend on which side of the size threshold a call falls)."""
+    import sim.attention as at
+
+    rng = np.random.default_rng(d)
+    keys = rng.standard_normal((700, d))
+    a = rng.standard_normal((9, d)) * 2
+    kt = np.ascontiguousarray(keys.T)
+    o1, l1, o2, l2 = np.empty((9, d)), np.empty(9), np.empty((9, d)), np.empty(9)
+    if d == 2:
+        at._attend_d2(a, kt, o1, l1, 64)
+        at._attend_d2_serial(a, kt, o2, l2, 64)
+    else:
+        at._attend(a, kt, kt, o1, l1, 64, 2)
+        at._attend_serial(a, kt, kt, o2, l2, 64, 2)
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(l1, l2)
