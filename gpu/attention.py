@@ -28,7 +28,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-__all__ = ["softmax_attention", "merge_partials", "attend_kernel", "MAX_DIM"]
+__all__ = ["softmax_attention", "self_attention_moments", "merge_partials", "attend_kernel", "MAX_DIM"]
 
 MAX_DIM = 8
 _TPB = 128  # threads per block on a real GPU (power of two)
@@ -37,12 +37,16 @@ _TPB = 128  # threads per block on a real GPU (power of two)
 @functools.cache
 def attend_kernel(dk: int, dv: int, score_dtype: str):
     """The kernel specialised to (dk, dv, score dtype): constant loop bounds let the per-thread
-    score vector and accumulators live in registers, and float32 scores use the fast exp."""
+    score vector and accumulators live in registers, and float32 scores use the fast exp.
+
+    ``skip_offset >= 0`` drops key ``j = i + skip_offset`` from query i's softmax (self-attention
+    without the query's own token, when the queries are a block of the keys starting there);
+    ``skip_offset = -1`` keeps every key."""
     st = float32 if score_dtype == "float32" else float64
     neg_inf = -math.inf
 
     @cuda.jit(fastmath=score_dtype == "float32")
-    def kernel(a, kt, vt, slice_len, pm, pz, pacc):
+    def kernel(a, kt, vt, slice_len, skip_offset, pm, pz, pacc):
         i = cuda.blockIdx.x
         sl = cuda.blockIdx.y
         t = cuda.threadIdx.x
@@ -58,7 +62,11 @@ def attend_kernel(dk: int, dv: int, score_dtype: str):
         z = 0.0
         j = sl * slice_len + t
         stop = min(n, (sl + 1) * slice_len)
+        skip = i + skip_offset if skip_offset >= 0 else -1
         while j < stop:
+            if j == skip:
+                j += tpb
+                continue
             s = ai[0] * kt[0, j]
             for k in range(1, dk):
                 s += ai[k] * kt[k, j]
@@ -120,8 +128,10 @@ def _is_device_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__")
 
 
-def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: int | None = None):
-    """Streaming softmax attention on the GPU; returns ``(out, lse)`` (module docstring)."""
+def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: int | None = None,
+                      skip_offset: int = -1):
+    """Streaming softmax attention on the GPU; returns ``(out, lse)`` (module docstring).
+    ``skip_offset >= 0`` leaves key ``i + skip_offset`` out of query i (see :func:`attend_kernel`)."""
     values = keys if values is None else values
     if a.ndim != 2 or keys.ndim != 2 or values.ndim != 2 or a.shape[1] != keys.shape[1]:
         raise ValueError("need a (q, dk), keys (n, dk), values (n, dv)")
@@ -157,7 +167,55 @@ def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: i
         pz = cuda.device_array((q, slices))
         pacc = cuda.device_array((q, slices, dv))
     score_dtype = "float32" if (a.dtype == np.float32 and keys.dtype == np.float32) else "float64"
-    attend_kernel(dk, dv, score_dtype)[(q, slices), tpb](a_d, kt, vt, slice_len, pm, pz, pacc)
+    attend_kernel(dk, dv, score_dtype)[(q, slices), tpb](a_d, kt, vt, slice_len, int(skip_offset), pm, pz, pacc)
     if not on_device:
         pm, pz, pacc = pm.copy_to_host(), pz.copy_to_host(), pacc.copy_to_host()
     return merge_partials(pm, pz, pacc, xp)
+
+
+def self_attention_moments(tokens, A, V=None, scales=(1.0,), *, exclude_self: bool = False,
+                           block_q: int = 1 << 16, tpb: int | None = None, slices: int | None = None):
+    """Mean and (population) covariance of the self-attention outputs
+    ``o_i(s) = V sum_j softmax_j(s <A x_i, x_j>) x_j`` for each scale s — the contract of
+    ``sim.attention.self_attention_moments``. Outputs are computed ``block_q`` queries at a time
+    by the streaming kernel (the token values stay in the kernel's dtype; the moments of each
+    block are merged with Chan's update in float64), so memory is O(block_q * d), never n x n.
+    Needs d <= MAX_DIM. Returns NumPy arrays (S, d_v) and (S, d_v, d_v) for NumPy tokens, CuPy
+    arrays otherwise."""
+    n, d = tokens.shape
+    if d > MAX_DIM:
+        raise ValueError(f"the CUDA kernel handles d <= {MAX_DIM}; use method='stream'")
+    on_device = _is_device_array(tokens)
+    if on_device:
+        import cupy as xp
+    else:
+        xp = np
+    A = np.asarray(A.get() if hasattr(A, "get") else A, dtype=np.float64)
+    scales = np.atleast_1d(np.asarray(scales, dtype=np.float64))
+    Vm = None if V is None else np.asarray(V.get() if hasattr(V, "get") else V, dtype=np.float64)
+    dv = d if Vm is None else Vm.shape[0]
+    means = np.zeros((scales.size, dv))
+    covs = np.zeros((scales.size, dv, dv))
+    Q = tokens @ xp.asarray(A.T, dtype=tokens.dtype)
+    for si, s in enumerate(scales.tolist()):
+        count, mean, m2 = 0, np.zeros(dv), np.zeros((dv, dv))
+        for q0 in range(0, n, block_q):
+            qb = Q[q0:min(n, q0 + block_q)] * tokens.dtype.type(s)
+            out, _ = softmax_attention(qb, tokens, tpb=tpb, slices=slices,
+                                       skip_offset=q0 if exclude_self else -1)
+            if Vm is not None:
+                out = out @ xp.asarray(Vm.T)
+            bm = xp.mean(out, axis=0)
+            oc = out - bm
+            bm2 = oc.T @ oc
+            bm, bm2 = (np.asarray(bm.get() if on_device else bm), np.asarray(bm2.get() if on_device else bm2))
+            nb = out.shape[0]
+            delta = bm - mean
+            tot = count + nb
+            mean = mean + delta * (nb / tot)
+            m2 = m2 + bm2 + np.outer(delta, delta) * (count * nb / tot)
+            count = tot
+        means[si], covs[si] = mean, m2 / n
+    if on_device:
+        return xp.asarray(means), xp.asarray(covs)
+    return means, covs

@@ -290,7 +290,7 @@ from sim.backend import to_numpy as _to_numpy  # noqa: E402
 
 __all__ += ["self_attention_moments", "hardmax_attention", "SELF_METHODS", "HARDMAX_METHODS"]
 
-SELF_METHODS = ("auto", "numba", "stream", "naive")
+SELF_METHODS = ("auto", "numba", "stream", "naive", "cuda")
 SELF_BLOCK_Q = 1024  # queries per block (numba: a parallel kernel call per block)
 SELF_BLOCK_K = 512  # keys per chunk (numba: two 4 x 512 buffers per thread stay in L1)
 
@@ -345,7 +345,16 @@ def self_attention_moments(tokens, A, V=None, scales=(1.0,), *, exclude_self: bo
     if not bool(xp.all(xp.isfinite(tokens))) or not np.all(np.isfinite(A)):
         raise ValueError("attention inputs must be finite")
     if method == "auto":
-        method = "numba" if is_numpy(tokens) else "stream"
+        if is_numpy(tokens):
+            method = "numba"
+        else:
+            from gpu.attention import MAX_DIM
+
+            method = "cuda" if d <= MAX_DIM else "stream"
+    if method == "cuda":
+        from gpu.attention import self_attention_moments as cuda_moments
+
+        return cuda_moments(tokens, A, Vm, sc, exclude_self=exclude_self)
     if method == "numba":
         if not is_numpy(tokens):
             raise TypeError("method='numba' needs NumPy arrays")

@@ -10,7 +10,7 @@ def test_attention_kernel_compiles_to_registers_and_fast_exp(ptx, dk, dv, dtype)
     from gpu.attention import attend_kernel
 
     arr = F32_2 if dtype == "float32" else F64_2
-    code = ptx(attend_kernel(dk, dv, dtype), (arr, arr, arr, types.int64, F64_2, F64_2, F64_3),
+    code = ptx(attend_kernel(dk, dv, dtype), (arr, arr, arr, types.int64, types.int64, F64_2, F64_2, F64_3),
                fastmath=dtype == "float32")
     assert ".local" not in code, "per-thread arrays spilled to local memory"
     if dtype == "float32":
