@@ -29,8 +29,9 @@ Implementations (``method=``):
 ``"cuda"``    the numba-cuda kernel of :mod:`gpu.attention` (float64 accumulators; scores and
               exp in the input dtype), for device (CuPy) arrays or, under the CUDA simulator,
               NumPy arrays; needs ``dk, dv <= gpu.attention.MAX_DIM``;
-``"auto"``    ``"numba"`` for NumPy inputs; for device arrays ``"cuda"`` when the dimensions
-              fit the kernel, else ``"stream"``.
+``"auto"``    ``"numba"`` for NumPy inputs; for device arrays (``__cuda_array_interface__``)
+              ``"cuda"`` when the dimensions fit the kernel, else ``"stream"``; ``"stream"`` for
+              any other array-API namespace.
 
 All three agree to ~1e-14 relative to ``max |y|`` in float64 (tests/sim/test_attention.py).
 """
@@ -76,10 +77,12 @@ def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int 
     if method == "auto":
         if is_numpy(a):
             method = "numba"
-        else:
+        elif hasattr(a, "__cuda_array_interface__"):  # device arrays (CuPy)
             from gpu.attention import MAX_DIM
 
             method = "cuda" if max(keys.shape[1], values.shape[1]) <= MAX_DIM else "stream"
+        else:  # any other array-API namespace
+            method = "stream"
     if method == "cuda":
         from gpu.attention import softmax_attention as cuda_attention
 
@@ -347,10 +350,12 @@ def self_attention_moments(tokens, A, V=None, scales=(1.0,), *, exclude_self: bo
     if method == "auto":
         if is_numpy(tokens):
             method = "numba"
-        else:
+        elif hasattr(tokens, "__cuda_array_interface__"):  # device arrays (CuPy)
             from gpu.attention import MAX_DIM
 
             method = "cuda" if d <= MAX_DIM else "stream"
+        else:  # any other array-API namespace
+            method = "stream"
     if method == "cuda":
         from gpu.attention import self_attention_moments as cuda_moments
 
@@ -378,7 +383,7 @@ def _chan_merge(count, mean, m2, o, xp):
     mb = xp.mean(o, axis=1)
     oc = o - mb[:, None, :]
     # one BLAS product per scale (a batched matmul over a transposed view is not BLAS)
-    m2b = xp.stack([oc[k].T @ oc[k] for k in range(o.shape[0])])
+    m2b = xp.stack([oc[k, ...].T @ oc[k, ...] for k in range(o.shape[0])])
     tot = count + nb
     delta = mb - mean
     mean = mean + delta * (nb / tot)

@@ -46,6 +46,15 @@ lam is chosen per target on a validation set; the excess risk is the test MSE ag
 by the variance of the test target (1 = predicting the mean).
 
 All functions take arrays of the caller's namespace (NumPy, or CuPy on a GPU).
+
+GPU twins (:mod:`gpu.random_features`, imported lazily, only when a GPU path is taken):
+``rfa_features(..., method=)`` is ``"batched"`` (the chunked BLAS-3 code below, any namespace),
+``"cuda"`` (the numba-cuda kernel: scores, activation and value sums fused per (sample, head),
+float64 accumulators; device arrays, or NumPy arrays under the CUDA simulator) or ``"auto"``
+(``"batched"`` for NumPy inputs, ``"cuda"`` for device arrays when ``D <= gpu.random_features.MAX_DIM``).
+For device (CuPy) arrays, :func:`rfmlp_features` writes its GEMMs straight into the output, the
+primal ridge path accumulates ``Phi^T Phi`` in float64 row blocks, and the eigendecompositions
+run on the device (``cupy.linalg.eigh``), so ``--device gpu`` keeps a study cell on the GPU.
 """
 from __future__ import annotations
 
@@ -82,6 +91,7 @@ __all__ = [
 
 MODELS = ("rfa", "brfa", "rfmlp")
 ACTIVATIONS = ("relu", "identity", "softmax")
+FEATURE_METHODS = ("auto", "batched", "cuda")
 TARGET_FAMILIES = ("keys", "query", "pair", "bilin", "attn", "keykey")
 POLYS = ("gegenbauer", "hermite")
 _CHUNK_ELEMS = 1 << 21  # elements of the largest temporary per feature chunk (~16 MB float64)
@@ -225,13 +235,27 @@ def _augment(x, augment: bool):
 
 def rfa_features(x0, X, W, *, augment: bool = True, activation: str = "relu",
                  key_norm: str = "mean", value: str = "augmented", scale: bool = True,
-                 chunk: int | None = None):
-    """Random-feature attention features ``(n, M * Dv)`` (head-major), see the module docstring."""
+                 chunk: int | None = None, method: str = "auto"):
+    """Random-feature attention features ``(n, M * Dv)`` (head-major), see the module docstring
+    (``method``: ``auto``, ``batched`` or ``cuda``, the GPU twin)."""
     xp = namespace(x0, X, W)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}")
+    if method not in FEATURE_METHODS:
+        raise ValueError(f"method must be one of {FEATURE_METHODS}")
     n, N, d = X.shape
     M, D, _ = W.shape
+    if method == "auto":
+        method = "batched"
+        if _on_device(x0, X, W):
+            from gpu.random_features import MAX_DIM
+
+            method = "cuda" if D <= MAX_DIM else "batched"
+    if method == "cuda":
+        from gpu.random_features import rfa_features as cuda_rfa_features
+
+        return cuda_rfa_features(x0, X, W, augment=augment, activation=activation, key_norm=key_norm,
+                                 value=value, scale=scale)
     Dv = D if value == "augmented" else d
     if chunk is None:
         chunk = max(1, _CHUNK_ELEMS // (M * max(N, D)))
@@ -274,6 +298,10 @@ def draw_mlp(rng, P: int, N: int, d: int, *, augment: bool = True):
 
 def rfmlp_features(x0, X, Wm, *, augment: bool = True, scale: bool = True, chunk: int = 4096):
     """ReLU random features of the flattened input, ``(n, P)``, scaled by 1/sqrt(P)."""
+    if _on_device(x0, X, Wm):
+        from gpu.random_features import rfmlp_features as gpu_rfmlp_features
+
+        return gpu_rfmlp_features(x0, X, Wm, augment=augment, scale=scale, chunk=chunk)
     xp = namespace(x0, X, Wm)
     n = X.shape[0]
     P = Wm.shape[0]
@@ -338,9 +366,15 @@ def ridge_path(phi_tr, y_tr, n_list, phi_val, y_val, phi_te, f_te, lambdas):
     res["lambda_index"] = np.zeros((len(n_list), T), dtype=np.int64)
     res["val_path"] = np.zeros((len(n_list), L, T))
     G = Sy = s1 = sy = None
+    on_device = _on_device(phi_tr, y_tr)
     pos = 0
     for k, n in enumerate(n_list):
-        if n >= P:  # primal: accumulate the Gram of the nested prefix
+        if n >= P and on_device:  # primal on the GPU: float64 Gram sums over row blocks
+            from gpu.random_features import gram_update
+
+            G, Sy, s1, sy = gram_update(phi_tr[pos:n], y_tr[pos:n], None if G is None else (G, Sy, s1, sy))
+            pos = n
+        elif n >= P:  # primal: accumulate the Gram of the nested prefix
             if G is None:
                 blk, yb = phi_tr[:n], y_tr[:n]
                 G, Sy, s1, sy = blk.T @ blk, blk.T @ yb, xp.sum(blk, axis=0), xp.sum(yb, axis=0)
@@ -351,6 +385,7 @@ def ridge_path(phi_tr, y_tr, n_list, phi_val, y_val, phi_te, f_te, lambdas):
                 s1 = s1 + xp.sum(blk, axis=0)
                 sy = sy + xp.sum(yb, axis=0)
             pos = n
+        if n >= P:
             mu, ybar = s1 / n, sy / n
             Gc = G - n * (mu[:, None] * mu[None, :])
             b = Sy - n * (mu[:, None] * ybar[None, :])
@@ -396,8 +431,13 @@ def ridge_reference(phi, y, lam: float):
 
 
 def _eigh(A):
-    """Symmetric eigendecomposition: LAPACK's divide-and-conquer ``syevd`` through SciPy on one
-    BLAS thread for NumPy arrays, the namespace's own ``eigh`` otherwise (CuPy)."""
+    """Symmetric eigendecomposition: on the device for CUDA arrays (``cupy.linalg.eigh``, cuSOLVER
+    ``syevd``, via :mod:`gpu.random_features`); LAPACK's divide-and-conquer ``syevd`` through
+    SciPy on one BLAS thread for NumPy arrays; the namespace's own ``eigh`` otherwise."""
+    if _on_device(A):
+        from gpu.random_features import eigh as device_eigh
+
+        return device_eigh(A)
     if is_numpy(A):
         from scipy.linalg import eigh
 
@@ -408,6 +448,11 @@ def _eigh(A):
         with threadpool_limits(limits=1, user_api="blas"):
             return eigh(A, driver="evd", check_finite=False, overwrite_a=True)
     return namespace(A).linalg.eigh(A)
+
+
+def _on_device(*arrays) -> bool:
+    """True when some argument is a CUDA device array (CuPy: ``__cuda_array_interface__``)."""
+    return any(hasattr(a, "__cuda_array_interface__") for a in arrays)
 
 
 def _np(x):

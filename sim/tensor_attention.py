@@ -30,6 +30,12 @@ Exact implementations (``method=``), all float64, all agreeing to ~1e-13 (tests/
 ``"naive"``  materialise the flattened Khatri–Rao keys/values and call the foundation's naive
              softmax (small inputs only): the ``D^{-1} A V`` form of the spec.
 ``"loop"``   pure-Python loops over (i, J): the obviously-correct oracle (tiny inputs only).
+``"cuda"``   k = 2, 3 on a CUDA device: the numba-cuda kernels of :mod:`gpu.tensor_attention`
+             (k = 3: pairs (j_1, j_2) flattened across threads, online softmax per thread, block
+             and slice merges; k = 2: :mod:`gpu.attention`), for device (CuPy) arrays or, under
+             the CUDA simulator, NumPy arrays; ``d, dv <= MAX_DIM`` of the kernel's module.
+             ``"auto"`` picks it for device arrays (k <= 3, dimensions that fit), else
+             ``"numba"`` for NumPy and ``"stream"`` for other namespaces.
 
 Polynomial method (AS23/AS24, spec §2): with ``P(x) = sum_{t<=g} c_t x^t`` (Taylor or Chebyshev,
 :mod:`theory.tensor_attention`) and multi-indices ``alpha`` (``|alpha| <= g``, ``r = C(d+g, g)``),
@@ -43,7 +49,9 @@ satisfy ``U_1 (U_2 ⊘ ... ⊘ U_k)^T = P(logits)`` exactly, and the tensor tric
 
     S = o_m (U_{m+1}^T V_m)   (r x dv),   z = o_m (U_{m+1}^T 1)   (r),   T ~ (U_1 S) / (U_1 z)
 
-in O(n r d) time and O(chunk r) memory (rows streamed in chunks; :func:`polynomial_attention`).
+in O(n r d) time and O(chunk r) memory (rows streamed in chunks; :func:`polynomial_attention`;
+``engine="cuda"``, the default for device arrays, builds the features with a numba-cuda kernel
+and does the products with cuBLAS: :func:`gpu.tensor_attention.polynomial_num_den`).
 The features are built level by level from a parent pointer (``alpha = parent + e_var``), one
 gather and one multiply per level. Guarantee: if the approximation has relative error ``eps < 1``
 on the realised logit range, ``||T - T*||_inf <= 2 eps/(1-eps) prod_m ||V_m||_inf``.
@@ -115,7 +123,7 @@ __all__ = [
     "PairwiseReadout",
 ]
 
-EXACT_METHODS = ("auto", "numba", "stream", "naive", "loop")
+EXACT_METHODS = ("auto", "numba", "stream", "naive", "loop", "cuda")
 _RESCALE_AT = math.exp(300.0)
 _EXP_CAP = 400.0
 _STREAM_BUDGET = 1 << 22  # float64 scores per stream block (32 MiB)
@@ -182,6 +190,11 @@ def khatri_rao(X, Y, order: str = "numpy"):
     raise ValueError("order must be 'numpy' or 'paper'")
 
 
+def _on_device(*arrays) -> bool:
+    """True for CUDA device arrays (CuPy): the GPU twins in :mod:`gpu.tensor_attention` apply."""
+    return all(hasattr(X, "__cuda_array_interface__") for X in arrays)
+
+
 def _flatten(mats, order="numpy"):
     return functools.reduce(lambda a, b: khatri_rao(a, b, order), mats)
 
@@ -194,7 +207,7 @@ def matrix_attention(Q, K, V, *, scale=None, method: str = "auto"):
     s = _scale(scale, Q.shape[1])
     if method == "loop":
         return _loop(Q, [K], [V], s)
-    m = {"auto": "auto", "numba": "numba", "stream": "stream", "naive": "naive"}.get(method)
+    m = {"auto": "auto", "numba": "numba", "stream": "stream", "naive": "naive", "cuda": "cuda"}.get(method)
     if m is None:
         raise ValueError(f"unknown method {method!r}; choose one of {EXACT_METHODS}")
     return softmax_attention(Q * s, K, V, method=m)[0]
@@ -219,7 +232,17 @@ def kth_order_attention(Q, keys: Sequence, values: Sequence, *, scale=None, meth
     s = _scale(scale, Q.shape[1])
     k = len(keys) + 1
     if method == "auto":
-        method = "numba" if (is_numpy(Q) and k <= 3) else "stream"
+        if is_numpy(Q) and k <= 3:
+            method = "numba"
+        elif _on_device(Q, *keys, *values) and k <= 3:
+            if k == 2:
+                from gpu.attention import MAX_DIM
+            else:
+                from gpu.tensor_attention import MAX_DIM
+
+            method = "cuda" if max(Q.shape[1], values[0].shape[1]) <= MAX_DIM else "stream"
+        else:
+            method = "stream"
     if Q.shape[0] == 0:
         out = xp.zeros((0, values[0].shape[1]), dtype=xp.float64)
         return (out, xp.zeros((0,), dtype=xp.float64)) if return_lse else out
@@ -232,6 +255,12 @@ def kth_order_attention(Q, keys: Sequence, values: Sequence, *, scale=None, meth
         out, lse = softmax_attention(Q * s, _flatten(keys), _flatten(values), method="naive")
     elif method == "stream":
         out, lse = _stream(Q, keys, values, s, xp)
+    elif method == "cuda":
+        if k > 3:
+            raise ValueError("method='cuda' covers k = 2, 3; use 'stream' for k >= 4")
+        from gpu.tensor_attention import kth_order_attention as cuda_kth_order
+
+        out, lse = cuda_kth_order(Q, keys, values, scale=s, return_lse=True)
     else:  # numba
         if not all(is_numpy(X) for X in (Q, *keys, *values)):
             raise TypeError("method='numba' needs NumPy arrays")
@@ -538,7 +567,9 @@ def polynomial_attention(Q, keys: Sequence, values: Sequence, *, degree: int, me
     ``degree`` g >= 0; ``method`` "taylor" or "chebyshev"; the design range is ``R`` if given,
     else ``|s| d B^k`` for a declared entry bound ``B``, else the realised bound of these inputs.
     Rows are streamed in chunks of ``chunk``: memory O(chunk r + r dv). ``engine``: "numba"
-    (CPU kernels, the default for NumPy arrays) or "xp" (array-namespace code: NumPy or CuPy)."""
+    (CPU kernels, the default for NumPy arrays), "xp" (array-namespace code: NumPy or CuPy) or
+    "cuda" (:mod:`gpu.tensor_attention`: numba-cuda features and cuBLAS products; the default
+    for device arrays; under the CUDA simulator it also takes NumPy arrays)."""
     keys, values = list(keys), list(values)
     xp = namespace(Q, *keys, *values)
     d, dv = _check(Q, keys, values, xp)
@@ -572,12 +603,19 @@ def polynomial_attention(Q, keys: Sequence, values: Sequence, *, degree: int, me
     index = th.multi_indices(d, degree)
     w = th.feature_weights(index, coeffs, s)
 
-    if engine not in ("auto", "numba", "xp"):
-        raise ValueError("engine must be 'auto', 'numba' or 'xp'")
+    if engine not in ("auto", "numba", "xp", "cuda"):
+        raise ValueError("engine must be 'auto', 'numba', 'xp' or 'cuda'")
     if engine == "auto":
-        engine = "numba" if all(is_numpy(X) for X in (Q, *keys, *values)) else "xp"
+        if all(is_numpy(X) for X in (Q, *keys, *values)):
+            engine = "numba"
+        else:
+            engine = "cuda" if _on_device(Q, *keys, *values) else "xp"
     if engine == "numba":
         num, den = _poly_numba(Q, keys, values, index, w, chunk)
+    elif engine == "cuda":
+        from gpu.tensor_attention import polynomial_num_den
+
+        num, den = polynomial_num_den(Q, keys, values, index.parent, index.var, w, chunk=chunk)
     else:
         num, den = _poly_xp(Q, keys, values, index, w, chunk, xp)
     if not bool(xp.all(den > 0)) or not bool(xp.all(xp.isfinite(num))):

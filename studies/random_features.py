@@ -25,6 +25,13 @@ data (paired comparisons); the random heads come from the cell seed.
 Each group holds the raw per-replicate measurements, means and standard errors, fitted slopes
 with SEs, ``theory_*`` predictions and ``verdict_*`` booleans whose tolerances are in the
 attributes.
+
+``--device gpu`` runs every cell on the GPU: inputs, targets and heads are drawn by CuPy's Philox
+stream (so the numbers differ from a CPU run, statistically equal), attention features come from
+the numba-cuda kernel of :mod:`gpu.random_features`, RFMLP features and Gram products from cuBLAS,
+and the ridge path's eigendecompositions from ``cupy.linalg.eigh``; only the per-cell summaries
+return to the host. It defaults to one in-process worker (the device's owner). Without a usable
+GPU it is a one-line usage error (exit 2).
 """
 from __future__ import annotations
 
@@ -85,6 +92,7 @@ examples:
   python -m studies.random_features --sweeps N --N-grid 2,4,8,16,32 --n-fixed 4096
   python -m studies.random_features --quick --out /tmp/rf.zarr
   python -m studies.random_features --poly hermite --activation softmax --sweeps families
+  python -m studies.random_features --device gpu --M 512 --n 2^10..2^14   # CuPy + numba-cuda kernels
   python -m paper_figs.random_features results/random_features.zarr
 
 targets: keys<p> = mean_i P_p(<beta,x_i>), query<p> = P_p(<beta,x_0>), pair<p> = mean_i P_p(<x_0,x_i>),
@@ -216,15 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(workers=None)
     for action in p._actions:
         if action.dest == "workers":
-            action.help = ("worker processes, each with single-threaded BLAS (default 2; --quick: 1, "
-                           "in-process)")
+            action.help = ("worker processes, each with single-threaded BLAS (default 2; --quick or "
+                           "--device gpu: 1, in-process)")
     return p
 
 
 def _validate(args):
     base = QUICK if args.quick else DEFAULTS
-    if args.workers is None:
-        args.workers = 1 if (args.quick or args.scheduler or args.dask_local) else 2
     for key in ("d", "N", "M", "n_fixed", "n_val", "n_test", "reps", "kernel_reps", "kernel_pairs"):
         if getattr(args, key) is None:
             setattr(args, key, base[key])
@@ -306,6 +312,9 @@ def _validate(args):
         args.device = resolve_device(args.device)
     except DeviceUnavailable as e:
         raise UsageError(str(e)) from None
+    if args.workers is None:
+        # on a GPU one in-process worker owns the device (features, Gram and eigh run there)
+        args.workers = 1 if (args.quick or args.scheduler or args.dask_local or args.device == "gpu") else 2
     check_out_path(args.out)
     args.executor = executor_options(args)
     root = Path(args.out)

@@ -16,6 +16,13 @@ every selected part with fresh inputs:
   bilinear readout), the majority-class chance level, and the polynomial approximation at the
   construction's (huge) entry bound.
 
+``--device gpu`` runs the attention engines on the GPU twins (:mod:`gpu.tensor_attention`,
+numba-cuda kernels + cuBLAS, reached through ``sim.tensor_attention``'s dispatch on device
+arrays): inputs are still drawn on the host from the cell's stream (so the error part sees the
+same inputs as on the CPU) and moved to the device; the runtime part times the device engines
+(synchronised); in the match3 part the exact tensor-attention construction runs on the GPU
+kernel, while the tiny pairwise baselines and the polynomial readout stay on the CPU.
+
 Dataset (``results/tensor_attention.zarr``): raw ``err_out``/``rejected``/``vmax`` (error),
 ``time_*`` (runtime), ``match3_acc``/``match3_positive`` (per sequence); then fits, ``theory_*``
 predictions and ``verdict_*`` booleans with their tolerances in the attributes.
@@ -34,7 +41,7 @@ import numpy as np
 import xarray as xr
 
 from sim import tensor_attention as sta
-from sim.backend import DeviceUnavailable, make_rng, resolve_device
+from sim.backend import DeviceUnavailable, get_xp, make_rng, resolve_device
 from studies.benchmarks._timing import best_time
 from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
                          executor_options, nonnegative_int, parse_n_grid, parse_range, positive_int,
@@ -226,9 +233,6 @@ def _validate(args):
         args.device = resolve_device(args.device)
     except DeviceUnavailable as e:
         raise UsageError(str(e)) from None
-    if args.device != "cpu":
-        raise UsageError("--device gpu: this study's kernels run on the CPU (the array-namespace "
-                         "paths of sim.tensor_attention accept CuPy arrays directly)")
     check_out_path(args.out)
     args.executor = executor_options(args)
 
@@ -239,63 +243,83 @@ def _child_rng(seed: np.random.SeedSequence, part: int):
     return make_rng(np.random.SeedSequence(seed.entropy, spawn_key=tuple(seed.spawn_key) + (part,)))
 
 
-def _error_part(rng, *, ks, Bs, degrees, methods, n, d, scale):
+def _device_tools(device):
+    """``(to_device, sync)`` for the run's device: the identity and a no-op on the CPU; on the
+    GPU, a host-to-device copy (CuPy) and a device synchronisation (for honest timings)."""
+    if device != "gpu":
+        return (lambda X: X), (lambda: None)
+    cp = get_xp("gpu")
+    return cp.asarray, (lambda: cp.cuda.Device().synchronize())
+
+
+def _error_part(rng, *, ks, Bs, degrees, methods, n, d, scale, device="cpu"):
     shape = (len(methods), len(ks), len(Bs), len(degrees), len(INPUTS))
     err = np.zeros(shape)
     rej = np.zeros(shape)
     vmax = np.zeros((len(ks), len(Bs), len(INPUTS)))
     lbound = np.zeros_like(vmax)
     gens = {"uniform": sta.uniform_inputs, "sign_aligned": sta.sign_aligned_inputs}
+    to_dev, _ = _device_tools(device)
     for ik, k in enumerate(ks):
         for ib, B in enumerate(Bs):
             for ii, kind in enumerate(INPUTS):
-                Q, keys, values = gens[kind](rng, n, d, B, k)
-                exact = sta.kth_order_attention(Q, keys, values, scale=scale)
-                vm = float(np.prod([np.abs(V).max() for V in values]))
+                Qh, keys_h, values_h = gens[kind](rng, n, d, B, k)
+                vm = float(np.prod([np.abs(V).max() for V in values_h]))
                 vmax[ik, ib, ii] = vm
-                lbound[ik, ib, ii] = sta.logit_range_bound(Q, keys, scale=scale)
+                lbound[ik, ib, ii] = sta.logit_range_bound(Qh, keys_h, scale=scale)
+                Q, keys, values = to_dev(Qh), [to_dev(K) for K in keys_h], [to_dev(V) for V in values_h]
+                exact = sta.kth_order_attention(Q, keys, values, scale=scale)
                 for im, method in enumerate(methods):
                     for ig, g in enumerate(degrees):
                         try:
                             res = sta.polynomial_attention(Q, keys, values, degree=g, method=method,
                                                            B=B, scale=scale)
-                            err[im, ik, ib, ig, ii] = float(np.abs(res.out - exact).max())
+                            err[im, ik, ib, ig, ii] = float(abs(res.out - exact).max())  # NumPy or CuPy
                         except sta.NonPositiveNormalizer:
                             rej[im, ik, ib, ig, ii] = 1.0
                             err[im, ik, ib, ig, ii] = vm
     return {"err_out": err, "rejected": rej, "vmax": vmax, "logit_bound": lbound}
 
 
-def _runtime_part(rng, *, n_approx, n_matrix, n_tensor, d, g, B, scale, repeat):
+def _runtime_part(rng, *, n_approx, n_matrix, n_tensor, d, g, B, scale, repeat, device="cpu"):
     out = {}
+    to_dev, sync = _device_tools(device)
 
     def timed(fn):
-        return best_time(fn, repeat=repeat)
+        def run():
+            fn()
+            sync()  # device work is asynchronous: time it to completion
+        return best_time(run, repeat=repeat)
+
+    def inputs(n, k):
+        Q, keys, values = sta.uniform_inputs(rng, n, d, B, k)
+        return to_dev(Q), [to_dev(K) for K in keys], [to_dev(V) for V in values]
 
     t = np.zeros(len(n_matrix))
     for j, n in enumerate(n_matrix):
-        Q, (K,), (V,) = sta.uniform_inputs(rng, n, d, B, 2)
+        Q, (K,), (V,) = inputs(n, 2)
         t[j] = timed(lambda: sta.matrix_attention(Q, K, V, scale=scale))
     out["time_exact_matrix"] = t
     t = np.zeros(len(n_tensor))
     for j, n in enumerate(n_tensor):
-        Q, keys, values = sta.uniform_inputs(rng, n, d, B, 3)
+        Q, keys, values = inputs(n, 3)
         t[j] = timed(lambda: sta.kth_order_attention(Q, keys, values, scale=scale))
     out["time_exact_tensor"] = t
     for k, name, grid in ((2, "time_approx_matrix", n_approx), (3, "time_approx_tensor", n_approx),
                           (2, "time_approx_matrix_x", n_matrix), (3, "time_approx_tensor_x", n_tensor)):
         t = np.zeros(len(grid))
         for j, n in enumerate(grid):
-            Q, keys, values = sta.uniform_inputs(rng, n, d, B, k)
+            Q, keys, values = inputs(n, k)
             t[j] = timed(lambda: sta.polynomial_attention(Q, keys, values, degree=g, method="chebyshev",
                                                           B=B, scale=scale))
         out[name] = t
     return out
 
 
-def _match3_part(rng, *, Ns, sequences, train, degree):
+def _match3_part(rng, *, Ns, sequences, train, degree, device="cpu"):
     acc = np.zeros((len(Ns), len(MODELS), sequences))
     pos = np.zeros((len(Ns), sequences))
+    exact_method = "cuda" if device == "gpu" else "auto"  # host arrays, copied to the device
     for iN, N in enumerate(Ns):
         M = th.match3_balanced_M(N)
         thr = th.match3_threshold(M)
@@ -308,7 +332,7 @@ def _match3_part(rng, *, Ns, sequences, train, degree):
             y = sta.match3_labels(x, M)
             pos[iN, s] = y.mean()
             preds = {
-                "tensor_exact": sta.match3_tensor_scores(x, M) > thr,
+                "tensor_exact": sta.match3_tensor_scores(x, M, method=exact_method) > thr,
                 "tensor_poly": sta.match3_poly_scores(x, M, degree) > thr,
                 "pairwise_match2": sta.match2_pairwise_scores(x, M) > thr,
                 "pairwise_readout": readout.predict(x),
@@ -334,13 +358,17 @@ def make_sweep(args) -> Sweep:
     d = args.d
     scale = SCALES[args.scale](d)
     params = {"parts": list(args.parts), "d": d, "scale": args.scale, "reps": args.reps}
+    if args.device == "gpu":
+        # GPU numbers differ (rounding, timings): a GPU run never resumes a CPU store, or the reverse.
+        # CPU runs keep the parameters they always had, so their existing stores still resume.
+        params["device"] = "gpu"
     variables, coords, var_attrs = {}, {}, {}
     err_cfg = time_cfg = m3_cfg = None
     if "error" in args.parts:
         params["error"] = {"k": list(args.k), "B": list(args.B), "degrees": list(args.degrees),
                            "methods": list(args.methods), "n": args.n_error, "inputs": list(INPUTS)}
         err_cfg = dict(ks=tuple(args.k), Bs=tuple(args.B), degrees=tuple(args.degrees),
-                       methods=tuple(args.methods), n=args.n_error, d=d, scale=scale)
+                       methods=tuple(args.methods), n=args.n_error, d=d, scale=scale, device=args.device)
         coords.update({"family": str_coord(args.methods), "k": np.asarray(args.k),
                        "B": np.asarray(args.B, dtype=float), "degree": np.asarray(args.degrees),
                        "inputs": str_coord(INPUTS)})
@@ -361,7 +389,7 @@ def make_sweep(args) -> Sweep:
                              "B": args.timing_B, "method": "chebyshev", "repeat": repeat}
         time_cfg = dict(n_approx=tuple(args.n_approx), n_matrix=tuple(args.n_matrix),
                         n_tensor=tuple(args.n_tensor), d=d, g=args.timing_degree, B=args.timing_B,
-                        scale=scale, repeat=repeat)
+                        scale=scale, repeat=repeat, device=args.device)
         coords.update({"n_approx": np.asarray(args.n_approx), "n_matrix": np.asarray(args.n_matrix),
                        "n_tensor": np.asarray(args.n_tensor)})
         for name, dim in (("time_exact_matrix", "n_matrix"), ("time_exact_tensor", "n_tensor"),
@@ -375,7 +403,7 @@ def make_sweep(args) -> Sweep:
                             "degree": args.match3_degree, "distinct": False,
                             "M": [th.match3_balanced_M(N) for N in args.N]}
         m3_cfg = dict(Ns=tuple(args.N), sequences=args.sequences, train=args.train,
-                      degree=args.match3_degree)
+                      degree=args.match3_degree, device=args.device)
         coords.update({"N": np.asarray(args.N), "model": str_coord(MODELS),
                        "seq": np.arange(args.sequences)})
         variables.update({"match3_acc": ("N", "model", "seq", "rep"),
@@ -385,6 +413,13 @@ def make_sweep(args) -> Sweep:
                           "match3_positive": {"long_name": "fraction of positive labels of the sequence"}})
     run_cell = functools.partial(_cell, parts=tuple(args.parts), err_cfg=err_cfg, time_cfg=time_cfg,
                                  m3_cfg=m3_cfg)
+    extra = {}
+    if args.device == "gpu":
+        extra["gpu_engines"] = (
+            "exact k=2: gpu.attention; exact k=3: gpu.tensor_attention numba-cuda kernel; k=4: stream "
+            "(array-namespace) on CuPy; polynomial method: numba-cuda features + cuBLAS; inputs drawn "
+            "on the host and copied; timings synchronised; match3: exact construction on the GPU "
+            "kernel, baselines and the polynomial readout on the CPU")
     return Sweep(
         study=STUDY,
         cell_dims={"rep": np.arange(args.reps)},
@@ -403,7 +438,7 @@ def make_sweep(args) -> Sweep:
                               f"(workers={args.workers}, dask_local={args.dask_local}, "
                               f"scheduler={args.scheduler})",
                "match3_convention": "indices unrestricted (SHT23 form [C]); M = round(N^2/ln 4); "
-                                    "construction of spec 5.1 with d = 4 and scale lam"},
+                                    "construction of spec 5.1 with d = 4 and scale lam", **extra},
         var_attrs=var_attrs,
     )
 

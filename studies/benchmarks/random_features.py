@@ -15,6 +15,14 @@ checked against each other:
 Targets (regression guards; the issue sets no speed target besides the study's 2-minute default
 run): batched features >= 2x the per-sample loop (which is already vectorised over heads); the
 lambda path no slower than the per-lambda solves (one eigendecomposition against 15 solves).
+
+GPU rows (only when :func:`gpu.gpu_available`; a CPU-only machine produces exactly the dataset
+above): on ``n_gpu`` samples (65536, quick 8192; same d, N, M) the features by ``batched_cupy``
+(the same BLAS-3 code on CuPy arrays), ``cuda_f64`` and ``cuda_f32`` (the numba-cuda kernel of
+:mod:`gpu.random_features`, float64 or float32 inputs, float64 accumulators), each checked against
+the CPU features (<= 1e-12 / 1e-5 of max |phi|); the ridge path and one families cell on device
+arrays (device Gram, ``cupy.linalg.eigh``). Target: ``cuda_f64`` >= 10x the CPU batched path in
+samples per second. Timings synchronise the device before the clock stops.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ DESCRIPTION = ("random-feature attention, d=8, N=8, M=128 (1152 features): per-s
                "features; per-lambda solves vs one-eigendecomposition ridge path; one study cell")
 TARGET_FEATURE_SPEEDUP = 2.0
 TARGET_PATH_SPEEDUP = 1.0
+TARGET_GPU_FEATURE_SPEEDUP = 10.0
 
 
 def _loop_features(x0, X, W):
@@ -123,7 +132,85 @@ def run(quick: bool = False) -> xr.Dataset:
                                   {"description": "one-eigendecomposition path no slower than per-lambda solves"})
     ds["verdict_agree"] = ((), bool(feat_err <= 1e-12 and path_err <= 1e-6),
                            {"description": "features within 1e-12, validation paths within 1e-6 relative"})
+    from gpu import gpu_available
+
+    if gpu_available():
+        _gpu_rows(ds, quick=quick, M=M, d=d, N=N, phi=phi, Y=Y, tr=tr, va=va, lambdas=lambdas, path=path,
+                  cell=(xc0, XC, F, n_list, n_val, nt))
     return ds
+
+
+def _gpu_rows(ds, *, quick, M, d, N, phi, Y, tr, va, lambdas, path, cell):
+    """The GPU implementations side by side (adds ``gpu_*`` variables and verdicts to ``ds``)."""
+    import cupy as cp
+
+    from sim.backend import make_rng
+
+    def sync(f):
+        def g():
+            out = f()
+            cp.cuda.Device().synchronize()
+            return out
+        return g
+
+    n_gpu = 8192 if quick else 65536
+    rng = np.random.default_rng(1)
+    x0, X = rs.sample_inputs(rng, n_gpu, N, d)
+    W = rs.draw_heads(rng, M, d)
+    n_chk = 512
+    ref = rs.rfa_features(x0[:n_chk], X[:n_chk], W)
+    scale = float(np.abs(ref).max())
+    g64 = [cp.asarray(t) for t in (x0, X, W)]
+    g32 = [cp.asarray(t, dtype=cp.float32) for t in (x0, X, W)]
+    impls = {
+        "batched_cupy": lambda: rs.rfa_features(*g64, method="batched"),
+        "cuda_f64": lambda: rs.rfa_features(*g64, method="cuda"),
+        "cuda_f32": lambda: rs.rfa_features(*g32, method="cuda"),
+    }
+    times, errs = [], []
+    for f in impls.values():
+        out = sync(f)()
+        errs.append(float(np.abs(cp.asnumpy(out[:n_chk]).astype(float) - ref).max()) / scale)
+        del out
+        times.append(best_time(sync(f), repeat=3))
+    t = np.array(times)
+    errs = np.array(errs)
+    phi_g, Y_g = cp.asarray(phi), cp.asarray(Y)
+
+    def gpu_path():
+        return rs.ridge_path(phi_g[tr], Y_g[tr], [tr.stop], phi_g[va], Y_g[va], phi_g[va], Y_g[va], lambdas)
+
+    gp = sync(gpu_path)()["val_path"][0]
+    ridge_err = float(np.abs(gp - path).max() / np.abs(path).max())
+    t_ridge = best_time(sync(gpu_path), repeat=3)
+    xc0, XC, F, n_list, n_val, nt = cell
+    xg, Xg, Fg = cp.asarray(xc0), cp.asarray(XC), cp.asarray(F)
+    nm = n_list[-1]
+
+    def gpu_cell():
+        pc = rs.model_features("rfa", make_rng(np.random.SeedSequence(2), "gpu"), xg, Xg, M, rs.FeatureConfig())
+        rs.ridge_path(pc[:nm], Fg[:nm], n_list, pc[nm:nm + n_val], Fg[nm:nm + n_val], pc[nm + n_val:],
+                      Fg[nm + n_val:], lambdas)
+
+    sync(gpu_cell)()  # warm-up (kernel compilation for these shapes, cuSOLVER workspaces)
+    t_cell = best_time(sync(gpu_cell), repeat=1)
+    ds.coords["gpu_feature_impl"] = np.array(list(impls), dtype=object)
+    ds["gpu_feature_time_s"] = (("gpu_feature_impl",), t, {"units": "s", "long_name": "best of 3 on n_gpu samples"})
+    ds["gpu_feature_samples_per_s"] = (("gpu_feature_impl",), n_gpu / t, {"units": "1/s"})
+    ds["gpu_feature_max_rel_err"] = (("gpu_feature_impl",), errs,
+                                     {"long_name": "max |phi_gpu - phi_cpu| / max |phi_cpu| on the first 512 samples"})
+    ds["gpu_ridge_time_s"] = ((), t_ridge, {"units": "s", "long_name": "ridge path on device arrays, best of 3"})
+    ds["gpu_ridge_max_rel_err"] = ((), ridge_err)
+    ds["gpu_cell_time_s"] = ((), t_cell, {"units": "s", "long_name": "one families cell (rfa) on the GPU"})
+    ds.attrs.update({"n_gpu": n_gpu, "target_gpu_feature_speedup": TARGET_GPU_FEATURE_SPEEDUP})
+    sp = float(n_gpu / t[1]) / float(ds["feature_samples_per_s"].sel(feature_impl="batched"))
+    ds["gpu_feature_speedup"] = ((), sp, {"long_name": "cuda_f64 samples/s over the CPU batched path"})
+    ds["verdict_gpu_feature_speedup"] = ((), bool(sp >= TARGET_GPU_FEATURE_SPEEDUP),
+                                         {"description": f"cuda_f64 >= {TARGET_GPU_FEATURE_SPEEDUP}x CPU batched"})
+    ds["verdict_gpu_agree"] = ((), bool(errs[0] <= 1e-12 and errs[1] <= 1e-12 and errs[2] <= 1e-5
+                                        and ridge_err <= 1e-6),
+                               {"description": "float64 GPU features within 1e-12, float32 within 1e-5, "
+                                               "GPU ridge path within 1e-6 relative of the CPU"})
 
 
 def summary(ds: xr.Dataset) -> str:
@@ -139,4 +226,20 @@ def summary(ds: xr.Dataset) -> str:
         f"   one families cell: {float(ds['cell_time_s']):.2f} s; agreement "
         f"{'ok' if bool(ds['verdict_agree']) else 'FAILED'} (features {float(ds['feature_max_abs_err']):.1e}, "
         f"paths {float(ds['ridge_max_rel_err']):.1e}; device {ds.attrs.get('device', '?')})",
-    ])
+    ] + _gpu_summary(ds))
+
+
+def _gpu_summary(ds) -> list[str]:
+    if "gpu_feature_impl" not in ds.coords:
+        return []
+    rates = ", ".join(f"{k} {v:.3e}" for k, v in zip(ds["gpu_feature_impl"].values,
+                                                      ds["gpu_feature_samples_per_s"].values))
+    return [
+        f"   GPU features (n={ds.attrs['n_gpu']}): {rates} samples/s -> cuda_f64 "
+        f"{float(ds['gpu_feature_speedup']):.1f}x CPU batched (target {ds.attrs['target_gpu_feature_speedup']:g}x: "
+        f"{'met' if bool(ds['verdict_gpu_feature_speedup']) else 'MISSED'})",
+        f"   GPU ridge path {float(ds['gpu_ridge_time_s']):.3f} s, one families cell {float(ds['gpu_cell_time_s']):.2f} s; "
+        f"agreement {'ok' if bool(ds['verdict_gpu_agree']) else 'FAILED'} (features "
+        + ", ".join(f"{v:.1e}" for v in ds["gpu_feature_max_rel_err"].values)
+        + f"; path {float(ds['gpu_ridge_max_rel_err']):.1e})",
+    ]

@@ -146,3 +146,18 @@ def test_serial_twins_give_identical_numbers(d):
         at._attend_serial(a, kt, kt, o2, l2, 64, 2)
     np.testing.assert_array_equal(o1, o2)
     np.testing.assert_array_equal(l1, l2)
+
+
+def test_auto_sends_other_namespaces_to_stream_not_cuda():
+    xp = pytest.importorskip("array_api_strict")
+    from sim.attention import self_attention_moments
+
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((60, 2))
+    a = rng.standard_normal((3, 2))
+    out, _ = softmax_attention(xp.asarray(a), xp.asarray(keys))  # would fail inside the CUDA path
+    ref, _ = reference(a, keys, keys)
+    assert _close(np.asarray(out), ref, keys)
+    m, _ = self_attention_moments(xp.asarray(keys), np.eye(2), None, [1.0])
+    m_ref, _ = self_attention_moments(keys, np.eye(2), None, [1.0], method="naive")
+    np.testing.assert_allclose(np.asarray(m), m_ref, atol=1e-12)

@@ -80,7 +80,6 @@ def test_single_part_run(tmp_path, capsys):
     (["--reps", "1"], "at least 2 replicates"),
     (["--k", "5"], "orders must be 2, 3 or 4"),
     (["--B", "2.6", "--k", "3", "--methods", "chebyshev"], "cannot be converted"),
-    (["--device", "gpu"], "gpu"),
     (["--n-approx", "2^10,2^11"], "at least 3 sizes"),
 ])
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, message):
@@ -94,6 +93,38 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert err.count("\n") == 1 and message in err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_device_gpu_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    from gpu import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present: --device gpu runs (test_quick_on_the_gpu)")
+    out = tmp_path / "gpu.zarr"
+    assert study.main(["--quick", "--device", "gpu", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gpu" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.gpu
+def test_quick_on_the_gpu(tmp_path, capsys):
+    """--device gpu runs every part on the GPU twins; the error part sees the same inputs as the
+    CPU run (drawn on the host), so its errors agree with the CPU's to rounding."""
+    out = tmp_path / "gpu.zarr"
+    assert study.main(["--quick", "--device", "gpu", "--out", str(out), "--no-progress"]) == 0
+    ds = open_result(out)
+    assert ds.attrs["device"] == "gpu" and "gpu_engines" in ds.attrs
+    assert bool(ds["done"].all())
+    assert bool(ds["verdict_bound"].all()) and bool(ds["verdict_match3_tensor"])
+    for name in ("err_out", "time_exact_tensor", "time_approx_tensor", "match3_acc"):
+        assert np.all(np.isfinite(ds[name].values))
+    cpu = tmp_path / "cpu.zarr"
+    assert study.main(["--quick", "--parts", "error", "--out", str(cpu), "--no-progress"]) == 0
+    ref = open_result(cpu)
+    np.testing.assert_array_equal(ds["rejected"].values, ref["rejected"].values)
+    np.testing.assert_allclose(ds["err_out"].values, ref["err_out"].values, rtol=1e-6, atol=1e-11)
+    np.testing.assert_array_equal(ds["vmax"].values, ref["vmax"].values)
 
 
 def test_force_lifts_the_exact_size_limit_check():
