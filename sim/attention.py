@@ -20,7 +20,7 @@ more than ~708 below the reference underflow to 0, which changes no digit of the
 
 Implementations (``method=``):
 
-``"numba"``   the CPU fast path (float64, Numba, parallel over queries, vectorised exp; a
+``"numba"``   the CPU fast path (float64, Numba, threads over queries, vectorised exp; a
               fully fused kernel when d = 2 and values = keys, the token-sample workload);
 ``"stream"``  the same online softmax written against the array namespace, chunked over
               queries and keys (runs on NumPy or CuPy arrays);
@@ -40,11 +40,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numba
-from numba import njit, prange
+from numba import njit
 
 from sim.backend import is_numpy, namespace
-from sim.kernels_cpu import FASTMATH, exp_fast
+from sim.kernels_cpu import FASTMATH, cpu_threads, exp_fast, run_threads
 
 __all__ = ["softmax_attention", "METHODS", "DEFAULT_CHUNK"]
 
@@ -98,14 +97,14 @@ def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int 
     vt = kt if values is keys else np.ascontiguousarray(values.T, dtype=np.float64)
     out = np.empty((a.shape[0], values.shape[1]))
     lse = np.empty(a.shape[0])
-    # tiny problems run serially: waking the thread pool costs more than the work (and up to
-    # ~10 ms on a loaded machine); the serial twins compute exactly the same numbers
+    # tiny problems run on one thread: handing out work costs more than the work itself
     serial = a.shape[0] * keys.shape[0] * (keys.shape[1] + values.shape[1]) < _SERIAL_BELOW
     if kt.shape[0] == 2 and vt is kt:
-        (_attend_d2_serial if serial else _attend_d2)(a64, kt, out, lse, int(chunk))
+        run_threads(_attend_d2, a64, kt, out, lse, int(chunk), n_tasks=1 if serial else a.shape[0])
         return out, lse
-    qblock = max(1, min(8, a.shape[0] // (4 * numba.get_num_threads())))
-    (_attend_serial if serial else _attend)(a64, kt, vt, out, lse, int(chunk), qblock)
+    qblock = max(1, min(8, a.shape[0] // (4 * cpu_threads())))
+    nblocks = -(-a.shape[0] // qblock)
+    run_threads(_attend, a64, kt, vt, out, lse, int(chunk), qblock, n_tasks=1 if serial else nblocks)
     return out, lse
 
 
@@ -181,16 +180,17 @@ def _dot(s, t, L):
     return acc
 
 
-@njit(fastmath=FASTMATH, parallel=True, cache=True)
-def _attend(a, kt, vt, out, lse, chunk, qblock):
-    """Blocks of ``qblock`` queries in parallel; each block streams the key chunks once,
-    so a chunk stays in cache while every query of the block uses it."""
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _attend(start, stride, a, kt, vt, out, lse, chunk, qblock):
+    """Blocks of ``qblock`` queries (tasks start, start + stride, ... of :func:`run_threads`);
+    each block streams the key chunks once, so a chunk stays in cache while every query of the
+    block uses it."""
     q = a.shape[0]
     n = kt.shape[1]
     dv = vt.shape[0]
     chunk = min(chunk, n)
     nblocks = (q + qblock - 1) // qblock
-    for b in prange(nblocks):
+    for b in range(start, nblocks, stride):
         i0 = b * qblock
         nb = min(q, i0 + qblock) - i0
         s = np.empty(chunk)
@@ -243,14 +243,15 @@ def _chunk_d2(a0, a1, t0, t1, m):
     return z, s0, s1
 
 
-@njit(fastmath=FASTMATH, parallel=True, cache=True)
-def _attend_d2(a, kt, out, lse, chunk):
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _attend_d2(start, stride, a, kt, out, lse, chunk):
     """The token-sample workload (d = 2, values = keys) with scores, exp and the three
     accumulators fused in one vectorised loop: no intermediate array at all (~1.6x the
-    general kernel). Same reference-score / rescale logic as :func:`_attend`."""
+    general kernel). Same reference-score / rescale logic as :func:`_attend`; queries
+    start, start + stride, ... (:func:`run_threads`)."""
     q = a.shape[0]
     n = kt.shape[1]
-    for i in prange(q):
+    for i in range(start, q, stride):
         a0 = a[i, 0]
         a1 = a[i, 1]
         m = a0 * kt[0, 0] + a1 * kt[1, 0]
@@ -277,11 +278,6 @@ def _attend_d2(a, kt, out, lse, chunk):
         out[i, 0] = s0 / z
         out[i, 1] = s1 / z
         lse[i] = m + math.log(z)
-
-
-# serial twins (same code, prange runs as range) for calls too small to be worth the pool
-_attend_serial = njit(fastmath=FASTMATH, cache=True)(_attend.py_func)
-_attend_d2_serial = njit(fastmath=FASTMATH, cache=True)(_attend_d2.py_func)
 
 
 # =============================================================================================
@@ -549,8 +545,8 @@ def _self_accumulate4(e, XT, c, Lc, a):
         a[3, k + 3] += a33
 
 
-@njit(fastmath=FASTMATH, parallel=True, cache=True)
-def _self_fused(Qp, Xp, XT, scales, q0, n_rows, excl, L, out):
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _self_fused(start, stride, Qp, Xp, XT, scales, q0, n_rows, excl, L, out):
     """Outputs of one block of queries at every scale, fully fused (no BLAS, no n x n).
 
     ``Qp`` (nbp, dp): the block's score vectors q_i = A x_i, rows padded to a multiple of 4
@@ -564,7 +560,7 @@ def _self_fused(Qp, Xp, XT, scales, q0, n_rows, excl, L, out):
     nbp, dp = Qp.shape
     n = Xp.shape[0]
     ns = scales.shape[0]
-    for g in prange(nbp // 4):
+    for g in range(start, nbp // 4, stride):
         r0 = 4 * g
         s = np.empty((4, L))
         e = np.empty((4, L))
@@ -656,7 +652,7 @@ def _self_moments_numba(X, A, scales, excl, block_q, block_k):
         Qp[:nb] = Q[q0:q0 + nb]
         Qp[nb:] = Q[q0]
         o = np.empty((ns, nbp, dp))
-        _self_fused(Qp, Xp, XT, scales, q0, n, excl, L, o)
+        run_threads(_self_fused, Qp, Xp, XT, scales, q0, n, excl, L, o, n_tasks=nbp // 4)
         _block_moments(o, nb, d, mb, m2b)
         tot = count + nb
         delta = mb - mean
@@ -770,17 +766,17 @@ def hardmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int 
         if not (is_numpy(a) and is_numpy(keys)):
             raise TypeError("method='numba' needs NumPy arrays")
         idx = np.empty(a.shape[0], dtype=np.int64)
-        _hardmax_idx(np.ascontiguousarray(a, dtype=np.float64),
-                     np.ascontiguousarray(keys.T, dtype=np.float64), idx, int(chunk))
+        run_threads(_hardmax_idx, np.ascontiguousarray(a, dtype=np.float64),
+                    np.ascontiguousarray(keys.T, dtype=np.float64), idx, int(chunk), n_tasks=a.shape[0])
     return values[idx], idx
 
 
-@njit(parallel=True, cache=True)
-def _hardmax_idx(a, kt, idx, chunk):
+@njit(nogil=True, cache=True)
+def _hardmax_idx(start, stride, a, kt, idx, chunk):
     q = a.shape[0]
     n = kt.shape[1]
     chunk = min(chunk, n)
-    for i in prange(q):
+    for i in range(start, q, stride):
         s = np.empty(chunk)
         ai = a[i]
         best = -np.inf

@@ -75,12 +75,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import numba
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
 from sim.backend import namespace
-from sim.kernels_cpu import FASTMATH, exp_fast, i64_as_f64
+from sim.kernels_cpu import FASTMATH, exp_fast, f64_as_i64 as _f64_as_i64, i64_as_f64, run_threads
 
 __all__ = [
     "TaskSpec", "isotropic_task", "toeplitz_task", "multitask_task",
@@ -189,17 +187,6 @@ _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8 = _COSC
 
 _NJ = dict(fastmath=FASTMATH, error_model="numpy", cache=True)  # error_model: lets '/' vectorise
 _NJI = dict(_NJ, inline="always")
-
-
-@intrinsic
-def _f64_as_i64(typingctx, x):
-    """Reinterpret the bits of a float64 as an int64 (vectorisable)."""
-    sig = types.int64(types.float64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-
-    return sig, codegen
 
 
 @njit(**_NJI)
@@ -460,33 +447,11 @@ def prompts_to_tokens(p: Prompts):
 
 # ========================================================================= task runner
 # Parallelism: every kernel below is a serial, GIL-free loop over tasks ``start, start + stride,
-# ...`` (a task = one (run, prompt chunk) pair); :func:`_run_tasks` runs the T interleaved
-# shares on T threads (T = numba.get_num_threads()). Each task writes its own output slot and
-# slots are reduced afterwards in a fixed order, so results do not depend on T. (Numba's
-# ``parallel=True`` was avoided: its cached gufuncs computed ~1 ulp differently from freshly
-# compiled ones, which broke bit-exact resumption across processes; and OpenMP's spinning
-# threads slowed steps ~8x on an oversubscribed machine.)
-_POOL = {"n": 0, "pool": None}
-
-
-def _run_tasks(kernel, *args, n_tasks: int | None = None) -> None:
-    T = max(1, int(numba.get_num_threads()))
-    if n_tasks is not None:
-        T = max(1, min(T, int(n_tasks)))
-    if T == 1:
-        kernel(0, 1, *args)
-        return
-    if _POOL["n"] < T - 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if _POOL["pool"] is not None:
-            _POOL["pool"].shutdown(wait=True)
-        _POOL["pool"] = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="icl")
-        _POOL["n"] = T - 1
-    futures = [_POOL["pool"].submit(kernel, k, T, *args) for k in range(1, T)]
-    kernel(0, T, *args)
-    for f in futures:
-        f.result()
+# ...`` (a task = one (run, prompt chunk) pair), run on T threads by
+# :func:`sim.kernels_cpu.run_threads` (see there why not Numba's ``parallel=True``). Each task
+# writes its own output slot and slots are reduced afterwards in a fixed order, so results do
+# not depend on T.
+_run_tasks = run_threads
 
 
 # ================================================================= forward / backward (Numba)

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["FASTMATH", "exp_fast", "i64_as_f64", "EXP_CLAMP"]
+__all__ = ["FASTMATH", "exp_fast", "i64_as_f64", "f64_as_i64", "EXP_CLAMP", "run_threads", "cpu_threads"]
 
 FASTMATH = {"contract", "nnan", "ninf", "nsz", "arcp", "afn", "reassoc"}
 EXP_CLAMP = 708.0
@@ -50,6 +50,17 @@ def i64_as_f64(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def f64_as_i64(typingctx, x):
+    """Reinterpret the bits of a float64 as an int64 (no conversion, vectorisable)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return sig, codegen
+
+
 @njit(fastmath=FASTMATH, inline="always", cache=True)
 def exp_fast(x):
     """``exp(x)`` for float64 ``x``, clamped to ``[-708, 708]`` (see module docstring)."""
@@ -60,3 +71,45 @@ def exp_fast(x):
     p = 1.0 + r * (1.0 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * (
         _C7 + r * (_C8 + r * (_C9 + r * (_C10 + r * _C11))))))))))
     return p * i64_as_f64((np.int64(k) + 1023) << 52)
+
+
+# ------------------------------------------------------------------------------ threading
+# Parallel CPU kernels do NOT use Numba's ``parallel=True``: a cached ``parallel=True`` function
+# computed ~1 ulp differently from the same function freshly compiled (measured on every such
+# kernel here), so a sweep resumed in a new process, or a process-pool worker loading the cache,
+# would not reproduce an uninterrupted run bit for bit; and OpenMP's spinning threads slowed
+# kernels several-fold on an oversubscribed machine. Instead a kernel is a serial, GIL-free
+# (``nogil=True``) loop over tasks ``start, start + stride, ...`` that writes only its own tasks'
+# outputs, and :func:`run_threads` runs the T interleaved shares on T threads. Each task is
+# computed by the same code whatever T is, so results do not depend on the thread count either.
+_POOL: dict = {"n": 0, "pool": None}
+
+
+def cpu_threads() -> int:
+    """Threads a CPU kernel may use: Numba's setting (a sweep worker sets its share)."""
+    import numba
+
+    return max(1, int(numba.get_num_threads()))
+
+
+def run_threads(kernel, *args, n_tasks: int | None = None, threads: int | None = None) -> None:
+    """Run ``kernel(start, stride, *args)`` for start = 0..T-1 with stride T on T threads
+    (T = ``threads`` or :func:`cpu_threads`, at most ``n_tasks``); the calling thread takes
+    share 0. The kernel must release the GIL (``@njit(nogil=True)``)."""
+    T = int(threads or cpu_threads())
+    if n_tasks is not None:
+        T = max(1, min(T, int(n_tasks)))
+    if T <= 1:
+        kernel(0, 1, *args)
+        return
+    if _POOL["n"] < T - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _POOL["pool"] is not None:
+            _POOL["pool"].shutdown(wait=True)
+        _POOL["pool"] = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="kernel")
+        _POOL["n"] = T - 1
+    futures = [_POOL["pool"].submit(kernel, k, T, *args) for k in range(1, T)]
+    kernel(0, T, *args)
+    for f in futures:
+        f.result()

@@ -76,17 +76,15 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import types
 from dataclasses import dataclass
 from typing import Sequence
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from sim.attention import softmax_attention
 from sim.backend import is_numpy, namespace
-from sim.kernels_cpu import FASTMATH, exp_fast
+from sim.kernels_cpu import FASTMATH, exp_fast, run_threads
 from theory import tensor_attention as th
 
 __all__ = [
@@ -130,7 +128,8 @@ _STREAM_BUDGET = 1 << 22  # float64 scores per stream block (32 MiB)
 _NAIVE_MAX = 1 << 22  # entries of the flattened logits allowed in "naive"
 _LOOP_MAX = 200_000  # (query, tuple) pairs allowed in "loop"
 _POLY_BLOCK = 256  # rows per feature block in the Numba polynomial kernels
-_PARALLEL_WORK = 1 << 18  # inner-loop iterations below which the serial Numba kernels run
+_PARALLEL_WORK = 1 << 18  # inner-loop iterations below which a kernel runs on one thread
+_KEY_PARTS = 64  # partial sums of the key side of the polynomial method (fixed: thread-independent)
 
 
 class LogitRangeError(ValueError):
@@ -369,8 +368,8 @@ def _numba_tensor(Q, keys, values, s):
     v2t = np.ascontiguousarray(np.asarray(values[1], dtype=np.float64).T)
     out = np.empty((a.shape[0], v1.shape[1]))
     lse = np.empty(a.shape[0])
-    kernel = _tensor_kernel if a.shape[0] * k1.shape[0] * k2t.shape[1] >= _PARALLEL_WORK else _tensor_kernel_serial
-    kernel(a, k1, k2t, v1, v2t, out, lse)
+    big = a.shape[0] * k1.shape[0] * k2t.shape[1] >= _PARALLEL_WORK
+    run_threads(_tensor_kernel, a, k1, k2t, v1, v2t, out, lse, n_tasks=a.shape[0] if big else 1)
     return out, lse
 
 
@@ -406,13 +405,15 @@ def _dot(x, y):
     return acc
 
 
-def _tensor_kernel_py(a, k1, k2t, v1, v2t, out, lse):
-    """T[i] for every query i (parallel): online softmax over (j1, j2), one j1 row at a time."""
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _tensor_kernel(start, stride, a, k1, k2t, v1, v2t, out, lse):
+    """T[i] for queries i = start, start + stride, ... (:func:`run_threads`): online softmax
+    over (j1, j2), one j1 row at a time."""
     nq, d = a.shape
     n1 = k1.shape[0]
     n2 = k2t.shape[1]
     dv = v1.shape[1]
-    for i in prange(nq):
+    for i in range(start, nq, stride):
         s = np.empty(n2)
         p = np.empty(d)
         acc = np.zeros(dv)
@@ -444,21 +445,6 @@ def _tensor_kernel_py(a, k1, k2t, v1, v2t, out, lse):
         for l in range(dv):
             out[i, l] = acc[l] / z
         lse[i] = m + math.log(z)
-
-
-def _twins(py_func):
-    """A parallel and a serial compilation of one kernel: parallel for real work, serial for tiny
-    inputs (thread wake-ups cost milliseconds on a busy machine). The serial twin is a copy of
-    the function under another name, so the two on-disk caches do not overwrite each other."""
-    name = py_func.__name__ + "_serial"
-    twin = types.FunctionType(py_func.__code__, py_func.__globals__, name, py_func.__defaults__,
-                              py_func.__closure__)
-    twin.__qualname__ = name
-    return (njit(fastmath=FASTMATH, parallel=True, cache=True)(py_func),
-            njit(fastmath=FASTMATH, cache=True)(twin))
-
-
-_tensor_kernel, _tensor_kernel_serial = _twins(_tensor_kernel_py)
 
 
 def tensor_logits(Q, K1, K2, *, scale=None):
@@ -672,17 +658,20 @@ def _poly_numba(Q, keys, values, index, w, chunk):
         vt = np.ascontiguousarray(np.asarray(V, dtype=np.float64).T)
         n = kt.shape[1]
         nblocks = -(-n // L)
-        nparts = max(1, min(nblocks, 4 * numba.get_num_threads()))
-        parallel = n * index.r >= _PARALLEL_WORK
-        parts = np.zeros((nparts if parallel else 1, index.r, dv + 1))
-        (_poly_keys_kernel if parallel else _poly_keys_serial)(kt, vt, par, var, L, parts)
+        # the partial sums depend on n only (never on the thread count), so the result does not
+        # depend on how many threads compute them; they are added in a fixed order
+        nparts = max(1, min(nblocks, _KEY_PARTS))
+        parts = np.zeros((nparts, index.r, dv + 1))
+        run_threads(_poly_keys_kernel, kt, vt, par, var, L, parts,
+                    n_tasks=nparts if n * index.r >= _PARALLEL_WORK else 1)
         S *= parts.sum(axis=0)
     qt = np.ascontiguousarray(np.asarray(Q, dtype=np.float64).T)
     out = np.empty((qt.shape[1], dv))
     den = np.empty(qt.shape[1])
     if qt.shape[1]:
-        kernel = _poly_query_kernel if qt.shape[1] * index.r >= _PARALLEL_WORK else _poly_query_serial
-        kernel(qt, np.ascontiguousarray(S), par, var, L, out, den)
+        nqb = -(-qt.shape[1] // L)
+        run_threads(_poly_query_kernel, qt, np.ascontiguousarray(S), par, var, L, out, den,
+                    n_tasks=nqb if qt.shape[1] * index.r >= _PARALLEL_WORK else 1)
     return out, den
 
 
@@ -700,15 +689,16 @@ def _features_block(xt, c, Lb, par, var, F):
             dst[j] = src[j] * x[j]
 
 
-def _poly_keys_py(kt, vt, par, var, L, parts):
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _poly_keys_kernel(start, stride, kt, vt, par, var, L, parts):
     """parts[p, a, l] = sum over the rows of part p of F_a(k_j) v_j[l]; column dv holds
-    sum F_a(k_j) (the normaliser's factor)."""
+    sum F_a(k_j) (the normaliser's factor). Parts p = start, start + stride, ..."""
     n = kt.shape[1]
     r = parts.shape[1]
     dv = vt.shape[0]
     nblocks = (n + L - 1) // L
     nparts = parts.shape[0]
-    for p in prange(nparts):
+    for p in range(start, nparts, stride):
         F = np.empty((r, L))
         for b in range(p, nblocks, nparts):
             c = b * L
@@ -728,13 +718,15 @@ def _poly_keys_py(kt, vt, par, var, L, parts):
                     parts[p, a, l] += acc
 
 
-def _poly_query_py(qt, S, par, var, L, out, den):
-    """num[i] = F(q_i)^T S[:, :dv], den[i] = F(q_i)^T S[:, dv] (S holds w o (prod S_m, prod z_m))."""
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _poly_query_kernel(start, stride, qt, S, par, var, L, out, den):
+    """num[i] = F(q_i)^T S[:, :dv], den[i] = F(q_i)^T S[:, dv] (S holds w o (prod S_m, prod z_m));
+    query blocks b = start, start + stride, ..."""
     n = qt.shape[1]
     r = S.shape[0]
     dv = S.shape[1] - 1
     nblocks = (n + L - 1) // L
-    for b in prange(nblocks):
+    for b in range(start, nblocks, stride):
         c = b * L
         Lb = min(L, n - c)
         F = np.empty((r, Lb))
@@ -751,10 +743,6 @@ def _poly_query_py(qt, S, par, var, L, out, den):
             den[c + j] = acc[dv, j]
             for l in range(dv):
                 out[c + j, l] = acc[l, j]
-
-
-_poly_keys_kernel, _poly_keys_serial = _twins(_poly_keys_py)
-_poly_query_kernel, _poly_query_serial = _twins(_poly_query_py)
 
 
 def approx_matrix_attention(Q, K, V, **kw) -> PolyAttention:
