@@ -34,6 +34,35 @@ MAX_DIM = 8
 _TPB = 128  # threads per block on a real GPU (power of two)
 
 
+@cuda.jit(device=True, inline="always")
+def merge_block_states(sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl):
+    """Merge the online-softmax states (m, z, acc) that the block's threads left in shared
+    memory by a tree (float64), and write the block's state to pm[i, sl], pz[i, sl],
+    pacc[i, sl, :]. Every thread of the block must call it (it synchronises)."""
+    t = cuda.threadIdx.x
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if t < stride:
+            m1 = sm_m[t]
+            m2 = sm_m[t + stride]
+            if m2 > -math.inf:
+                mm = max(m1, m2)
+                r1 = math.exp(m1 - mm) if m1 > -math.inf else 0.0
+                r2 = math.exp(m2 - mm)
+                sm_z[t] = sm_z[t] * r1 + sm_z[t + stride] * r2
+                for k in range(dv):
+                    sm_acc[t, k] = sm_acc[t, k] * r1 + sm_acc[t + stride, k] * r2
+                sm_m[t] = mm
+        cuda.syncthreads()
+        stride //= 2
+    if t == 0:
+        pm[i, sl] = sm_m[0]
+        pz[i, sl] = sm_z[0]
+        for k in range(dv):
+            pacc[i, sl, k] = sm_acc[0, k]
+
+
 @functools.cache
 def attend_kernel(dk: int, dv: int, score_dtype: str):
     """The kernel specialised to (dk, dv, score dtype): constant loop bounds let the per-thread
@@ -90,27 +119,7 @@ def attend_kernel(dk: int, dv: int, score_dtype: str):
         sm_z[t] = z
         for k in range(dv):
             sm_acc[t, k] = acc[k]
-        cuda.syncthreads()
-        stride = tpb // 2
-        while stride > 0:
-            if t < stride:
-                m1 = sm_m[t]
-                m2 = sm_m[t + stride]
-                if m2 > neg_inf:
-                    mm = max(m1, m2)
-                    r1 = math.exp(m1 - mm) if m1 > neg_inf else 0.0
-                    r2 = math.exp(m2 - mm)
-                    sm_z[t] = sm_z[t] * r1 + sm_z[t + stride] * r2
-                    for k in range(dv):
-                        sm_acc[t, k] = sm_acc[t, k] * r1 + sm_acc[t + stride, k] * r2
-                    sm_m[t] = mm
-            cuda.syncthreads()
-            stride //= 2
-        if t == 0:
-            pm[i, sl] = sm_m[0]
-            pz[i, sl] = sm_z[0]
-            for k in range(dv):
-                pacc[i, sl, k] = sm_acc[0, k]
+        merge_block_states(sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl)
 
     return kernel
 

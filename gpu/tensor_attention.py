@@ -81,7 +81,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from gpu.attention import merge_partials
+from gpu.attention import merge_block_states, merge_partials
 
 __all__ = [
     "MAX_DIM",
@@ -181,27 +181,7 @@ def exact_kernel(d: int, dv: int, score_dtype: str):
         sm_z[t] = z
         for k in range(dv):
             sm_acc[t, k] = acc[k]
-        cuda.syncthreads()
-        stride = tpb // 2
-        while stride > 0:
-            if t < stride:
-                m1 = sm_m[t]
-                m2 = sm_m[t + stride]
-                if m2 > neg_inf:
-                    mm = max(m1, m2)
-                    r1 = math.exp(m1 - mm) if m1 > neg_inf else 0.0
-                    r2 = math.exp(m2 - mm)
-                    sm_z[t] = sm_z[t] * r1 + sm_z[t + stride] * r2
-                    for k in range(dv):
-                        sm_acc[t, k] = sm_acc[t, k] * r1 + sm_acc[t + stride, k] * r2
-                    sm_m[t] = mm
-            cuda.syncthreads()
-            stride //= 2
-        if t == 0:
-            pm[i, sl] = sm_m[0]
-            pz[i, sl] = sm_z[0]
-            for k in range(dv):
-                pacc[i, sl, k] = sm_acc[0, k]
+        merge_block_states(sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl)
 
     return kernel
 

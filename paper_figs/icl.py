@@ -18,7 +18,6 @@ Reads the dataset and nothing else (no recomputation); heat maps use the authors
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,23 +28,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-import xarray as xr  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+
+from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
 
 CMAP = LinearSegmentedColormap.from_list("icl", ["#0D2758", "#FFFFFF", "#A32015"])
 KINDS = ("train", "estimators", "ode", "length", "noniso", "multitask")
 
 
-def _open(path) -> xr.Dataset:
-    with xr.open_zarr(str(path), consolidated=False) as ds:
-        return ds.load()
-
-
-def _save(fig, path: Path, dpi=150) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None} if path.suffix == ".png" else {"CreationDate": None})
-    plt.close(fig)
-    return path
+_open = open_store
+_save = save_figure
 
 
 def _paths(store, out, names):
@@ -441,22 +433,7 @@ def _draw_multitask(ds, store, out, dpi):
 
 # ================================================================================= main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paper_figs.icl", description=__doc__.split("\n")[0])
-    p.add_argument("store", type=Path, help="Zarr store written by python -m studies.icl SUB")
-    p.add_argument("--out", type=Path, default=None,
-                   help="figure path (.png or .pdf; several figures get _name suffixes; default STORE.png)")
-    args = p.parse_args(argv)
-    if not args.store.exists():
-        print(f"{p.prog}: error: no store at {args.store}", file=sys.stderr)
-        return 2
-    try:
-        paths = draw(args.store, args.out)
-    except (ValueError, KeyError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    for f in paths:
-        print(f"figure: {f}")
-    return 0
+    return figure_main("python -m paper_figs.icl", __doc__, draw, argv, study="icl SUB")
 
 
 if __name__ == "__main__":

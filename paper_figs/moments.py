@@ -12,7 +12,6 @@ Reads the dataset written by ``python -m studies.moments`` and nothing else.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,13 +22,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-import xarray as xr  # noqa: E402
+
 from matplotlib.colors import LogNorm  # noqa: E402
 
+from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
 
-def _open(path) -> xr.Dataset:
-    with xr.open_zarr(str(path), consolidated=False) as ds:
-        return ds.load()
+
 
 
 def _law_text(ds) -> str:
@@ -41,7 +39,7 @@ def _law_text(ds) -> str:
 
 
 def draw(store, out=None, dpi: int = 150) -> Path:
-    ds = _open(store)
+    ds = open_store(store)
     if "beta_mean" not in ds:
         raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
@@ -109,28 +107,12 @@ def draw(store, out=None, dpi: int = 150) -> Path:
 
     fig.suptitle(f"Token sample complexity, moments of the output law — tokens: {_law_text(ds)}; "
                  f"{ds.sizes['rep']} samples per n", fontsize=9.5)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight",
-                metadata={"Software": None} if out.suffix == ".png" else {"CreationDate": None})
-    plt.close(fig)
+    save_figure(fig, out, dpi, bbox_inches="tight")
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paper_figs.moments", description=__doc__.split("\n")[0])
-    p.add_argument("store", type=Path, help="Zarr store written by python -m studies.moments")
-    p.add_argument("--out", type=Path, default=None, help="figure path (.png or .pdf; default STORE.png)")
-    args = p.parse_args(argv)
-    if not args.store.exists():
-        print(f"{p.prog}: error: no store at {args.store}", file=sys.stderr)
-        return 2
-    try:
-        path = draw(args.store, args.out)
-    except (ValueError, KeyError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"figure: {path}")
-    return 0
+    return figure_main("python -m paper_figs.moments", __doc__, draw, argv, study="moments")
 
 
 if __name__ == "__main__":

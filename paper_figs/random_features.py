@@ -29,8 +29,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-import xarray as xr  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+
+from paper_figs._common import open_store, save_figure  # noqa: E402
 
 GROUPS = ("kernel", "rate", "families", "N", "bias")
 MODEL_COLORS = {"rfa": "C0", "brfa": "C2", "rfmlp": "C3"}
@@ -38,20 +39,14 @@ MODEL_LABELS = {"rfa": "RFA (zero mean)", "brfa": "BRFA (biased)", "rfmlp": "RF-
 MODEL_MARKERS = {"rfa": "o", "brfa": "s", "rfmlp": "^"}
 
 
-def _open(store, group) -> xr.Dataset:
-    with xr.open_zarr(str(store), group=group, consolidated=False) as ds:
-        return ds.load()
+_open = open_store
 
 
 def available_groups(store) -> list[str]:
     return [g for g in GROUPS if (Path(store) / g / "zarr.json").exists()]
 
 
-def _save(fig, out: Path, dpi: int) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, metadata={"Software": None} if out.suffix == ".png" else {"CreationDate": None})
-    plt.close(fig)
-    return out
+_save = save_figure
 
 
 def _conv_text(ds) -> str:

@@ -15,7 +15,6 @@ and nothing else.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,25 +24,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-import xarray as xr  # noqa: E402
+
 from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
 
 COLORS = {"gaussian": "C0", "sphere": "C2", "atom": "C3"}
 LABELS = {"gaussian": "Gaussian (log C quadratic)", "sphere": "uniform sphere (polynomial)",
           "atom": "bounded + tiny atom (exponential)"}
 
 
-def _open(path, group=None) -> xr.Dataset:
-    with xr.open_zarr(str(path), group=group, consolidated=False) as ds:
-        return ds.load()
 
 
 def draw(store, out=None, dpi: int = 150) -> Path:
-    sup = _open(store)
+    sup = open_store(store)
     if "C" not in sup:
         raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
     try:
-        mom = _open(store, "moments")
+        mom = open_store(store, "moments")
     except (FileNotFoundError, KeyError, OSError):
         mom = None
     if mom is not None and "Cprime_mean" not in mom:
@@ -132,27 +130,12 @@ def draw(store, out=None, dpi: int = 150) -> Path:
     fig.suptitle(f"Token sample complexity, bounded vs unbounded tokens — {sup.sizes['rep']} samples per (law, n)",
                  fontsize=9.5)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, metadata={"Software": None} if out.suffix == ".png" else {"CreationDate": None})
-    plt.close(fig)
+    save_figure(fig, out, dpi)
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paper_figs.tails", description=__doc__.split("\n")[0])
-    p.add_argument("store", type=Path, help="Zarr store written by python -m studies.tails")
-    p.add_argument("--out", type=Path, default=None, help="figure path (.png or .pdf; default STORE.png)")
-    args = p.parse_args(argv)
-    if not args.store.exists():
-        print(f"{p.prog}: error: no store at {args.store}", file=sys.stderr)
-        return 2
-    try:
-        path = draw(args.store, args.out)
-    except (ValueError, KeyError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"figure: {path}")
-    return 0
+    return figure_main("python -m paper_figs.tails", __doc__, draw, argv, study="tails")
 
 
 if __name__ == "__main__":

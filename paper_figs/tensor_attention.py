@@ -17,7 +17,6 @@ Reads the dataset written by ``python -m studies.tensor_attention`` and nothing 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,7 +28,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-import xarray as xr  # noqa: E402
+
+from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+
 
 FLOOR = 1e-17  # errors are drawn no lower than this on log axes
 IMPL_STYLE = {"exact_matrix": ("C0", "o", "exact matrix"), "exact_tensor": ("C3", "s", "exact tensor"),
@@ -39,9 +40,6 @@ MODEL_LABEL = {"tensor_exact": "tensor (exact)", "tensor_poly": "tensor (poly. a
                "majority": "majority class"}
 
 
-def _open(path) -> xr.Dataset:
-    with xr.open_zarr(str(path), consolidated=False) as ds:
-        return ds.load()
 
 
 def _error_panel(ax, ds, family, k, colors):
@@ -169,7 +167,7 @@ def _match3_panel(ax, ds):
 
 
 def draw(store, out=None, dpi: int = 130) -> Path:
-    ds = _open(store)
+    ds = open_store(store)
     if not any(v in ds for v in ("err_max", "fit_slope", "match3_accuracy")):
         raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
@@ -211,27 +209,12 @@ def draw(store, out=None, dpi: int = 130) -> Path:
     fig.suptitle(f"Bounded-entry tensor attention (Alman & Song): polynomial method vs exact{sep}"
                  f"d={p['d']}, scale {p['scale']}, {ds.sizes['rep']} replicates", fontsize=10 if ncols >= 3 else 8.5)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, metadata={"Software": None} if out.suffix == ".png" else {"CreationDate": None})
-    plt.close(fig)
+    save_figure(fig, out, dpi)
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paper_figs.tensor_attention", description=__doc__.split("\n")[0])
-    p.add_argument("store", type=Path, help="Zarr store written by python -m studies.tensor_attention")
-    p.add_argument("--out", type=Path, default=None, help="figure path (.png or .pdf; default STORE.png)")
-    args = p.parse_args(argv)
-    if not args.store.exists():
-        print(f"{p.prog}: error: no store at {args.store}", file=sys.stderr)
-        return 2
-    try:
-        path = draw(args.store, args.out)
-    except (ValueError, KeyError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"figure: {path}")
-    return 0
+    return figure_main("python -m paper_figs.tensor_attention", __doc__, draw, argv, study="tensor_attention")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import platform
 import sys
 import time

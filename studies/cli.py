@@ -43,6 +43,10 @@ __all__ = [
     "add_common_arguments",
     "check_out_path",
     "executor_options",
+    "validate_run_options",
+    "run_study_sweep",
+    "report_study",
+    "run_study",
     "run_main",
 ]
 
@@ -189,6 +193,64 @@ def executor_options(args) -> dict:
         if importlib.util.find_spec("distributed") is None:
             raise UsageError("Dask execution needs the 'dist' extra: pip install -e '.[dist]'")
     return {"workers": args.workers, "scheduler": args.scheduler, "dask_local": args.dask_local}
+
+
+def validate_run_options(args) -> None:
+    """The checks of the shared run-control options, made by every study's validation:
+    ``--device`` resolved (a one-line error without a usable GPU), ``--out`` writable, and the
+    executor options (stored as ``args.executor``). Raises :class:`UsageError`."""
+    from sim.backend import DeviceUnavailable, resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except DeviceUnavailable as e:
+        raise UsageError(str(e)) from None
+    check_out_path(args.out)
+    args.executor = executor_options(args)
+
+
+def run_study_sweep(sweep, args, path=None, **kw):
+    """:func:`studies.sweep.run_sweep` with the shared options of ``args``; a store that holds
+    another run, or cannot be written, becomes a one-line usage error."""
+    from studies.sweep import StoreMismatch, run_sweep
+
+    opts = {"overwrite": args.overwrite, "progress": not args.no_progress,
+            **({} if "executor" in kw else args.executor), **kw}
+    try:
+        return run_sweep(sweep, path if path is not None else args.out, **opts)
+    except StoreMismatch as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
+
+
+def run_study(sweep, args, analyze, summary, draw=None):
+    """The body of a single-sweep study: run the sweep (resuming), compute
+    ``analysis = analyze(ds)`` (fits, theory, verdicts), store it next to the raw data, print
+    ``summary(analysis)`` and the closing lines, and draw the figure with ``--plot``."""
+    import time
+
+    from studies.sweep import write_analysis
+
+    t0 = time.perf_counter()
+    ds, info = run_study_sweep(sweep, args)
+    analysis = analyze(ds)
+    write_analysis(args.out, analysis)
+    print(summary(analysis))
+    report_study(args, info, t0, draw)
+    return analysis
+
+
+def report_study(args, info: dict, t0: float, draw=None) -> None:
+    """The closing lines of a study: where it wrote what, how long it took, and (with
+    ``--plot``) the figure drawn by ``draw(store, figure_path)`` next to the store."""
+    import time
+
+    print(f"wrote {args.out}: {info['cells']} cells ({info['computed']} computed, "
+          f"{info['resumed']} already done) in {time.perf_counter() - t0:.1f} s")
+    if args.plot and draw is not None:
+        fig_path = draw(args.out, Path(args.out).with_suffix(".png"))
+        print(f"figure: {fig_path}")
 
 
 def check_out_path(path: Path) -> Path:

@@ -19,20 +19,18 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from sim.attention import DEFAULT_CHUNK
-from sim.backend import DeviceUnavailable, make_rng, resolve_device
+from sim.backend import make_rng
 from sim.distributions import DISTRIBUTIONS, make_distribution
 from sim.token_sample import sup_errors
-from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
-                         executor_options, parse_n_grid, parse_range, positive_int, run_main)
+from studies.cli import (StudyParser, UsageError, add_common_arguments, parse_n_grid, parse_range,
+                         positive_int, run_main, run_study, validate_run_options)
 from studies.fits import loglog_rate, ols
-from studies.sweep import StoreMismatch, Sweep, run_sweep, write_analysis
+from studies.sweep import Sweep
 from theory import token_sample as ts
 
 STUDY = "convergence"
@@ -258,38 +256,17 @@ def _validate(args):
         raise UsageError("--A-scale must be a positive number")
     if max(args.n) * args.d > 2**31:
         raise UsageError(f"--n: {max(args.n)} tokens of dimension {args.d} do not fit in memory")
-    try:
-        args.device = resolve_device(args.device)
-    except DeviceUnavailable as e:
-        raise UsageError(str(e)) from None
-    check_out_path(args.out)
-    args.executor = executor_options(args)
+    validate_run_options(args)
 
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _validate(args)
-    sweep = make_sweep(args)
-    t0 = time.perf_counter()
-    try:
-        ds, info = run_sweep(sweep, args.out, overwrite=args.overwrite, progress=not args.no_progress,
-                             **args.executor)
-    except StoreMismatch as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
-    dist = make_distribution(args.dist, args.d)
-    analysis = analyze(ds, dist.law, args.a_scale * np.eye(args.d), np.eye(args.d))
-    write_analysis(args.out, analysis)
-    print(summary_table(analysis))
-    print(f"wrote {args.out}: {info['cells']} cells ({info['computed']} computed, "
-          f"{info['resumed']} already done) in {time.perf_counter() - t0:.1f} s")
-    if args.plot:
-        from paper_figs.convergence import draw
+    from paper_figs.convergence import draw
 
-        fig_path = Path(args.out).with_suffix(".png")
-        draw(args.out, fig_path)
-        print(f"figure: {fig_path}")
+    law = make_distribution(args.dist, args.d).law
+    run_study(make_sweep(args), args, lambda ds: analyze(ds, law, args.a_scale * np.eye(args.d), np.eye(args.d)),
+              summary_table, draw)
     return 0
 
 

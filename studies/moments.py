@@ -29,19 +29,17 @@ import functools
 import re
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from sim.backend import DeviceUnavailable, make_rng, resolve_device
+from sim.backend import make_rng
 from sim.distributions import make_distribution
 from sim.token_moments import WEIGHT_CONVENTIONS, MomentProblem, moment_errors
-from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
-                         executor_options,
-                         nonnegative_int, parse_n_grid, positive_int, run_main)
+from studies.cli import (StudyParser, UsageError, add_common_arguments, nonnegative_int, parse_n_grid,
+                         positive_int, report_study, run_main, run_study_sweep, validate_run_options)
 from studies.fits import loglog_rate
-from studies.sweep import StoreMismatch, Sweep, run_sweep, str_coord, write_analysis
+from studies.sweep import Sweep, str_coord, write_analysis
 from theory import token_sample as ts
 
 STUDY = "moments"
@@ -378,12 +376,7 @@ def _validate(args):
     if args.method == "naive" and biggest**2 * 8 > 4 * 2**30:
         raise UsageError(f"--method naive materialises n x n scores: n = {biggest} needs "
                          f"{biggest**2 * 8 / 2**30:.0f} GiB; use the default streaming method")
-    try:
-        args.device = resolve_device(args.device)
-    except DeviceUnavailable as e:
-        raise UsageError(str(e)) from None
-    check_out_path(args.out)
-    args.executor = executor_options(args)
+    validate_run_options(args)
 
 
 def _references(args, problem: MomentProblem, progress: bool) -> dict:
@@ -432,13 +425,7 @@ def _main(argv=None) -> int:
     t0 = time.perf_counter()
     refs = _references(args, problem, progress=not args.no_progress)
     sweep = make_sweep(args, problem, {k: v[:2] for k, v in refs.items()})
-    try:
-        ds, info = run_sweep(sweep, args.out, overwrite=args.overwrite, progress=not args.no_progress,
-                             **args.executor)
-    except StoreMismatch as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
+    ds, info = run_study_sweep(sweep, args)
     H_eff, H_code = problem.horizons()
     analysis = analyze(ds, H_eff, H_code)
     ref_vars = _reference_vars(refs)
@@ -455,14 +442,9 @@ def _main(argv=None) -> int:
                               "flatten against it; bias-dominated errors, shared by the reference, steepen)"})
     write_analysis(args.out, analysis)
     print(summary_table(analysis))
-    print(f"wrote {args.out}: {info['cells']} cells ({info['computed']} computed, "
-          f"{info['resumed']} already done) in {time.perf_counter() - t0:.1f} s")
-    if args.plot:
-        from paper_figs.moments import draw
+    from paper_figs.moments import draw
 
-        fig_path = Path(args.out).with_suffix(".png")
-        draw(args.out, fig_path)
-        print(f"figure: {fig_path}")
+    report_study(args, info, t0, draw)
     return 0
 
 

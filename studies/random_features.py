@@ -49,11 +49,12 @@ import numpy as np
 import xarray as xr
 
 from sim import random_features as rs
-from sim.backend import DeviceUnavailable, get_xp, make_rng, namespace, resolve_device, to_numpy
-from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
-                         executor_options, parse_n_grid, parse_range, positive_int, run_main)
+from gpu import gpu_available
+from sim.backend import get_xp, make_rng, namespace, to_numpy
+from studies.cli import (StudyParser, UsageError, add_common_arguments, parse_n_grid, parse_range,
+                         positive_int, run_main, run_study_sweep, validate_run_options)
 from studies.fits import loglog_rate
-from studies.sweep import StoreMismatch, Sweep, make_executor, run_sweep, str_coord, write_analysis
+from studies.sweep import Sweep, make_executor, str_coord, write_analysis
 from theory import random_features as rft
 
 STUDY = "random_features"
@@ -308,15 +309,11 @@ def _validate(args):
         raise UsageError(f"{Pmax} random features: eigendecompositions of that size take too long; reduce --M or --M-grid")
     if worst > 6e9:
         raise UsageError(f"the feature matrices would need {worst / 1e9:.1f} GB; reduce --n, --M or --M-grid")
-    try:
-        args.device = resolve_device(args.device)
-    except DeviceUnavailable as e:
-        raise UsageError(str(e)) from None
     if args.workers is None:
         # on a GPU one in-process worker owns the device (features, Gram and eigh run there)
-        args.workers = 1 if (args.quick or args.scheduler or args.dask_local or args.device == "gpu") else 2
-    check_out_path(args.out)
-    args.executor = executor_options(args)
+        gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())
+        args.workers = 1 if (args.quick or args.scheduler or args.dask_local or gpu) else 2
+    validate_run_options(args)
     root = Path(args.out)
     if root.exists():
         if (root / "zarr.json").exists():
@@ -1013,12 +1010,9 @@ def _main(argv=None) -> int:
         for group, sweep in sweeps.items():
             t0 = time.perf_counter()
             try:
-                ds, info = run_sweep(sweep, root / group, executor=executor, overwrite=args.overwrite,
-                                     progress=not args.no_progress)
-            except StoreMismatch as e:
+                ds, info = run_study_sweep(sweep, args, root / group, executor=executor)
+            except UsageError as e:
                 raise UsageError(f"group {group}: {e}") from None
-            except OSError as e:
-                raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
             an = analyze(group, ds)
             write_analysis(root / group, an)
             print(summary_table(group, an), flush=True)

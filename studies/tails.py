@@ -32,17 +32,16 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sim.backend import DeviceUnavailable, make_rng, resolve_device
+from sim.backend import make_rng
 from sim.distributions import make_atom_distribution, make_distribution
 from sim.token_moments import moment_errors
 from sim.attention import self_attention_moments
 from sim.backend import to_numpy
 from sim.token_sample import sup_errors
-from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
-                         executor_options,
-                         parse_n_grid, parse_range, positive_int, run_main)
+from studies.cli import (StudyParser, UsageError, add_common_arguments, parse_n_grid, parse_range,
+                         positive_int, run_main, run_study_sweep, validate_run_options)
 from studies.fits import loglog_rate, ols
-from studies.sweep import StoreMismatch, Sweep, run_sweep, str_coord, write_analysis
+from studies.sweep import Sweep, str_coord, write_analysis
 from theory import token_sample as ts
 
 STUDY = "tails"
@@ -418,12 +417,7 @@ def _validate(args):
         raise UsageError("--atom-radius must exceed --bulk-radius (the atom is the extreme point)")
     if max(args.n) * 8 > 2**31 or max(args.moment_n) * args.trunc_d > 2**31:
         raise UsageError("--n / --moment-n: too many tokens for memory")
-    try:
-        args.device = resolve_device(args.device)
-    except DeviceUnavailable as e:
-        raise UsageError(str(e)) from None
-    check_out_path(args.out)
-    args.executor = executor_options(args)
+    validate_run_options(args)
 
 
 def _main(argv=None) -> int:
@@ -432,15 +426,8 @@ def _main(argv=None) -> int:
     sup_sweep, mom_sweep = make_sweeps(args)
     t0 = time.perf_counter()
     out = Path(args.out)
-    try:
-        ds, info = run_sweep(sup_sweep, out, overwrite=args.overwrite, progress=not args.no_progress,
-                             **args.executor)
-        dm, info_m = run_sweep(mom_sweep, out / MOMENT_GROUP, overwrite=args.overwrite,
-                               progress=not args.no_progress, **args.executor)
-    except StoreMismatch as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
+    ds, info = run_study_sweep(sup_sweep, args, out)
+    dm, info_m = run_study_sweep(mom_sweep, args, out / MOMENT_GROUP)
     setups = {name: _law_setup(name, args) for name in LAWS}
     search = THEORY_SEARCH_QUICK if args.quick else THEORY_SEARCH
     an_sup = analyze_sup(ds, setups, search)

@@ -34,20 +34,18 @@ import functools
 import json
 import math
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from sim import tensor_attention as sta
-from sim.backend import DeviceUnavailable, get_xp, make_rng, resolve_device
+from sim.backend import get_xp, make_rng
 from studies.benchmarks._timing import best_time
-from studies.cli import (StudyParser, UsageError, add_common_arguments, check_out_path,
-                         executor_options, nonnegative_int, parse_n_grid, parse_range, positive_int,
-                         run_main)
+from studies.cli import (StudyParser, UsageError, add_common_arguments, nonnegative_int, parse_n_grid,
+                         parse_range, positive_int, run_main, run_study,
+                         validate_run_options)
 from studies.fits import loglog_rate, ols
-from studies.sweep import StoreMismatch, Sweep, run_sweep, str_coord, write_analysis
+from studies.sweep import Sweep, str_coord
 from theory import tensor_attention as th
 
 STUDY = "tensor_attention"
@@ -229,12 +227,7 @@ def _validate(args):
                             raise UsageError(f"--degrees/--B: the Chebyshev polynomial of degree {g} on "
                                              f"[-{R:g}, {R:g}] (k={k}, B={B:g}) cannot be converted to "
                                              "monomials in float64; lower the degree or B") from None
-    try:
-        args.device = resolve_device(args.device)
-    except DeviceUnavailable as e:
-        raise UsageError(str(e)) from None
-    check_out_path(args.out)
-    args.executor = executor_options(args)
+    validate_run_options(args)
 
 
 # ---------------------------------------------------------------------------- cells
@@ -740,26 +733,9 @@ def summary_table(an: xr.Dataset) -> str:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _validate(args)
-    sweep = make_sweep(args)
-    t0 = time.perf_counter()
-    try:
-        ds, info = run_sweep(sweep, args.out, overwrite=args.overwrite, progress=not args.no_progress,
-                             **args.executor)
-    except StoreMismatch as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
-    analysis = analyze(ds)
-    write_analysis(args.out, analysis)
-    print(summary_table(analysis))
-    print(f"wrote {args.out}: {info['cells']} cells ({info['computed']} computed, "
-          f"{info['resumed']} already done) in {time.perf_counter() - t0:.1f} s")
-    if args.plot:
-        from paper_figs.tensor_attention import draw
+    from paper_figs.tensor_attention import draw
 
-        fig_path = Path(args.out).with_suffix(".png")
-        draw(args.out, fig_path)
-        print(f"figure: {fig_path}")
+    run_study(make_sweep(args), args, analyze, summary_table, draw)
     return 0
 
 
