@@ -95,7 +95,7 @@ def _draw_train(ds, store, out, dpi):
     Hm = max(Hs)
     height = 1.0 + 1.6 * len(Hs)
     fig = plt.figure(figsize=(max(7.5, 1.0 + 1.75 * Hm), height))
-    gs = fig.add_gridspec(len(Hs), 2 * Hm + 1, width_ratios=[1.0, 0.22] * Hm + [0.08], wspace=0.35, hspace=0.6,
+    gs = fig.add_gridspec(len(Hs), 2 * Hm, width_ratios=[1.0, 0.22] * Hm, wspace=0.35, hspace=0.6,
                           top=1.0 - 0.85 / height, bottom=0.25 / height, left=0.04, right=0.96)
     for r, H in enumerate(Hs):
         W = ds["W"].values[r, s0, -1].copy()
@@ -112,7 +112,7 @@ def _draw_train(ds, store, out, dpi):
             bx = fig.add_subplot(gs[r, 2 * h + 1])
             _heat(bx, U[h][:, None], vo, [""], lab)
             bx.set_title(f"μ={mu:+.2f}", fontsize=6)
-        cax = fig.add_subplot(gs[r, -1])
+        cax = bx.inset_axes([1.9, 0.0, 0.45, 1.0])  # just right of the row's last OV column
         fig.colorbar(im, cax=cax).ax.tick_params(labelsize=5)
     fig.suptitle(f"Trained KQ W_h = Q_hᵀK_h/√D (rows: query entry, columns: key entry; the query's y-row is 0 "
                  f"and left blank)\nand OV u_h = V_hᵀo_h per head; seed {s0}, step {int(steps[-1])}; "
