@@ -413,18 +413,26 @@ class Prompts:
 
 
 def generate_prompts(task: TaskSpec, key, n: int, L: int, *, t: int = 0, stream: int = STREAM_TEST,
-                     first: int = 0, layout: str = "natural"):
+                     first: int = 0, layout: str = "natural", device: str = "cpu"):
     """Prompts ``first .. first+n-1`` of step ``t`` on ``stream`` (the very prompts the training
     and evaluation kernels draw). ``layout="natural"`` returns :class:`Prompts`;
-    ``layout="kernel"`` returns ``(Z (n, D, L), zq (n, D), yq (n, N), beta (n, N, d))``."""
+    ``layout="kernel"`` returns ``(Z (n, D, L), zq (n, D), yq (n, N), beta (n, N, d))``.
+    ``device="gpu"`` draws them with the CUDA kernel of :mod:`gpu.icl_regression` (same
+    Philox words; normals equal up to an ulp) and returns NumPy arrays all the same."""
     key = np.asarray(key, dtype=np.uint64)
     d, N = task.d, task.n_out
-    Z = np.empty((n, d + N, L))
-    zq = np.empty((n, d + N))
-    yq = np.empty((n, N))
-    beta = np.empty((n, N, d))
-    _run_tasks(_gen_kernel, key[0], key[1], int(t), int(stream), int(first), int(L), d, N, *_task_arrays(task),
-               Z, zq, yq, beta, n_tasks=(n + 63) // 64)
+    if device == "gpu":
+        from gpu.icl_regression import generate_prompts as gpu_generate
+
+        Z, zq, yq, beta = gpu_generate(key, *_task_arrays(task), int(n), int(L), t=int(t), stream=int(stream),
+                                       first=int(first))
+    else:
+        Z = np.empty((n, d + N, L))
+        zq = np.empty((n, d + N))
+        yq = np.empty((n, N))
+        beta = np.empty((n, N, d))
+        _run_tasks(_gen_kernel, key[0], key[1], int(t), int(stream), int(first), int(L), d, N, *_task_arrays(task),
+                   Z, zq, yq, beta, n_tasks=(n + 63) // 64)
     if layout == "kernel":
         return Z, zq, yq, beta
     return Prompts(np.ascontiguousarray(Z[:, :d, :].transpose(0, 2, 1)),
@@ -828,11 +836,19 @@ class BatchedTrainer:
     """Train R one-layer attention models at once (see the module docstring).
 
     All runs share ``d``, ``N``, ``L`` and the batch size; the data law (covariance, noise),
-    the head count and the attention kind may differ per run."""
+    the head count and the attention kind may differ per run.
+
+    ``device="gpu"`` keeps the state on a CUDA device and runs each step there
+    (:class:`gpu.icl_regression.DeviceTrainer`: same prompts, same initialisation, same
+    trajectory up to floating-point reassociation; ``gpu_options`` = its ``tpb``, ``ppb``,
+    ``workspace``). The host arrays ``theta`` and ``opt`` then hold the state of construction
+    (or of the last :meth:`load_state_dict`) only: read the live one through
+    :meth:`state_dict`, :meth:`merged` or :meth:`views`.
+    :meth:`run_steps` runs many steps with one synchronisation."""
 
     def __init__(self, runs: Sequence[RunSpec], L: int, batch: int = 256, lr: float = 1e-3,
                  betas=(0.9, 0.999), eps: float = 1e-8, temperature: float | None = None,
-                 nchunk: int = DEFAULT_CHUNKS):
+                 nchunk: int = DEFAULT_CHUNKS, device: str = "cpu", gpu_options: dict | None = None):
         if not runs:
             raise ValueError("no runs to train")
         d, N = runs[0].task.d, runs[0].task.n_out
@@ -861,13 +877,28 @@ class BatchedTrainer:
         self._loss = np.empty((self.R, self.nchunk))
         self._G = np.empty((self.R, self.nchunk, self.H_max, self.D, self.D))
         self._gu = np.empty((self.R, self.nchunk, self.H_max, self.D, N))
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', not {device!r}")
+        self.device = device
+        self._dev = None
+        if device == "gpu":  # lazily: gpu/ is only imported when a GPU is asked for
+            from gpu.icl_regression import DeviceTrainer
+
+            self._dev = DeviceTrainer(self.theta, self.keys, (self.chol, self.bscale, self.bmask, self.nsd, self.qsd),
+                                      self.n_heads, self.kind, self.lin_scale, d=d, N=N, H_max=self.H_max, L=self.L,
+                                      batch=self.B, lr=lr, betas=betas, eps=eps, temperature=self.temperature,
+                                      **(gpu_options or {}))
 
     # ------------------------------------------------------------------ parameters
     def views(self, theta=None):
-        return param_views(self.theta if theta is None else theta, self.H_max, self.D, self.N)
+        if theta is None:
+            theta = self.theta if self._dev is None else self._dev.state()[0]
+        return param_views(theta, self.H_max, self.D, self.N)
 
     def merged(self):
         """(W (R, H_max, D, D), U (R, H_max, D, N)) of the current parameters."""
+        if self._dev is not None:
+            return self._dev.merged()
         Q, K, V, O = self.views()
         W, U = merge(Q, K, V, O, self.temperature)
         return np.ascontiguousarray(W), np.ascontiguousarray(U)
@@ -876,6 +907,9 @@ class BatchedTrainer:
     def grads(self, t: int | None = None) -> np.ndarray:
         """Mean batch loss (R,) at step ``t`` (default: the next step); fills ``self._grad``."""
         t = self.step_count if t is None else t
+        if self._dev is not None:
+            loss, self._grad[...] = self._dev.grads(int(t))
+            return loss
         W, U = self.merged()
         _run_tasks(_train_kernel, W, U, self.n_heads, self.kind, self.lin_scale, self.keys, self.chol, self.bscale,
                    self.bmask, self.nsd, self.qsd, int(t), STREAM_TRAIN, self.B, self.L, self.d, self.nchunk,
@@ -892,6 +926,8 @@ class BatchedTrainer:
 
     def step(self) -> np.ndarray:
         """One Adam step on a fresh batch for every run; returns the batch losses (R,)."""
+        if self._dev is not None:
+            return self.run_steps(1)
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported below
             loss = self.grads()
         if not np.all(np.isfinite(loss)) or not np.all(np.isfinite(self._grad)):
@@ -902,10 +938,26 @@ class BatchedTrainer:
         self.step_count += 1
         return loss
 
+    def run_steps(self, n: int) -> np.ndarray:
+        """``n`` steps; returns the sum of their batch losses (R,). On the GPU one host
+        synchronisation for all n (a divergence is reported when they end, with the step it
+        happened at and the parameters of that step, as :meth:`step` does)."""
+        if self._dev is None:
+            total = np.zeros(self.R)
+            for _ in range(int(n)):
+                total += self.step()
+            return total
+        try:
+            return self._dev.run_steps(int(n))
+        finally:
+            self.step_count, self.opt.t = self._dev.step_count, self._dev.adam_t
+
     # ---------------------------------------------------------------------- evaluation
     def evaluate(self, n_prompts: int, L: int | None = None, *, stream: int = STREAM_VAL, t: int = 0,
                  keys=None) -> np.ndarray:
         """Per-prompt squared errors (R, n, N) on prompts 0..n-1 of (stream, t) at length L."""
+        if self._dev is not None:
+            return self._dev.evaluate(n_prompts, self.L if L is None else L, stream=stream, t=t, keys=keys)
         W, U = self.merged()
         return evaluate_sq_errors(W, U, self.n_heads, self.kind, self.lin_scale,
                                   self.keys if keys is None else keys,
@@ -914,6 +966,10 @@ class BatchedTrainer:
 
     # --------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
+        if self._dev is not None:
+            theta, m, v = self._dev.state()
+            return {"theta": theta, "adam_m": m, "adam_v": v, "adam_t": np.int64(self._dev.adam_t),
+                    "step": np.int64(self._dev.step_count), "keys": self.keys.copy()}
         return {"theta": self.theta.copy(), "adam_m": self.opt.m.copy(), "adam_v": self.opt.v.copy(),
                 "adam_t": np.int64(self.opt.t), "step": np.int64(self.step_count), "keys": self.keys.copy()}
 
@@ -925,6 +981,8 @@ class BatchedTrainer:
         self.opt.v[...] = state["adam_v"]
         self.opt.t = int(state["adam_t"])
         self.step_count = int(state["step"])
+        if self._dev is not None:
+            self._dev.load(self.theta, self.opt.m, self.opt.v, self.opt.t, self.step_count)
 
 
 def stack_tasks(tasks, R: int):
@@ -938,16 +996,22 @@ def stack_tasks(tasks, R: int):
 
 
 def evaluate_sq_errors(W, U, n_heads, kind, lin_scale, keys, tasks, n_prompts: int, L: int, *,
-                       stream: int = STREAM_VAL, t: int = 0, first: int = 0) -> np.ndarray:
+                       stream: int = STREAM_VAL, t: int = 0, first: int = 0, device: str = "cpu") -> np.ndarray:
     """Squared errors (R, n, N) of merged models (W, U) on the generated prompts
     ``first..first+n-1`` of (stream, t) at length L (forward only). ``tasks``: a TaskSpec, R
-    TaskSpecs, or the tuple of :func:`stack_tasks`; ``keys``: (2,) shared or (R, 2)."""
+    TaskSpecs, or the tuple of :func:`stack_tasks`; ``keys``: (2,) shared or (R, 2).
+    ``device="gpu"``: the CUDA kernel of :mod:`gpu.icl_regression` (NumPy in and out)."""
     W = np.array(W, dtype=float, order="C")  # a writable copy: read-only arrays (e.g. from a store)
     U = np.array(U, dtype=float, order="C")  # would make Numba compile a second specialisation
     R = W.shape[0]
     nh, kd, ls = _run_arrays(n_heads, kind, lin_scale, R)
     keys = np.ascontiguousarray(np.broadcast_to(np.asarray(keys, dtype=np.uint64), (R, 2)))
     ta = tasks if isinstance(tasks, tuple) else stack_tasks(tasks, R)
+    if device == "gpu":
+        from gpu.icl_regression import evaluate_sq_errors as gpu_evaluate
+
+        return gpu_evaluate(W, U, nh, kd, ls, keys, *ta, int(n_prompts), int(L), stream=int(stream), t=int(t),
+                            first=int(first))
     sq = np.empty((R, int(n_prompts), U.shape[3]))
     _run_tasks(_eval_kernel, W, U, nh, kd, ls, keys, *ta, int(t), int(stream), int(first), int(L),
                W.shape[2] - U.shape[3], sq, n_tasks=R * ((int(n_prompts) + 63) // 64))

@@ -17,6 +17,14 @@ to a temporary file, then ``os.replace``): an interrupted run resumes from there
 for bit identical to an uninterrupted one (the data of step t is a pure function of the run's
 key and t). ``--steps`` may be raised on an existing run: training continues from the
 checkpoint. Grid sub-studies (estimators, ode, length) use the resumable sweep runner.
+
+``--device gpu`` (train, noniso, multitask, length, estimators) runs the numba-cuda twins of
+:mod:`gpu.icl_regression`: the batched trainer (same prompts, initialisation and trajectory
+as the CPU up to floating-point reassociation, one host synchronisation per log interval),
+the validation/test-error kernels and the prompt generator (estimators: prompts drawn on the
+GPU, closed-form predictors on the host). ``ode`` integrates a 2H-dimensional ODE with scipy
+and refuses it. The device is part of a run's identity (a CPU store is not resumed on the GPU
+or vice versa); without a usable GPU ``--device gpu`` is a one-line error.
 """
 from __future__ import annotations
 
@@ -63,6 +71,7 @@ examples:
   python -m studies.icl noniso --rho 0,0.5,0.8      # learned preconditioner vs Gamma*
   python -m studies.icl multitask --H 3,4           # superposition of two tasks
   python -m studies.icl SUB --quick --plot          # any sub-study in seconds, with its figure(s)
+  python -m studies.icl train --device gpu --H 1,2,4,8 --seeds 3 --steps 500000   # on a CUDA GPU
 """
 
 
@@ -175,13 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ========================================================================= validation
 def _validate(args):
-    if args.device == "gpu":
-        try:
-            resolve_device("gpu")
-        except DeviceUnavailable as e:
-            raise UsageError(str(e)) from None
-        raise UsageError(f"{args.sub}: runs on the CPU (Numba kernels); --device gpu is not supported")
-    args.device = "cpu"  # 'auto' picks the CPU: these kernels have no GPU twin yet
+    asked = args.device
+    try:
+        args.device = resolve_device(args.device)
+    except DeviceUnavailable as e:
+        raise UsageError(str(e)) from None
+    if args.sub == "ode" and args.device == "gpu":
+        if asked == "gpu":
+            raise UsageError("ode: the reduced (omega, mu) ODE is integrated by scipy on the CPU; "
+                             "--device gpu does not apply")
+        args.device = "cpu"  # 'auto'
+    if args.device == "gpu" and args.sub in ("estimators", "length") and (
+            args.workers > 1 or args.dask_local or args.scheduler):
+        raise UsageError("--device gpu runs the cells in this process (the GPU's owner); "
+                         "drop --workers / --dask-local / --scheduler")
     if hasattr(args, "sigma2") and not (math.isfinite(args.sigma2) and args.sigma2 >= 0):
         raise UsageError("--sigma2 must be a finite number >= 0")
     getattr(sys.modules[__name__], f"_validate_{args.sub}")(args)
@@ -224,6 +240,10 @@ def _validate_training(args):
     D = args.d + (2 if args.sub == "multitask" else 1)
     if n_logs * R * max(args.H) * D * D * 8 > 2e9:
         raise UsageError("--log-every: the logged weights would exceed 2 GB; log less often")
+    N = D - args.d
+    if args.device == "gpu" and max(args.H) * D * (D + N) + 1 > 6144:
+        raise UsageError("--device gpu: the trainer keeps a run's gradient in shared memory "
+                         "(max H x D x (D + N) + 1 <= 6144 numbers); use fewer heads or a smaller --d")
 
 
 def _validate_train(args):
@@ -361,13 +381,14 @@ class TrainLogs:
 
 
 def train_runs(runs, *, L, batch, lr, steps, log_every, ckpt_every, n_val, n_final, out, identity_json,
-               progress=True, label="train"):
+               progress=True, label="train", device="cpu"):
     """Train ``runs`` (batched) with checkpoints at ``OUT.ckpt.npz``; returns (trainer, logs,
     final per-block validation MSE (R, 20, N), info). Resumes from a checkpoint of the same
-    identity whose step is <= ``steps``."""
+    identity whose step is <= ``steps``. ``device="gpu"``: the device trainer, advanced one log
+    interval per host synchronisation."""
     from tqdm.auto import tqdm
 
-    trainer = sim.BatchedTrainer(runs, L=L, batch=batch, lr=lr)
+    trainer = sim.BatchedTrainer(runs, L=L, batch=batch, lr=lr, device=device)
     logs = TrainLogs()
     ck = _ckpt_path(out)
     wall0 = 0.0
@@ -399,8 +420,13 @@ def train_runs(runs, *, L, batch, lr, steps, log_every, ckpt_every, n_val, n_fin
                leave=False, mininterval=1.0)
     try:
         while trainer.step_count < steps:
-            acc += trainer.step()
-            bar.update(1)
+            if device == "gpu":  # up to the next log point, one synchronisation
+                n = min(log_every - trainer.step_count % log_every, steps - trainer.step_count)
+                acc += trainer.run_steps(n)
+                bar.update(n)
+            else:
+                acc += trainer.step()
+                bar.update(1)
             s = trainer.step_count
             if s % log_every == 0:
                 W, U = trainer.merged()
@@ -443,6 +469,20 @@ def _write_store(out, ds: xr.Dataset) -> None:
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def _device_params(device) -> dict:
+    """``{"device": "gpu"}`` on the GPU (part of a run's identity), nothing on the CPU (so CPU
+    identities are what they always were)."""
+    return {"device": "gpu"} if device == "gpu" else {}
+
+
+def _device_attr(device) -> str:
+    if device != "gpu":
+        return "cpu"
+    from gpu import device_name
+
+    return device_name()
 
 
 def _identity(params: dict) -> str:
@@ -504,7 +544,8 @@ def _training_main(args, study, grid, make_run, task_attrs, analyze_fn, summary_
               "batch": args.batch, "lr": args.lr, "betas": [0.9, 0.999], "eps": 1e-8, "log_every": args.log_every,
               "val_prompts": args.val_prompts, "final_prompts": args.final_prompts, "task": task_attrs,
               "steps": args.steps, "seed": args.seed, "nchunk": sim.DEFAULT_CHUNKS,
-              "init": "PyTorch nn.Linear default: Q,K,V ~ U(±1/sqrt(D)), O ~ U(±1/sqrt(H D))"}
+              "init": "PyTorch nn.Linear default: Q,K,V ~ U(±1/sqrt(D)), O ~ U(±1/sqrt(H D))",
+              **_device_params(args.device)}
     identity = _identity(params)
     if args.overwrite:
         for p in (Path(args.out), _ckpt_path(args.out)):
@@ -527,9 +568,9 @@ def _training_main(args, study, grid, make_run, task_attrs, analyze_fn, summary_
         trainer, logs, blocks, info = train_runs(
             runs, L=args.L, batch=args.batch, lr=args.lr, steps=args.steps, log_every=args.log_every,
             ckpt_every=args.checkpoint_every, n_val=args.val_prompts, n_final=args.final_prompts, out=args.out,
-            identity_json=identity, progress=not args.no_progress, label=f"icl {args.sub}")
+            identity_json=identity, progress=not args.no_progress, label=f"icl {args.sub}", device=args.device)
         prov = _train_provenance(study, params, args.seed, {
-            "substudy": args.sub, "device": "cpu", "temperature": trainer.temperature,
+            "substudy": args.sub, "device": _device_attr(args.device), "temperature": trainer.temperature,
             "task": json.dumps(task_attrs), "d": args.d, "L": args.L, "batch": args.batch, "lr": args.lr,
             "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-8), PyTorch bias correction",
             "loss": "mean over prompts and outputs of (ŷ - y_q)^2 (query label noisy unless the task says not)",
@@ -734,11 +775,12 @@ def summary_train(a: xr.Dataset) -> str:
 ESTIMATORS = ("multihead_tf", "singlehead_tf", "gd", "gd_opt", "dgd", "dgd_opt", "ridge")
 
 
-def _estimators_cell(cell, *, d, sigma2, omega, mu, n_per_rep, key):
+def _estimators_cell(cell, *, d, sigma2, omega, mu, n_per_rep, key, device="cpu"):
     L = int(cell.coords["L"])
     rep = int(cell.coords["rep"])
     task = sim.isotropic_task(d, sigma2)
-    p = sim.generate_prompts(task, key, n_per_rep, L, t=L, stream=sim.STREAM_TEST, first=rep * n_per_rep)
+    p = sim.generate_prompts(task, key, n_per_rep, L, t=L, stream=sim.STREAM_TEST, first=rep * n_per_rep,
+                             device=device)
     yq = p.yq[:, 0]
     eta = 2.0 * omega * mu
     w1 = 1.0 / math.sqrt(d)
@@ -765,7 +807,7 @@ def _main_estimators(args):
     n_per = args.prompts // args.reps
     key = sim.data_key(np.random.SeedSequence(args.seed, spawn_key=(7,)))
     params = {"L": L.tolist(), "d": args.d, "sigma2": args.sigma2, "prompts": args.prompts, "reps": args.reps,
-              "omega": args.omega, "mu": args.mu, "estimators": list(ESTIMATORS)}
+              "omega": args.omega, "mu": args.mu, "estimators": list(ESTIMATORS), **_device_params(args.device)}
     sweep = Sweep(
         study="icl_estimators", cell_dims={"L": L, "rep": np.arange(args.reps)},
         variables={"mse": ("estimator", "L", "rep"), "m2": ("estimator", "L", "rep"),
@@ -774,9 +816,10 @@ def _main_estimators(args):
                    "md_diff": ("L", "rep"), "md_diff_m2": ("L", "rep")},
         coords={"estimator": str_coord(ESTIMATORS)}, params=params,
         run_cell=functools.partial(_estimators_cell, d=args.d, sigma2=args.sigma2, omega=args.omega, mu=args.mu,
-                                   n_per_rep=n_per, key=key),
+                                   n_per_rep=n_per, key=key, device=args.device),
         root_seed=args.seed,
-        attrs={"substudy": "estimators", "figure_kind": "estimators", "device": "cpu", "prompts_per_rep": n_per,
+        attrs={"substudy": "estimators", "figure_kind": "estimators", "device": _device_attr(args.device),
+               "prompts_per_rep": n_per,
                "convention": "prompts of length L: Philox stream 2 at t = L under a key from the root seed; "
                              "all estimators see the same prompts (common random numbers)",
                "estimators": json.dumps({
@@ -1013,17 +1056,17 @@ def _load_models(path):
     return ds, W, U, nh
 
 
-def _length_cell(cell, *, W, U, nh, Wl, Ul, nhl, task, key, n_per, d, L_train):
+def _length_cell(cell, *, W, U, nh, Wl, Ul, nhl, task, key, n_per, d, L_train, device="cpu"):
     Lt = int(cell.coords["L_test"])
     rep = int(cell.coords["rep"])
     Hn, S = W.shape[:2]
     Wf = W.reshape((Hn * S,) + W.shape[2:])
     Uf = U.reshape((Hn * S,) + U.shape[2:])
     sq = sim.evaluate_sq_errors(Wf, Uf, nh.reshape(-1), "softmax", 0.0, key, task, n_per, Lt,
-                                stream=sim.STREAM_TEST, t=Lt, first=rep * n_per)[..., 0]
+                                stream=sim.STREAM_TEST, t=Lt, first=rep * n_per, device=device)[..., 0]
     sql = sim.evaluate_sq_errors(Wl, Ul, nhl, "linear", 1.0 / L_train, key, task, n_per, Lt,
-                                 stream=sim.STREAM_TEST, t=Lt, first=rep * n_per)[..., 0]
-    p = sim.generate_prompts(task, key, n_per, Lt, t=Lt, stream=sim.STREAM_TEST, first=rep * n_per)
+                                 stream=sim.STREAM_TEST, t=Lt, first=rep * n_per, device=device)[..., 0]
+    p = sim.generate_prompts(task, key, n_per, Lt, t=Lt, stream=sim.STREAM_TEST, first=rep * n_per, device=device)
     m = sim.pattern_metrics(Wf, Uf, d)
     eta = (m["mu"] * m["omega"]).sum(-1)
     dgd = np.stack([(sim.predict_dgd(p, e) - p.yq[:, 0]) ** 2 for e in eta])
@@ -1044,7 +1087,7 @@ def _main_length(args):
     lin_out = Path(str(args.out) + ".linear")
     lin_params = {"sub": "length-linear", "H": args.linear_H, "seeds": len(seeds), "L": L_train, "d": d,
                   "sigma2": sigma2, "batch": 256, "lr": 1e-3, "seed": args.seed, "kind": "linear",
-                  "normalisation": "1/L_train"}
+                  "normalisation": "1/L_train", **_device_params(args.device)}
     lin_identity = json.dumps(lin_params, sort_keys=True)
     if args.overwrite and _ckpt_path(lin_out).exists():
         _ckpt_path(lin_out).unlink()
@@ -1059,7 +1102,7 @@ def _main_length(args):
     trainer, logs, blocks, info = train_runs(
         runs, L=L_train, batch=256, lr=1e-3, steps=args.linear_steps, log_every=log_every,
         ckpt_every=5 * log_every, n_val=1000, n_final=2000, out=lin_out, identity_json=lin_identity,
-        progress=not args.no_progress, label="linear baseline")
+        progress=not args.no_progress, label="linear baseline", device=args.device)
     Wl, Ul = trainer.merged()
     ml = sim.pattern_metrics(Wl, Ul, d)
     eta_lin = (ml["mu"] * ml["omega"]).sum(-1)
@@ -1068,7 +1111,7 @@ def _main_length(args):
     key = sim.data_key(np.random.SeedSequence(args.seed, spawn_key=(11,)))
     params = {"L_test": L_test.tolist(), "prompts": args.prompts, "reps": args.reps, "models": str(args.models),
               "models_digest": digest, "models_params": mattrs.get("params_json"), "linear": lin_params,
-              "linear_steps": args.linear_steps}
+              "linear_steps": args.linear_steps, **_device_params(args.device)}
     Hn, S = W.shape[:2]
     sweep = Sweep(
         study="icl_length", cell_dims={"L_test": L_test, "rep": np.arange(args.reps)},
@@ -1077,9 +1120,10 @@ def _main_length(args):
                    "mse_dgd": ("L_test", "rep", "H", "seed"), "m2_dgd": ("L_test", "rep", "H", "seed")},
         coords={"H": mds["H"].values, "seed": seeds}, params=params,
         run_cell=functools.partial(_length_cell, W=W, U=U, nh=nh, Wl=Wl, Ul=Ul, nhl=trainer.n_heads, task=task,
-                                   key=key, n_per=n_per, d=d, L_train=L_train),
+                                   key=key, n_per=n_per, d=d, L_train=L_train, device=args.device),
         root_seed=args.seed,
-        attrs={"substudy": "length", "figure_kind": "length", "device": "cpu", "d": d, "L_train": L_train,
+        attrs={"substudy": "length", "figure_kind": "length", "device": _device_attr(args.device), "d": d,
+               "L_train": L_train,
                "sigma2": sigma2, "prompts_per_rep": n_per, "models_store": str(args.models),
                "linear_baseline": "same one-layer model with softmax replaced by s/L_train (fixed normalisation, "
                                   "reconstructed [?]); trained here with Adam 1e-3, B = 256, at L_train",

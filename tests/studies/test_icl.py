@@ -1,4 +1,7 @@
-"""python -m studies.icl SUB, end to end (--quick), resumption and usage errors."""
+"""python -m studies.icl SUB, end to end (--quick), resumption and usage errors; ``--device gpu``
+end to end against the CPU results (``gpu`` marker: skipped without a usable CUDA GPU)."""
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -149,7 +152,7 @@ def test_noniso_and_multitask_quick(sub, verdict, tmp_path):
     ["train", "--lr", "abc"],
     ["train", "--lr", "2"],
     ["train", "--workers", "2"],
-    ["train", "--device", "gpu"],
+    ["ode", "--device", "gpu"],
     ["train", "--sigma2", "-1"],
     ["train", "--checkpoint-every", "150"],
     ["estimators", "--L", "1"],
@@ -168,6 +171,19 @@ def test_bad_input_is_one_line_and_exit_2(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0], err
     assert not out.exists() and not out.with_name("never.zarr.ckpt.npz").exists()
+
+
+@pytest.mark.parametrize("sub", ["train", "estimators", "noniso"])
+def test_device_gpu_without_a_gpu_is_a_one_line_error(sub, tmp_path, capsys):
+    from gpu import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present: --device gpu runs (see the gpu-marked tests)")
+    out = tmp_path / "never.zarr"
+    assert run([sub, "--quick", "--device", "gpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0] and "GPU" in err[0], err
+    assert not out.exists()
 
 
 def test_help_lists_the_substudies(capsys):
@@ -193,6 +209,57 @@ def test_benchmark_suite_quick(tmp_path, capsys):
     out = tmp_path / "b.zarr"
     assert benchmark.main(["--suite", "icl", "--quick", "--out", str(out)]) == 0
     ds = benchmark.open_suite(out, "icl")
-    assert set(ds["impl"].values) == {"numpy_per_run", "batched", "batched_R1"}
+    from gpu import gpu_available
+
+    gpu_rows = {"gpu_batched", "gpu_h1248x3"} if gpu_available() else set()
+    assert set(ds["impl"].values) == {"numpy_per_run", "batched", "batched_R1"} | gpu_rows
     assert (ds["ms_per_run_step"] > 0).all() and bool(ds["verdict_agree"]) and "verdict_target" in ds
     assert "ms/run-step" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------- --device gpu (real GPU)
+@pytest.mark.gpu
+def test_train_quick_on_the_gpu_follows_the_cpu_run(trained, tmp_path):
+    out = tmp_path / "g.zarr"
+    assert run(["train", *QUIET, "--device", "gpu", "--out", str(out), "--plot"]) == 0
+    g, c = open_result(out), open_result(trained)
+    assert json.loads(g.attrs["params_json"])["device"] == "gpu" and g.attrs["device"] != "cpu"
+    assert g.attrs["train_complete"] == 1 and len(verdicts(g)) == len(verdicts(c))
+    finite(g)
+    # same prompts and initialisation: the trajectories agree up to floating-point reassociation
+    w = c["W"].values
+    assert np.abs(g["W"].values - w).max() <= 1e-6 * np.abs(w).max()
+    np.testing.assert_allclose(g["val_mse"].values, c["val_mse"].values, rtol=1e-6)
+    np.testing.assert_allclose(g["train_loss"].values, c["train_loss"].values, rtol=1e-6)
+    # the GPU store is not resumed by a CPU run (the device is part of the identity)
+    assert run(["train", *QUIET, "--out", str(out)]) == 2
+    # length generalisation of the GPU-trained models, on the GPU
+    lo = tmp_path / "l.zarr"
+    assert run(["length", *QUIET, "--device", "gpu", "--models", str(out), "--out", str(lo)]) == 0
+    finite(open_result(lo))
+
+
+@pytest.mark.gpu
+def test_training_resumes_on_the_gpu_to_the_uninterrupted_result(tmp_path):
+    args = ["train", *QUIET, "--device", "gpu", "--H", "2", "--steps", "600", "--checkpoint-every", "200"]
+    full = tmp_path / "full.zarr"
+    assert run(args + ["--out", str(full)]) == 0
+    part = tmp_path / "part.zarr"
+    assert run(args[:-4] + ["--steps", "400", "--checkpoint-every", "200", "--out", str(part)]) == 0
+    assert run(args + ["--out", str(part)]) == 0  # --steps raised: continues from the step-400 checkpoint
+    for v in ("W", "U", "train_loss", "val_mse"):
+        np.testing.assert_array_equal(open_result(full)[v].values, open_result(part)[v].values, err_msg=v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sub", ["estimators", "noniso", "multitask"])
+def test_other_substudies_quick_on_the_gpu(sub, tmp_path):
+    out = tmp_path / f"{sub}.zarr"
+    assert run([sub, *QUIET, "--device", "gpu", "--out", str(out)]) == 0
+    ds = open_result(out)
+    finite(ds)
+    assert len(verdicts(ds)) >= 3
+    if sub == "estimators":  # GPU prompts (equal to the CPU's up to an ulp), host predictors
+        ref = tmp_path / "cpu.zarr"
+        assert run([sub, *QUIET, "--out", str(ref)]) == 0
+        np.testing.assert_allclose(ds["mse"].values, open_result(ref)["mse"].values, rtol=1e-10)
