@@ -1,8 +1,10 @@
 """Figure of the benchmark store: ``python -m paper_figs.benchmark results/benchmark.zarr``.
 
-One panel per suite: the wall time of each implementation (``time_s`` over the ``impl``
-dimension; median over any other dimension, with its range as an error bar), log scale, so
-the ratios the targets speak of read off as distances. Reads the store and nothing else.
+One panel per comparison: every variable ``time_s`` or ``<what>_time_s`` of a suite whose
+implementations run along a dimension ``impl`` or ``<what>_impl`` (the contract of
+:mod:`studies.benchmark`): the wall time of each implementation, median over any other dimension
+with its range as an error bar, log scale, so the ratios the targets speak of read off as
+distances. Reads the store and nothing else.
 """
 from __future__ import annotations
 
@@ -25,33 +27,45 @@ def _groups(store):
     return sorted(name for name, _ in g.groups())
 
 
+def _comparisons(ds: xr.Dataset):
+    """(label, time DataArray, impl dim) of each timed comparison in one suite's dataset."""
+    for var in sorted(ds.data_vars):
+        if var != "time_s" and not var.endswith("_time_s"):
+            continue
+        impl = [d for d in ds[var].dims if d == "impl" or d.endswith("_impl")]
+        if len(impl) == 1:
+            yield var[: -len("_time_s")] if var != "time_s" else "", ds[var], impl[0]
+
+
 def draw(store, out=None, dpi: int = 150) -> Path:
     names = []
     data = []
     for name in _groups(store):
         with xr.open_zarr(str(store), group=name, consolidated=False) as ds:
             ds = ds.load()
-        if "time_s" not in ds or "impl" not in ds["time_s"].dims:
-            continue
-        t = ds["time_s"]
-        other = [d for d in t.dims if d != "impl"]
-        med = t.median(other) if other else t
-        lo = t.min(other) if other else t
-        hi = t.max(other) if other else t
-        names.append((name, ds.attrs.get("device", "?")))
-        data.append((list(map(str, t["impl"].values)), med.values, lo.values, hi.values))
+        for what, t, impl in _comparisons(ds):
+            other = [d for d in t.dims if d != impl]
+            med = t.median(other) if other else t
+            lo = t.min(other) if other else t
+            hi = t.max(other) if other else t
+            names.append((f"{name}: {what.replace('_', ' ')}" if what else name, ds.attrs.get("device", "?")))
+            data.append((list(map(str, t[impl].values)), med.values, lo.values, hi.values))
     if not data:
-        raise ValueError(f"{store} holds no suite with time_s(impl, ...)")
+        raise ValueError(f"{store} holds no suite with a time_s(impl, ...) comparison")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, len(data), figsize=(max(7.0, 3.6 * len(data) + 0.6), 3.8), squeeze=False)
-    for ax, (name, device), (impls, med, lo, hi) in zip(axes[0], names, data):
+    ncol = min(3, len(data))
+    nrow = -(-len(data) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(7.0, 3.6 * ncol + 0.6), 3.6 * nrow), squeeze=False)
+    for ax in axes.flat[len(data):]:
+        ax.set_visible(False)
+    for ax, (name, device), (impls, med, lo, hi) in zip(axes.flat, names, data):
         x = np.arange(len(impls))
         colors = sns.color_palette("crest", len(impls))
         ax.bar(x, med, color=colors, yerr=[med - lo, hi - med], capsize=3)
         ax.set_yscale("log")
         ax.set_xticks(x, impls, rotation=30, ha="right")
-        ax.set_ylabel("wall time (s), median over sizes")
+        ax.set_ylabel("wall time (s)")
         ax.set_title(f"{name} ({device})", fontsize=9)
         for xi, v, top in zip(x, med, hi):
             ax.text(xi, top * 1.25, f"{med.max() / v:.1f}x", ha="center", va="bottom", fontsize=7)

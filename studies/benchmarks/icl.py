@@ -115,6 +115,7 @@ def run(quick: bool = False) -> xr.Dataset:
     ms = np.array([t[i] * 1e3 for i in impls])
     ds = xr.Dataset(
         {"ms_per_run_step": (("impl",), ms, {"units": "ms", "long_name": "best wall time per run and Adam step"}),
+         "time_s": (("impl",), ms / 1e3, {"units": "s", "long_name": "best wall time per run and Adam step"}),
          "speedup_vs_numpy": (("impl",), ms[0] / ms),
          "max_rel_grad_err": ((), _grad_agreement(), {"long_name": "batched kernel vs einsum reference gradients, "
                                                                    "same prompts (max |diff| / max |ref|)"})},

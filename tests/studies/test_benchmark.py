@@ -39,3 +39,27 @@ def test_benchmark_figure(tmp_path):
     png = out.with_suffix(".png")
     assert png.stat().st_size > 10_000
     assert fig.main([str(tmp_path / "missing.zarr")]) == 2
+
+
+def test_every_cpu_suite_has_a_drawn_comparison(tmp_path):
+    """Each suite stores its timings under the figure's contract (``time_s`` / ``<what>_time_s``
+    along an ``impl`` dimension), so none is silently left out of the figure."""
+    import matplotlib.image as mpimg
+    import xarray as xr
+
+    from paper_figs import benchmark as fig
+
+    out = tmp_path / "b.zarr"
+    suites = [s for s in benchmark.SUITES if s != "gpu"]
+    assert benchmark.main(["--suite", ",".join(suites), "--quick", "--out", str(out), "--plot"]) == 0
+    n_panels = 0
+    for name in suites:
+        ds = xr.open_zarr(str(out), group=name, consolidated=False)
+        comps = list(fig._comparisons(ds))
+        assert comps, f"suite {name} has no time_s(impl) comparison"
+        for _, t, impl in comps:
+            assert t.sizes[impl] >= 2 and bool((t > 0).all()), name
+        n_panels += len(comps)
+    assert n_panels >= len(suites)
+    h, w = mpimg.imread(out.with_suffix(".png")).shape[:2]
+    assert h > 0.5 * w  # more than one row of panels: 3 per row
