@@ -316,6 +316,19 @@ def _gen_query(g, og, L, d, N, chol, bscale, bmask, qsd, zq, ozq, yq, oyq):
         zq[ozq + d + n] = 0.0
 
 
+@cuda.jit(device=True, inline="always")
+def _head_token_dots(ws, ovec, oz, oout, nh, D, L, t, T):
+    """ws[oout + h L + i] = sum_j ws[ovec + h D + j] ws[oz + j L + i] (a per-head vector against
+    every token), items (h, i) = t, t + T, ... of the block."""
+    for it in range(t, nh * L, T):
+        h = it // L
+        i = it - h * L
+        acc = 0.0
+        for j in range(D):
+            acc += ws[ovec + h * D + j] * ws[oz + j * L + i]
+        ws[oout + h * L + i] = acc
+
+
 @cuda.jit
 def philox_kernel(k0, k1, c1, c2, c3, out):
     """Raw words of blocks j = 0 .. len(out)/4 - 1, in block order (one thread per block)."""
@@ -501,14 +514,8 @@ def prompt_kernel(d: int, N: int, H_max: int, grad: bool, workspace: str = "shar
                         acc += ws[ozq + k] * W[r, h, k, j]
                     ws[oq + it] = acc
                 cuda.syncthreads()
-                # scores s_hi = q_h . z_i (items (h, i))
-                for it in range(t, nh * L, T):
-                    h = it // L
-                    i = it - h * L
-                    acc = 0.0
-                    for j in range(D):
-                        acc += ws[oq + h * D + j] * ws[oz + j * L + i]
-                    ws[op + h * L + i] = acc
+                # scores s_hi = q_h . z_i
+                _head_token_dots(ws, oq, oz, op, nh, D, L, t, T)
                 cuda.syncthreads()
                 # softmax (or the linear scale), one thread per head, in the CPU's order
                 for h in range(t, nh, T):
@@ -568,14 +575,8 @@ def prompt_kernel(d: int, N: int, H_max: int, grad: bool, workspace: str = "shar
                             wj += rn * U[r, h, j, nn]
                         ws[ow + it] = wj
                     cuda.syncthreads()
-                    # v_hi = w_h . z_i (items (h, i))
-                    for it in range(t, nh * L, T):
-                        h = it // L
-                        i = it - h * L
-                        acc = 0.0
-                        for j in range(D):
-                            acc += ws[ow + h * D + j] * ws[oz + j * L + i]
-                        ws[ov + h * L + i] = acc
+                    # v_hi = w_h . z_i
+                    _head_token_dots(ws, ow, oz, ov, nh, D, L, t, T)
                     cuda.syncthreads()
                     # g_hi = p_hi (v_hi - <p_h, v_h>) (softmax) or lin_scale v_hi, one thread per head
                     for h in range(t, nh, T):
