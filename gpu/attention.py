@@ -35,6 +35,22 @@ _TPB = 128  # threads per block on a real GPU (power of two)
 
 
 @cuda.jit(device=True, inline="always")
+def online_softmax_step(s, m, z, acc, dv):
+    """Fold one score ``s`` into a thread's online-softmax state (running max ``m``, mass ``z``,
+    numerator ``acc[:dv]``): rescales the state when ``s`` is a new maximum and returns
+    ``(m, z, w)`` with ``w = exp(s - m)`` already added to ``z``; the caller adds ``w`` times
+    its value to ``acc``."""
+    if s > m:
+        r = math.exp(m - s)  # 0 on the first score (m = -inf)
+        z *= r
+        for k in range(dv):
+            acc[k] *= r
+        m = s
+    w = float64(math.exp(s - m))
+    return m, z + w, w
+
+
+@cuda.jit(device=True, inline="always")
 def merge_block_states(sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl):
     """Merge the online-softmax states (m, z, acc) that the block's threads left in shared
     memory by a tree (float64), and write the block's state to pm[i, sl], pz[i, sl],
@@ -99,14 +115,7 @@ def attend_kernel(dk: int, dv: int, score_dtype: str):
             s = ai[0] * kt[0, j]
             for k in range(1, dk):
                 s += ai[k] * kt[k, j]
-            if s > m:
-                r = math.exp(m - s)  # 0 on the first token (m = -inf)
-                z *= r
-                for k in range(dv):
-                    acc[k] *= r
-                m = s
-            w = float64(math.exp(s - m))
-            z += w
+            m, z, w = online_softmax_step(s, m, z, acc, dv)
             for k in range(dv):
                 acc[k] += w * vt[k, j]
             j += tpb

@@ -81,7 +81,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from gpu.attention import merge_block_states, merge_partials
+from gpu.attention import merge_block_states, merge_partials, online_softmax_step
 
 __all__ = [
     "MAX_DIM",
@@ -156,14 +156,7 @@ def exact_kernel(d: int, dv: int, score_dtype: str):
             s = p[0] * k2t[0, j2]
             for l in range(1, d):
                 s += p[l] * k2t[l, j2]
-            if s > m:
-                r = math.exp(m - s)  # 0 on the first pair (m = -inf)
-                z *= r
-                for k in range(dv):
-                    acc[k] *= r
-                m = s
-            w = float64(math.exp(s - m))
-            z += w
+            m, z, w = online_softmax_step(s, m, z, acc, dv)
             for k in range(dv):
                 acc[k] += w * (u[k] * v2t[k, j2])
             pos += tpb
