@@ -317,6 +317,15 @@ def _gen_query(g, og, L, d, N, chol, bscale, bmask, qsd, zq, ozq, yq, oyq):
 
 
 @cuda.jit(device=True, inline="always")
+def _dot(ws, a, b, n):
+    """sum_i ws[a + i] ws[b + i], i = 0..n-1 in order (one thread)."""
+    acc = 0.0
+    for i in range(n):
+        acc += ws[a + i] * ws[b + i]
+    return acc
+
+
+@cuda.jit(device=True, inline="always")
 def _head_token_dots(ws, ovec, oz, oout, nh, D, L, t, T):
     """ws[oout + h L + i] = sum_j ws[ovec + h D + j] ws[oz + j L + i] (a per-head vector against
     every token), items (h, i) = t, t + T, ... of the block."""
@@ -541,10 +550,7 @@ def prompt_kernel(d: int, N: int, H_max: int, grad: bool, workspace: str = "shar
                 for it in range(t, nh * D, T):
                     h = it // D
                     j = it - h * D
-                    acc = 0.0
-                    for i in range(L):
-                        acc += ws[op + h * L + i] * ws[oz + j * L + i]
-                    ws[oa + it] = acc
+                    ws[oa + it] = _dot(ws, op + h * L, oz + j * L, L)
                 cuda.syncthreads()
                 # y_hat, squared errors, residual r = 2 (y_hat - y_q) / (n N)
                 if t == 0:
@@ -583,9 +589,7 @@ def prompt_kernel(d: int, N: int, H_max: int, grad: bool, workspace: str = "shar
                         bp = op + h * L
                         bv = ov + h * L
                         if kind == 0:
-                            pv = 0.0
-                            for i in range(L):
-                                pv += ws[bp + i] * ws[bv + i]
+                            pv = _dot(ws, bp, bv, L)
                             for i in range(L):
                                 ws[bv + i] = ws[bp + i] * (ws[bv + i] - pv)
                         else:
@@ -596,9 +600,7 @@ def prompt_kernel(d: int, N: int, H_max: int, grad: bool, workspace: str = "shar
                     for it in range(t, nh * D, T):
                         h = it // D
                         j = it - h * D
-                        acc = 0.0
-                        for i in range(L):
-                            acc += ws[ov + h * L + i] * ws[oz + j * L + i]
+                        acc = _dot(ws, ov + h * L, oz + j * L, L)
                         for k in range(D):
                             zk = ws[ozq + k]
                             if zk != 0.0:
