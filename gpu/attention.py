@@ -51,11 +51,16 @@ def online_softmax_step(s, m, z, acc, dv):
 
 
 @cuda.jit(device=True, inline="always")
-def merge_block_states(sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl):
-    """Merge the online-softmax states (m, z, acc) that the block's threads left in shared
-    memory by a tree (float64), and write the block's state to pm[i, sl], pz[i, sl],
-    pacc[i, sl, :]. Every thread of the block must call it (it synchronises)."""
+def merge_block_states(m, z, acc, sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl):
+    """Merge the threads' online-softmax states (m, z, acc[:dv]) by a tree in the block's
+    shared arrays sm_m, sm_z (blockDim,) and sm_acc (blockDim, dv) (float64), and write the
+    block's state to pm[i, sl], pz[i, sl], pacc[i, sl, :]. Every thread of the block must call
+    it (it synchronises)."""
     t = cuda.threadIdx.x
+    sm_m[t] = m
+    sm_z[t] = z
+    for k in range(dv):
+        sm_acc[t, k] = acc[k]
     cuda.syncthreads()
     stride = cuda.blockDim.x // 2
     while stride > 0:
@@ -124,11 +129,7 @@ def attend_kernel(dk: int, dv: int, score_dtype: str):
         sm_m = cuda.shared.array(_TPB, float64)
         sm_z = cuda.shared.array(_TPB, float64)
         sm_acc = cuda.shared.array((_TPB, dv), float64)
-        sm_m[t] = m
-        sm_z[t] = z
-        for k in range(dv):
-            sm_acc[t, k] = acc[k]
-        merge_block_states(sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl)
+        merge_block_states(m, z, acc, sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl)
 
     return kernel
 

@@ -170,11 +170,7 @@ def exact_kernel(d: int, dv: int, score_dtype: str):
         sm_m = cuda.shared.array(_TPB, float64)
         sm_z = cuda.shared.array(_TPB, float64)
         sm_acc = cuda.shared.array((_TPB, dv), float64)
-        sm_m[t] = m
-        sm_z[t] = z
-        for k in range(dv):
-            sm_acc[t, k] = acc[k]
-        merge_block_states(sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl)
+        merge_block_states(m, z, acc, sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl)
 
     return kernel
 
