@@ -1,4 +1,4 @@
-"""theory/token_sample.py, part 2: sphere output covariance, hardmax limit and bias, the finer
+"""theory/token_sample (moments, hardmax, laws): sphere output covariance, hardmax limit and bias, the finer
 beta heuristic, the atom mixture and the truncated-Gaussian output moments.
 
 Statistical checks use fixed seeds and z = 5 CLT bands (two-sided false alarm ~6e-7 each)."""
@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from theory import token_sample as ts
+from theory.token_sample import moments as ts_moments
 
 Z = 5.0
 
@@ -148,7 +149,7 @@ def test_sphere_output_covariance_d50_rules_agree():
     C18 = ts.sphere_output_covariance(A, sobol_log2=18)
     assert np.abs(C16 - C18).max() <= 1e-4 * np.abs(C18).max()
     _, sigma, _ = np.linalg.svd(A)
-    pts = ts._sobol_sphere_points(d, 16)
+    pts = ts_moments._sobol_sphere_points(d, 16)
     plain = ts.sphere_output_variances(sigma, 1.0, points=pts, weights=np.full(len(pts), 1 / len(pts)))
     cv = ts.sphere_output_variances(sigma, 1.0, points=pts)
     assert np.abs(plain - cv).max() <= 3e-3 * cv.max()
