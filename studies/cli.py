@@ -25,11 +25,16 @@ Errors raise :class:`argparse.ArgumentTypeError` with a message meant for the us
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import json
 import math
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -45,8 +50,10 @@ __all__ = [
     "executor_options",
     "validate_run_options",
     "run_study_sweep",
-    "report_study",
+    "store_errors",
+    "Part",
     "run_study",
+    "apply_defaults",
     "run_main",
 ]
 
@@ -212,45 +219,146 @@ def validate_run_options(args) -> None:
 def run_study_sweep(sweep, args, path=None, **kw):
     """:func:`studies.sweep.run_sweep` with the shared options of ``args``; a store that holds
     another run, or cannot be written, becomes a one-line usage error."""
-    from studies.sweep import StoreMismatch, run_sweep
+    from studies.sweep import run_sweep
 
     opts = {"overwrite": args.overwrite, "progress": not args.no_progress,
             **({} if "executor" in kw else args.executor), **kw}
-    try:
+    with store_errors(args.out):
         return run_sweep(sweep, path if path is not None else args.out, **opts)
+
+
+@contextlib.contextmanager
+def store_errors(out):
+    """The one error mapping of every runner: a store of another run
+    (:class:`studies.sweep.StoreMismatch`) or an unwritable path becomes a one-line
+    :class:`UsageError`."""
+    from studies.sweep import StoreMismatch
+
+    try:
+        yield
     except StoreMismatch as e:
         raise UsageError(str(e)) from None
     except OSError as e:
-        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
+        if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)) or \
+                e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES):
+            raise UsageError(f"--out {out}: {e.strerror or e}") from None
+        raise
 
 
-def run_study(sweep, args, analyze, summary, draw=None):
-    """The body of a single-sweep study: run the sweep (resuming), compute
-    ``analysis = analyze(ds)`` (fits, theory, verdicts), store it next to the raw data, print
-    ``summary(analysis)`` and the closing lines, and draw the figure with ``--plot``."""
+@dataclass
+class Part:
+    """One part of a study's store (the whole store for most studies, one group for studies
+    with several sub-sweeps):
+
+    * ``group`` -- the group's name ("" = the store itself);
+    * ``sweep`` -- a :class:`studies.sweep.Sweep` run by the shared runner, or ``run`` -- a
+      callable ``run(path, args, executor) -> (dataset, info)`` for parts that are not a grid
+      of independent cells (training runs); ``info`` has ``cells``, ``computed``, ``resumed``;
+    * ``analyze(ds) -> (analysis, claims)`` -- fits and ``theory_*`` variables (an
+      ``xr.Dataset``) and the :class:`studies.claims.Claim` list, a pure function of the data;
+    * ``summary(analysis) -> str`` -- the part's own table, printed before the claims.
+    """
+
+    group: str
+    analyze: Callable
+    sweep: Any = None
+    run: Callable | None = None
+    summary: Callable | None = None
+
+
+def run_study(args, parts, draw=None, *, study: str | None = None):
+    """The body of every study: run each part (resuming what is stored), analyse it, store
+    the analysis and the claims next to its data, print each part's table, then the claims in
+    the one format of :func:`studies.claims.format_claims`, the closing line and (with
+    ``--plot``) the figure ``draw(store, figure_path) -> list[Path]``. Returns the claims.
+
+    ``parts`` is a list of :class:`Part`, or one :class:`Part`. A study of several parts
+    writes each into its own group of the store (the root carries the study's name and the
+    list of its groups); each part's claims are stored with its analysis, and
+    :func:`studies.claims.read_claims` gathers them from any store. Every part shares one
+    executor (workers start once)."""
     import time
 
-    from studies.sweep import write_analysis
+    from studies import claims as cl
+    from studies.sweep import make_executor, write_analysis
 
     t0 = time.perf_counter()
-    ds, info = run_study_sweep(sweep, args)
-    analysis = analyze(ds)
-    write_analysis(args.out, analysis)
-    print(summary(analysis))
-    report_study(args, info, t0, draw)
-    return analysis
+    parts = [parts] if isinstance(parts, Part) else list(parts)
+    root = Path(args.out)
+    multi = len(parts) > 1 or bool(parts[0].group)
+    every: list = []
+    infos = []
+    with contextlib.ExitStack() as stack:
+        if multi:
+            with store_errors(root):
+                _open_root(root, study or parts[0].sweep.study.split("/")[0], getattr(args, "seed", 0),
+                           [p.group for p in parts], args.overwrite)
+        opts = getattr(args, "executor", None) or {"workers": 1, "scheduler": None, "dask_local": None}
+        executor = None
+        if len(parts) > 1 and (opts["workers"] > 1 or opts["scheduler"] or opts["dask_local"]):
+            executor = stack.enter_context(make_executor(**opts))
+        for part in parts:
+            path = root / part.group if part.group else root
+            t1 = time.perf_counter()
+            try:
+                if part.run is not None:
+                    with store_errors(root):
+                        ds, info = part.run(path, args, executor)
+                else:
+                    kw = {"executor": executor} if executor is not None else {}
+                    ds, info = run_study_sweep(part.sweep, args, path, **kw)
+            except UsageError as e:
+                raise UsageError(f"group {part.group}: {e}" if part.group else str(e)) from None
+            analysis, claims = part.analyze(ds)
+            write_analysis(path, analysis.merge(cl.to_dataset(claims)))
+            every.extend(claims)
+            infos.append(info)
+            if part.summary is not None:
+                print((f"== {part.group}\n" if part.group else "") + part.summary(analysis), flush=True)
+            if part.group:
+                print(f"   ({info['cells']} cells, {info['computed']} computed, {info['resumed']} already done; "
+                      f"{time.perf_counter() - t1:.1f} s)", flush=True)
+    print(cl.format_claims(every))
+    cells = sum(i["cells"] for i in infos)
+    computed = sum(i["computed"] for i in infos)
+    resumed = sum(i["resumed"] for i in infos)
+    unit = infos[0].get("unit", "cells") if len(infos) == 1 else "cells"
+    print(f"wrote {args.out}: {cells} {unit} ({computed} computed, {resumed} already done) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    if getattr(args, "plot", False) and draw is not None:
+        for path in draw(args.out, Path(args.out).with_suffix(".png")):
+            print(f"figure: {path}")
+    return every
 
 
-def report_study(args, info: dict, t0: float, draw=None) -> None:
-    """The closing lines of a study: where it wrote what, how long it took, and (with
-    ``--plot``) the figure drawn by ``draw(store, figure_path)`` next to the store."""
-    import time
+def _open_root(root: Path, study: str, seed: int, groups, overwrite: bool) -> None:
+    """The root of a multi-part store: its identity is the study and the root seed (a store of
+    another study or seed needs ``--overwrite``); it records every group written into it."""
+    import zarr
 
-    print(f"wrote {args.out}: {info['cells']} cells ({info['computed']} computed, "
-          f"{info['resumed']} already done) in {time.perf_counter() - t0:.1f} s")
-    if args.plot and draw is not None:
-        fig_path = draw(args.out, Path(args.out).with_suffix(".png"))
-        print(f"figure: {fig_path}")
+    from studies.sweep import StoreSpec, open_store
+
+    spec = StoreSpec(study=study, params={}, root_seed=seed, layout={"groups": "one group per part"},
+                     seed_policy="each group carries its own seed policy")
+    open_store(root, spec, spec.create_empty, overwrite=overwrite)
+    grp = zarr.open_group(str(root), mode="r+")
+    grp.attrs["groups"] = sorted(set(grp.attrs.get("groups", [])) | set(groups))
+
+
+def apply_defaults(args, defaults: Mapping, quick: Mapping | None = None,
+                   parse: Mapping[str, Callable] | None = None) -> None:
+    """The one way studies fill their options: every option in ``defaults`` left at None takes
+    its ``--quick`` value (from ``quick``) when ``--quick`` was given, else its default; string
+    values are parsed by ``parse[name]`` (the option's own parser), so defaults are written in
+    the command-line syntax shown by ``--help``."""
+    parse = parse or {}
+    source = {**defaults, **(quick or {})} if getattr(args, "quick", False) else dict(defaults)
+    for name, value in source.items():
+        if getattr(args, name, None) is not None:
+            continue
+        if isinstance(value, str) and name in parse:
+            value = parse[name](value)
+        setattr(args, name, value)
 
 
 def check_out_path(path: Path) -> Path:

@@ -66,7 +66,7 @@ __all__ = [
     "str_coord",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: verdicts are claims (studies/claims.py)
 
 
 def cell_seed(root_seed: int, index: tuple[int, ...]) -> np.random.SeedSequence:
@@ -183,17 +183,17 @@ def _versions() -> str:
     return json.dumps(out, sort_keys=True)
 
 
-def provenance(sweep: Sweep) -> dict:
-    """Flat provenance attributes (str/int/float only, so a netCDF export works as is)."""
+def provenance(sweep) -> dict:
+    """The one provenance writer: flat attributes (str/int/float only, so a netCDF export works
+    as is) of a :class:`Sweep` or a :class:`StoreSpec` -- its identity (:func:`identity`),
+    seed policy, package versions, git commit, host, time, command line and its own attrs."""
     sha, dirty = _git_info()
+    policy = getattr(sweep, "seed_policy", None) or (
+        "cell seed = SeedSequence(root_seed, spawn_key=cell grid index); "
+        f"cell dims {list(getattr(sweep, 'cell_dims', []))}")
     return {
-        "study": sweep.study,
-        "schema_version": SCHEMA_VERSION,
-        "params_json": sweep.params_json,
-        "layout_json": sweep.layout_json,
-        "root_seed": str(sweep.root_seed),
-        "seed_policy": "cell seed = SeedSequence(root_seed, spawn_key=cell grid index); "
-                       f"cell dims {list(sweep.cell_dims)}",
+        **identity(sweep),
+        "seed_policy": policy,
         "versions": _versions(),
         "git_sha": sha,
         "git_dirty": int(dirty),
@@ -207,6 +207,123 @@ def provenance(sweep: Sweep) -> dict:
 
 class StoreMismatch(Exception):
     """The store at the output path holds a different run."""
+
+
+IDENTITY_KEYS = ("study", "schema_version", "params_json", "root_seed", "layout_json")
+
+
+def identity(spec) -> dict:
+    """What makes two runs the same run: study, schema version, parameters, root seed and the
+    store layout. ``spec`` is a :class:`Sweep` or a :class:`StoreSpec`."""
+    return {"study": spec.study, "schema_version": SCHEMA_VERSION, "params_json": spec.params_json,
+            "root_seed": str(spec.root_seed), "layout_json": spec.layout_json}
+
+
+def _same_identity(attrs: Mapping, spec) -> bool:
+    want = identity(spec)
+    try:
+        return all(str(attrs.get(k)) == str(want[k]) for k in IDENTITY_KEYS)
+    except Exception:  # noqa: BLE001 - malformed attributes: not the same run
+        return False
+
+
+def store_attrs(path) -> dict | None:
+    """The root attributes of the Zarr store at ``path`` (None if there is no store there)."""
+    import zarr
+
+    path = Path(path)
+    if not SweepStore.is_store(path):
+        return None
+    return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def open_store(path, spec, create: Callable[[Path], None], *, overwrite: bool = False) -> bool:
+    """The one identity check of every study's store: make ``path`` the store of ``spec``.
+
+    * no store there (or an empty directory): ``create(path)`` writes it (it must write the
+      provenance attributes, :func:`provenance`), and the call returns True;
+    * a store of the same run (:func:`identity`): it is kept, to be resumed (False);
+    * a store of another run: :class:`StoreMismatch`, or with ``overwrite`` it is replaced;
+    * something that is not a store: :class:`StoreMismatch`.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise StoreMismatch(f"{path} exists and is not a Zarr store")
+        attrs = store_attrs(path)
+        if attrs is None:
+            if any(path.iterdir()):
+                raise StoreMismatch(f"{path} is a non-empty directory that is not a Zarr store; "
+                                    "choose another --out")
+            path.rmdir()
+        elif not _same_identity(attrs, spec):
+            if not overwrite:
+                raise StoreMismatch(
+                    f"{path} holds a {attrs.get('study', '?')} run with other parameters or seed; "
+                    "pass --overwrite to replace it, or choose another --out")
+            shutil.rmtree(path)
+    if path.exists():
+        return False
+    _OPEN_GROUPS.pop(str(path), None)  # a store recreated here must be reopened
+    path.parent.mkdir(parents=True, exist_ok=True)
+    create(path)
+    return True
+
+
+@dataclass
+class StoreSpec:
+    """The identity and provenance of a store that is not filled by a :class:`Sweep` (a
+    training run, a multi-group root): ``study``, ``params`` (the run's identity), ``root_seed``,
+    ``layout`` (the variables it will hold) and extra flat ``attrs``."""
+
+    study: str
+    params: dict
+    root_seed: int = 0
+    layout: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+    seed_policy: str = ""
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True, default=_json_default)
+
+    @property
+    def layout_json(self) -> str:
+        return json.dumps(self.layout, sort_keys=True, default=_json_default)
+
+    def create_empty(self, path) -> None:
+        """Write an empty store carrying only the provenance attributes."""
+        import zarr
+
+        grp = zarr.open_group(str(path), mode="w")
+        grp.attrs.update(provenance(self))
+
+
+def replace_group(path, group: str, ds: xr.Dataset) -> None:
+    """Write ``ds`` as the group ``group`` of the store at ``path``, replacing it whole and
+    atomically: written beside it under a temporary name, then renamed over it, so a reader or
+    an interrupted writer sees the old group or the new one, never a mixture."""
+    path = Path(path)
+    target = path / group
+    tmp = path / f".{group}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds.to_zarr(str(tmp), mode="w", consolidated=False)
+    old = path / f".{group}.old{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old.exists():
+        shutil.rmtree(old)
+    _OPEN_GROUPS.pop(str(target), None)
+
+
+def open_group(path, group: str | None = None) -> xr.Dataset | None:
+    """A group of a store as an in-memory Dataset (None if it does not exist)."""
+    p = Path(path) / group if group else Path(path)
+    if not SweepStore.is_store(p):
+        return None
+    return open_result(p)
 
 
 class SweepStore:
@@ -224,39 +341,19 @@ class SweepStore:
     def open(self, overwrite: bool = False) -> "SweepStore":
         import zarr
 
-        path = self.path
-        if path.exists():
-            if not path.is_dir():
-                raise StoreMismatch(f"{path} exists and is not a Zarr store")
-            if not self.is_store(path):
-                if any(path.iterdir()):
-                    raise StoreMismatch(f"{path} is a non-empty directory that is not a Zarr store; "
-                                        "choose another --out")
-                path.rmdir()
-            else:
-                attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-                same = (attrs.get("params_json") == self.sweep.params_json
-                        and int(attrs.get("schema_version", -1)) == SCHEMA_VERSION
-                        and attrs.get("study") == self.sweep.study
-                        and attrs.get("root_seed") == str(self.sweep.root_seed)
-                        and attrs.get("layout_json") == self.sweep.layout_json)
-                if not same:
-                    if not overwrite:
-                        raise StoreMismatch(
-                            f"{path} holds a {attrs.get('study', '?')} run with other parameters or seed; "
-                            "pass --overwrite to replace it, or choose another --out")
-                    shutil.rmtree(path)
-        if not path.exists():
-            _OPEN_GROUPS.pop(str(path), None)  # a store recreated here must be reopened
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds = self.sweep.template()
+        sweep = self.sweep
+
+        def create(path):
+            ds = sweep.template()
             enc = {}
-            for name, dims in self.sweep.variables.items():
-                enc[name] = {"chunks": tuple(1 if d in self.sweep.cell_dims else len(ds[d]) for d in dims)}
+            for name, dims in sweep.variables.items():
+                enc[name] = {"chunks": tuple(1 if d in sweep.cell_dims else len(ds[d]) for d in dims)}
             for name in ("done", "wall_s"):
-                enc[name] = {"chunks": tuple(1 for _ in self.sweep.cell_dims)}
+                enc[name] = {"chunks": tuple(1 for _ in sweep.cell_dims)}
             ds.to_zarr(str(path), mode="w", consolidated=False, encoding=enc)
-        self._group = zarr.open_group(str(path), mode="r+")
+
+        open_store(self.path, sweep, create, overwrite=overwrite)
+        self._group = zarr.open_group(str(self.path), mode="r+")
         return self
 
     def pending(self) -> list[tuple[int, ...]]:
@@ -324,16 +421,39 @@ def open_result(path) -> xr.Dataset:
 
 
 def write_analysis(path, analysis: xr.Dataset) -> None:
-    """Add (or replace) derived variables — fits, theory_*, verdict_* — in the store.
+    """Store a study's analysis -- fits, ``theory_*`` variables and its claims -- next to the
+    raw data, replacing the previous analysis whole.
 
-    The store's own attributes (provenance) are kept: ``to_zarr(mode="a")`` would replace
-    them with the analysis' attributes, so the two are merged first."""
+    The names written are recorded in the ``analysis_vars`` attribute, so a rerun first removes
+    every variable of the previous analysis (its claims may differ in number; a variable it no
+    longer makes must not linger). The store's own attributes (provenance) are kept:
+    ``to_zarr(mode="a")`` would replace them with the analysis' attributes, so the two are
+    merged first."""
     import zarr
 
-    existing = dict(zarr.open_group(str(path), mode="r").attrs)
+    grp = zarr.open_group(str(path), mode="r+")
+    existing = dict(grp.attrs)
+    keep = set(json.loads(existing.get("layout_json", "{}") or "{}").get("variables", {}))
+    keep |= {"done", "wall_s"} | raw_dims(existing)
+    previous = set(json.loads(existing.get("analysis_vars", "[]")))
+    stale = (previous | set(analysis.data_vars) | set(analysis.dims)) - keep
+    arrays = set(grp.array_keys())
+    for name in sorted(stale & arrays):
+        del grp[name]
+    _OPEN_GROUPS.pop(str(path), None)
     analysis = analysis.copy()
-    analysis.attrs = {**existing, **analysis.attrs}
+    written = sorted((set(analysis.data_vars) | set(analysis.coords)) - keep)
+    analysis.attrs = {**existing, **analysis.attrs, "analysis_vars": json.dumps(written)}
     analysis.to_zarr(str(path), mode="a", consolidated=False)
+
+
+def raw_dims(attrs: Mapping) -> set:
+    """The dimensions of a store's raw (swept) variables, from its ``layout_json``."""
+    layout = json.loads(attrs.get("layout_json", "{}") or "{}")
+    dims = set(layout.get("cell_dims", []))
+    for v in layout.get("variables", {}).values():
+        dims |= set(v)
+    return dims
 
 
 class SerialExecutor(cf.Executor):
