@@ -93,7 +93,7 @@ def draw(store, out=None, dpi: int = 150) -> Path:
                  f"{ds.sizes['rep']} samples per n", fontsize=9)
     fig.tight_layout()
     save_figure(fig, out, dpi)
-    return out
+    return [out]
 
 
 def main(argv=None) -> int:
