@@ -2,8 +2,10 @@
 
 (a) sup_{|x|<=R} |Gamma_{mu_n} - Gamma_mu| against n (log-log), one curve per radius R with its
     standard-error bars and its fitted power law over the fit window, and a -1/2 reference;
-(b) C(R) = sqrt(n) E sup against R (log scale): measured, the delta-method prediction, and the
-    fits of log C against R and against R^2.
+(b) C(R) = sqrt(n) E sup against R (log scale): measured with its standard error, the
+    delta-method prediction sup_x sqrt(tr V M V^T) and the Gaussian-limit lower bound
+    sup_x E|G(x)| (the claim C_lower), the fits of log C against R and R^2 over the CLT-regime
+    radii, and the radii outside that regime shaded. The title counts the claims by outcome.
 
 Reads the dataset written by ``python -m studies.convergence`` and nothing else.
 """
@@ -63,10 +65,15 @@ def draw(store, out=None, dpi: int = 150) -> Path:
 
     C = ds["C"].values
     logC_th = ds["theory_log_C"].values
-    bx.plot(R, C, "o", color="C0", ms=6, label=r"measured $C(R)=\sqrt{n}\,\mathbb{E}\sup$", zorder=3)
+    bx.errorbar(R, C, yerr=ds["C_se"].values if "C_se" in ds else None, fmt="o", color="C0", ms=6, capsize=2,
+                label=r"measured $C(R)=\sqrt{n}\,\mathbb{E}\sup$", zorder=3)
     visible = logC_th <= np.log(C.max()) + np.log(1e3)
     bx.plot(R[visible], np.exp(logC_th[visible]), "-", color="C3", lw=1.5,
-            label="delta method (worst query)")
+            label=r"delta method $\sup_x\sqrt{\mathrm{tr}\,VMV^\top}$")
+    if "theory_log_C_lower" in ds:
+        lo = ds["theory_log_C_lower"].values
+        bx.plot(R[visible], np.exp(lo[visible]), "--", color="C3", lw=1.2,
+                label=r"lower bound $\sup_x \mathbb{E}|G(x)|$ (claim C_lower)")
     mask = ds["logC_fit_mask"].values.astype(bool)
     rr = np.linspace(R[mask].min(), R[mask].max(), 100) if mask.any() else R
     if "logC_vs_R_slope" in ds:
@@ -89,8 +96,12 @@ def draw(store, out=None, dpi: int = 150) -> Path:
         law_txt = ", ".join(f"{k}={v}" for k, v in law.items())
     except ValueError:
         law_txt = ds.attrs.get("token_law", "")
+    outcome = ""
+    if "claim_outcome" in ds:
+        vals = [str(v) for v in ds["claim_outcome"].values]
+        outcome = "; claims: " + ", ".join(f"{vals.count(k)} {k}" for k in ("holds", "fails", "not tested"))
     fig.suptitle(f"Token sample complexity of attention, uniform rate — tokens: {law_txt}; "
-                 f"{ds.sizes['rep']} samples per n", fontsize=9)
+                 f"{ds.sizes['rep']} samples per n{outcome}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, out, dpi)
     return [out]
