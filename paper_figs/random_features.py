@@ -2,24 +2,28 @@
 
 One figure per group of the store written by ``python -m studies.random_features``:
 
-* ``kernel``   — largest |z| of the M-head empirical kernel against the closed form vs M (CLT
-  band), and its relative RMS error vs M with the M^(-1/2) reference;
-* ``rate``     — per target: heat map of the relative error over (n, M), excess risk vs n per M
-  and vs M per n, with the bound's shape sqrt(R^2)(n^-1/2 + M^-1/2) (dashed, anchored at the
-  first point) and the fitted slopes with 95% CIs;
-* ``families`` — relative error vs n per model, one panel per target, and bars per target
-  at the largest n;
-* ``N``        — relative error vs the number of keys N per model, one panel per target;
-* ``bias``     — the mean-shift comparison: relative error vs the bias ratio r per target, and
-  bars of r = 0 against the best r > 0.
+* ``kernel``   — largest |z| of the M-head empirical kernel against the closed form vs M, with
+  the family-wise normal band of ``random_features.kernel_clt``, and its relative RMS error vs M
+  with the M^(-1/2) reference (``kernel_rate``);
+* ``rate``     — per target: heat map of the relative error over (n, M); excess risk vs n per M
+  and vs M per n (fitted slopes ± SE), with the theory's bound sqrt(B R^2/n) + sqrt(B R^2/M)
+  (constants 1, dashed) and the trivial risk Var f* (dotted) where the theory has B, else the
+  bound's shape anchored at the first point (``below_bound``, ``risk_slope_n``, ``risk_slope_M``);
+* ``families`` — relative error vs n per model, one panel per target (title: the
+  ``beats_mlp`` / ``outside_class`` outcomes), and bars per target at the largest n with the
+  predicted sample-complexity ratio n_mlp/n_rfa;
+* ``N``        — relative error vs the number of keys N per model, one panel per target, with
+  the fitted N-exponent ± SE against the table's (``attention_N_free``, ``mlp_degrades_in_N``);
+* ``bias``     — the mean-shift comparison: relative error vs the bias ratio r per target (legend:
+  the predicted direction and the claim's outcome), and bars of r = 0 against the best r > 0.
 
-Reads the dataset and nothing else (mean ± standard error over replicates as stored).
+Reads the dataset and nothing else (mean ± standard error over replicates as stored; claim
+outcomes from the stored ``claim_*`` variables).
 """
 from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -54,20 +58,38 @@ def _conv_text(ds) -> str:
     return c if isinstance(c, str) else str(c)
 
 
+def _outcomes(ds) -> dict:
+    """``{claim key: outcome}`` of the claims stored with a group's analysis."""
+    if "claim" not in ds.dims:
+        return {}
+    return {str(k): str(o) for k, o in zip(ds["claim"].values, ds["claim_outcome"].values)}
+
+
+def _outcome(ds, name, **where) -> str:
+    """The outcome of claim ``random_features.<name>`` whose ``where`` starts with the given
+    ``key=value`` pairs ("" when it is not stored)."""
+    want = ", ".join(f"{k}={v}" for k, v in where.items())
+    for key, out in _outcomes(ds).items():
+        if key.startswith(f"random_features.{name}[{want}") or (not want and key == f"random_features.{name}"):
+            return out
+    return ""
+
+
 def draw_kernel(ds, out, dpi=150):
     M = ds["M"].values
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, k in enumerate(ds["kmodel"].values):
         c = MODEL_COLORS.get(str(k), f"C{i}")
-        ax.plot(M, ds["max_abs_z"].values[i], "o-", color=c, label=MODEL_LABELS.get(str(k), str(k)))
+        ax.plot(M, ds["max_abs_z"].values[i], "o-", color=c,
+                label=f"{MODEL_LABELS.get(str(k), str(k))} ({_outcome(ds, 'kernel_clt', kmodel=k) or '?'})")
         err = ds["rel_rms_err"].values[i]  # (M, rep)
         mean = err.mean(axis=1)
         sem = err.std(axis=1, ddof=1) / math.sqrt(err.shape[1])
         bx.errorbar(M, mean, yerr=sem, fmt="o-", color=c, capsize=2,
-                    label=f"{k}: slope {float(ds['err_slope'][i]):+.2f} ± {float(ds['err_slope_se'][i]):.2f}")
-    found = re.search(r"Z_BAND=([0-9.]+)", str(ds.attrs.get("verdict_tolerances", "")))
-    band = float(found.group(1)) if found else 5.0
-    ax.axhline(band, color="k", ls="--", lw=1, label=f"CLT band |z| = {band:g}")
+                    label=f"{k}: slope {float(ds['err_slope'][i]):+.2f} ± {float(ds['err_slope_se'][i]):.2f} "
+                          f"({_outcome(ds, 'kernel_rate', kmodel=k) or '?'})")
+    band = float(ds["kernel_z_band"])
+    ax.axhline(band, color="k", ls="--", lw=1, label=f"family-wise normal band |z| = {band:.2f}")
     ax.set_xscale("log", base=2)
     ax.set_ylim(0, max(band * 1.25, float(ds["max_abs_z"].max()) * 1.1))
     ax.set_xlabel("heads M (RF-MLP: features)")
@@ -86,6 +108,14 @@ def draw_kernel(ds, out, dpi=150):
                  fontsize=9)
     fig.tight_layout()
     return _save(fig, out, dpi)
+
+
+def _bound_lines(ds, t):
+    """(bound over (n, M), Var f*) of target ``t`` when the theory has its B, else (None, None)."""
+    if "bound_target" in ds.coords and t in [str(v) for v in ds["bound_target"].values]:
+        return (ds["theory_bound"].sel(bound_target=t).values,
+                float(ds["theory_target_var"].sel(bound_target=t)))
+    return None, None
 
 
 def draw_rate(ds, out, dpi=150):
@@ -114,36 +144,49 @@ def draw_rate(ds, out, dpi=150):
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         risk = a["mean_excess_risk"].values
         sem = a["sem_excess_risk"].values
+        bound, var = _bound_lines(ds, t)
+        below = _outcome(ds, "below_bound", target=t) or "?"
         colors = sns.color_palette("crest", n_colors=len(M))
         for j, m in enumerate(M):
             bx.errorbar(n, risk[:, j], yerr=sem[:, j], fmt="o-", ms=3, color=colors[j], capsize=2,
-                        label=f"M={int(m)}: {float(a['slope_n'][j]):+.2f} "
-                              f"[{float(a['slope_n_ci_low'][j]):+.2f}, {float(a['slope_n_ci_high'][j]):+.2f}]")
+                        label=f"M={int(m)}: slope {float(a['slope_n'][j]):+.2f} ± {float(a['slope_n_se'][j]):.2f}")
         j = len(M) - 1
-        bx.plot(n, risk[0, j] * shape[:, j] / shape[0, j], "--", color="k", lw=1,
-                label=f"bound shape at M={int(M[j])} (slope {float(ds['theory_slope_n'][j]):+.2f})")
+        if bound is not None:
+            bx.plot(n, bound[:, j], "--", color="k", lw=1, label=f"bound at M={int(M[j])} (constants 1; {below})")
+            bx.axhline(var, color="0.4", ls=":", lw=1, label="Var f* (trivial risk)")
+        else:
+            bx.plot(n, risk[0, j] * shape[:, j] / shape[0, j], "--", color="k", lw=1,
+                    label=f"bound shape at M={int(M[j])}, anchored (slope {float(ds['theory_slope_n'][j]):+.2f})")
         bx.set_xscale("log", base=2)
         bx.set_yscale("log")
         bx.set_xlabel("training size n")
         bx.set_ylabel("excess risk (test MSE)")
-        bx.set_title(f"(b) {t}: risk vs n per M (slope [95% CI])", fontsize=9)
-        bx.legend(fontsize=6.5, loc="lower left")
+        bx.set_title(f"(b) {t}: risk vs n per M; risk_slope_n {_outcome(ds, 'risk_slope_n', target=t) or '?'}",
+                     fontsize=9)
+        top = max(float(np.max(risk + sem)), float(np.max(bound)) if bound is not None else 0.0)
+        bx.set_ylim(top=top * 60)
+        bx.legend(fontsize=6, loc="upper right", ncol=2)
         colors = sns.color_palette("flare", n_colors=len(n))
         for i, nv in enumerate(n):
             cx.errorbar(M, risk[i], yerr=sem[i], fmt="o-", ms=3, color=colors[i], capsize=2,
-                        label=f"n={int(nv)}: {float(a['slope_M'][i]):+.2f} "
-                              f"[{float(a['slope_M_ci_low'][i]):+.2f}, {float(a['slope_M_ci_high'][i]):+.2f}]")
+                        label=f"n={int(nv)}: slope {float(a['slope_M'][i]):+.2f} ± {float(a['slope_M_se'][i]):.2f}")
         i = len(n) - 1
-        cx.plot(M, risk[i, 0] * shape[i] / shape[i, 0], "--", color="k", lw=1,
-                label=f"bound shape at n={int(n[i])} (slope {float(ds['theory_slope_M'][i]):+.2f})")
+        if bound is not None:
+            cx.plot(M, bound[i], "--", color="k", lw=1, label=f"bound at n={int(n[i])} (constants 1)")
+            cx.axhline(var, color="0.4", ls=":", lw=1, label="Var f* (trivial risk)")
+        else:
+            cx.plot(M, risk[i, 0] * shape[i] / shape[i, 0], "--", color="k", lw=1,
+                    label=f"bound shape at n={int(n[i])}, anchored (slope {float(ds['theory_slope_M'][i]):+.2f})")
         cx.set_xscale("log", base=2)
         cx.set_yscale("log")
         cx.set_xlabel("heads M")
         cx.set_ylabel("excess risk (test MSE)")
-        cx.set_title(f"(c) {t}: risk vs M per n (slope [95% CI])", fontsize=9)
-        cx.legend(fontsize=6.5, loc="lower left")
+        cx.set_title(f"(c) {t}: risk vs M per n; risk_slope_M {_outcome(ds, 'risk_slope_M', target=t) or '?'}",
+                     fontsize=9)
+        cx.set_ylim(top=top * 60)
+        cx.legend(fontsize=6, loc="upper right", ncol=2)
     fig.suptitle("Zero-mean RFA: excess risk vs (n, M) against the bound sqrt(B R²/n) + sqrt(B R²/M) "
-                 f"— {ds.sizes['rep']} replicates", fontsize=9)
+                 f"— {ds.sizes['rep']} replicates, mean ± se", fontsize=9)
     fig.tight_layout()
     return _save(fig, out, dpi)
 
@@ -168,7 +211,9 @@ def draw_families(ds, out, dpi=150):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_ylim(lo, 1.6)
-        ax.set_title(f"{t}" + ("" if bool(ds["resolved"].values[k]) else " (unresolved)"), fontsize=9)
+        tags = [f"{name}: {o}" for name in ("beats_mlp", "outside_class")
+                for o in [_outcome(ds, name, target=t)] if o]
+        ax.set_title(f"{t}" + (f"\n{'; '.join(tags)}" if tags else ""), fontsize=8)
         ax.set_xlabel("n", fontsize=8)
         if k % ncol == 0:
             ax.set_ylabel("relative test error", fontsize=8)
@@ -188,12 +233,17 @@ def draw_families(ds, out, dpi=150):
     for j, m in enumerate(models):
         bx.bar(x + (j - (len(models) - 1) / 2) * width, mean[:, -1, j], width, yerr=sem[:, -1, j], capsize=2,
                color=MODEL_COLORS.get(m, f"C{j}"), label=MODEL_LABELS.get(m, m))
-    for k in range(len(targets)):
-        r = float(ds["mlp_over_attention"].values[k, -1])
-        bx.text(k, 1.25, f"MLP/{ds['attention_model'].values[k]} = {r:.1f}x", ha="center", fontsize=7)
+    pred = dict(zip([str(v) for v in ds["exact_target"].values], ds["theory_n_ratio"].values)) \
+        if "exact_target" in ds.coords else {}
+    for k, t in enumerate(targets):
+        text = f"MLP/RFA = {float(ds['mlp_over_model'].sel(target=t, model='rfa')[-1]):.1f}x" \
+            if "rfa" in models else ""
+        if t in pred:
+            text += f"\nn ratio pred. ≥ {float(pred[t]):.3g}"
+        bx.text(k, 1.25, text, ha="center", va="bottom", fontsize=6.5)
     bx.set_yscale("log")
     bx.grid(axis="x", visible=False)
-    bx.set_ylim(lo, 2.0)
+    bx.set_ylim(lo, 4.0)
     bx.axhline(1.0, color="0.5", lw=0.8, ls=":")
     bx.set_xticks(x, targets)
     bx.set_ylabel("relative test error")
@@ -225,14 +275,16 @@ def draw_N(ds, out, dpi=150):
         for j, m in enumerate(models):
             ax.errorbar(Ns, ds["mean_rel_err"].values[k, :, j], yerr=ds["sem_rel_err"].values[k, :, j],
                         fmt="-", marker=MODEL_MARKERS.get(m, "o"), capsize=2, color=MODEL_COLORS.get(m, f"C{j}"),
-                        label=f"{MODEL_LABELS.get(m, m)}: spread {float(ds['spread_over_N'][k, j]):.3f}")
+                        label=f"{MODEL_LABELS.get(m, m)}: N^({float(ds['N_exponent'][k, j]):+.2f} ± "
+                              f"{float(ds['N_exponent_se'][k, j]):.2f}), table N^{float(ds['theory_N_exponent'][k, j]):g}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(Ns, [str(int(v)) for v in Ns])
         ax.set_ylim(0, max(1.15, float(ds["mean_rel_err"].max()) * 1.1))
         ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
         ax.set_xlabel("number of keys N")
         ax.set_ylabel("relative test error")
-        ax.set_title(f"{t}", fontsize=9)
+        ax.set_title(f"{t}: attention_N_free {_outcome(ds, 'attention_N_free', target=t) or '?'}; "
+                     f"mlp_degrades_in_N {_outcome(ds, 'mlp_degrades_in_N', target=t) or '?'}", fontsize=8)
         ax.legend(fontsize=7, loc="center right")
     fig.suptitle(f"Independence of N at n = {_param(ds, 'n_fixed')} (M = {_param(ds, 'M')} heads; "
                  f"{ds.sizes['rep']} replicates, mean ± se)", fontsize=9)
@@ -249,7 +301,10 @@ def draw_bias(ds, out, dpi=150):
     effect = {1: "theory: lowers", -1: "theory: raises", 0: "no prediction"}
     for k, t in enumerate(targets):
         eff = effect[int(ds["theory_bias_effect"].values[k])]
-        ax.errorbar(r, mean[k], yerr=sem[k], fmt="o-", capsize=2, color=f"C{k}", label=f"{t} ({eff})")
+        name = {1: "bias_lowers_risk", -1: "bias_raises_risk"}.get(int(ds["theory_bias_effect"].values[k]))
+        got = _outcome(ds, name, target=t) if name else ""
+        ax.errorbar(r, mean[k], yerr=sem[k], fmt="o-", capsize=2, color=f"C{k}",
+                    label=f"{t} ({eff}" + (f": {got}" if got else "") + ")")
     ax.set_yscale("log")
     ax.set_xlabel(r"bias ratio $r = \mu/\sqrt{d}$ (mean of the query-key matrix)")
     ax.set_ylabel("relative test error")
@@ -290,7 +345,7 @@ def draw(store, out=None, groups=None, dpi: int = 150) -> list[Path]:
     sns.set_theme(style="whitegrid", context="paper")
     for g in groups:
         ds = _open(store, g)
-        if not any(k.startswith("verdict_") for k in ds.data_vars):
+        if "claim_outcome" not in ds.data_vars:
             raise ValueError(f"{store}/{g} has no analysis yet (the sweep did not finish); rerun the study")
         suffix = prefix.suffix if prefix.suffix in (".png", ".pdf") else ".png"
         base = prefix.with_suffix("") if prefix.suffix in (".png", ".pdf") else prefix

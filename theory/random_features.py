@@ -71,6 +71,22 @@ on N and d only through this factor). :data:`COMPLEXITY_TABLE` is the spec's §4
 sample complexities (n needed for relative error eps ~ d^a N^b / eps^2, [DERIVED]) for attention
 (r = 0 and r ~ 1) and the RFMLP; :func:`predicted_sample_complexity` evaluates it.
 
+Predictions for a run's configuration (used by the study's claims)
+------------------------------------------------------------------
+* class membership: an eigenvalue ``mu_{s,t}`` that vanishes by structure
+  (:func:`rfa_eigenvalue_vanishes`; e.g. without the constant coordinate ReLU features are odd in
+  (x0, X), linear attention has degree <= 1 in the query and <= 2 in the key) puts the target
+  outside the class, orthogonal to every feature (:func:`outside_class_exactly`, also the
+  key-key control): any fit has relative error >= 1; :func:`in_attention_class`;
+* the bound's scale ``B R^2`` (:func:`bound_complexity`, free of ``w_var`` and of the key
+  normalisation), the trivial risk ``Var f*`` (:func:`target_variance`), the bound's log-log
+  slopes over a grid (:func:`bound_loglog_slope`, B and R^2 cancel) and the predicted
+  sample-complexity ratio RFMLP / RFA ``B_mlp R_mlp^2 / (B_rfa R_rfa^2)``
+  (:func:`sample_complexity_ratio`);
+* N-exponents of the error at fixed n from the table (:func:`N_exponent`: eps ~ N^(b/2)), and the
+  sign of the bias effect per target family (:func:`bias_effect`) with the conventions its
+  argument covers (:func:`bias_theory_covers`).
+
 Everything here is a deterministic function of its parameters (numpy/scipy only).
 """
 from __future__ import annotations
@@ -111,6 +127,19 @@ __all__ = [
     "complexity_exponents",
     "predicted_sample_complexity",
     "is_learnable",
+    "ZERO_EIGEN_RTOL",
+    "bidegree",
+    "rfa_eigenvalue_vanishes",
+    "target_variance",
+    "mlp_feature_radius_sq",
+    "bound_complexity",
+    "sample_complexity_ratio",
+    "in_attention_class",
+    "outside_class_exactly",
+    "N_exponent",
+    "bias_effect",
+    "bias_theory_covers",
+    "bound_loglog_slope",
 ]
 
 ACTIVATIONS = ("relu", "identity")  # closed forms exist for these ("softmax" is sim-only)
@@ -456,20 +485,54 @@ def mlp_harmonic_eigenvalue(s: int, t: int, d: int, N: int, *, augment: bool = T
     return float(np.sum(c * total))
 
 
+ZERO_EIGEN_RTOL = 1e-10  # an eigenvalue below this fraction of k(1, 1) vanishes by structure (parity, degree)
+
+_BIDEGREE = {"keys": lambda p: (0, p), "query": lambda p: (p, 0), "pair": lambda p: (p, p),
+             "bilin": lambda p: (p, p)}
+
+
+def bidegree(family: str, p: int) -> tuple[int, int]:
+    """(query degree, key degree) of the Gegenbauer-pure pairwise term of a target family:
+    keys (0, p), query (p, 0), pair and bilin (p, p) (a rotation S of the key keeps its degree)."""
+    if family not in _BIDEGREE:
+        raise ValueError(f"exact complexities exist for keys/query/pair/bilin targets, not {family!r}")
+    return _BIDEGREE[family](p)
+
+
+def _zero_mean_conv(conv: dict) -> dict:
+    return {k: v for k, v in conv.items() if k in ("augment", "w_var", "activation", "value", "nodes")}
+
+
+def rfa_eigenvalue_vanishes(s: int, t: int, d: int, **conv) -> bool:
+    """Whether mu_{s,t} is zero by structure: below ``ZERO_EIGEN_RTOL`` times the kernel's
+    diagonal k(1, 1) (quadrature leaves ~1e-18 where parity or polynomial degree forces a zero:
+    without the constant coordinate ReLU features are odd, so every even bidegree vanishes;
+    linear attention has degree <= 1 in the query and <= 2 in the key)."""
+    c = _zero_mean_conv(conv)
+    c.pop("nodes", None)
+    scale = abs(float(rfa_pair_kernel_ab(1.0, 1.0, **c)))
+    return abs(rfa_harmonic_eigenvalue(s, t, d, **_zero_mean_conv(conv))) <= ZERO_EIGEN_RTOL * scale
+
+
 def target_complexity(family: str, p: int, d: int, N: int = 1, *, model: str = "rfa",
                       **conv) -> float:
     """Squared RKHS norm B of the unit-variance pure-degree Gegenbauer target of ``family``
-    (keys, query, pair) under the infinite-width kernel of ``model``:
+    (keys, query, pair, bilin) under the infinite-width kernel of ``model``:
 
     * ``"rfa"`` (zero mean): B(f*) = |F|_k^2 of the pairwise function (N-free, spec §3.2);
+      ``inf`` when the eigenvalue vanishes by structure (the target is outside the class);
     * ``"rfmlp"``: |f*|^2 of f* = (1/N) sum_i F under the flattened-input ReLU kernel
-      (``1/(N nu)`` for keys/pair; ``1/nu`` for the query-only target).
+      (``1/(N nu)`` for keys/pair/bilin; ``1/nu`` for the query-only target).
+
+    Both kernels are invariant under separate rotations of the query and of the keys (RFA) or
+    under joint rotations of the flattened input (RFMLP), so bilin (x0^T S x, S orthogonal) has
+    the complexity of pair.
     """
-    if family not in ("keys", "query", "pair"):
-        raise ValueError(f"exact complexities exist for keys/query/pair targets, not {family!r}")
-    s, t = {"keys": (0, p), "query": (p, 0), "pair": (p, p)}[family]
+    s, t = bidegree(family, p)
     if model == "rfa":
-        return 1.0 / rfa_harmonic_eigenvalue(s, t, d, **conv)
+        if rfa_eigenvalue_vanishes(s, t, d, **conv):
+            return math.inf
+        return 1.0 / rfa_harmonic_eigenvalue(s, t, d, **_zero_mean_conv(conv))
     if model == "rfmlp":
         nu = mlp_harmonic_eigenvalue(s, t, d, N, augment=conv.get("augment", True))
         return 1.0 / (nu if family == "query" else N * nu)
@@ -544,3 +607,144 @@ def predicted_sample_complexity(family: str, model: str, p: int, d: int, N: int,
         raise ValueError(f"no sample-complexity prediction for {family} targets with {model}")
     a, b = e
     return constant * float(d) ** a * float(N) ** b / eps**2
+
+
+# --------------------------------------------------------------------------- predictions for a run
+
+def target_variance(family: str, p: int, N: int) -> float | None:
+    """Var f* of a Gegenbauer target (spec §7.1 menu): the mean over N keys of uncorrelated
+    unit-variance terms has variance 1/N (keys, pair, bilin with p >= 1); query-only and the
+    key-key control are unit-variance. None where there is no closed form (attn)."""
+    if family in ("keys", "pair", "bilin"):
+        return 1.0 / N
+    if family in ("query", "keykey"):
+        return 1.0
+    return None
+
+
+def mlp_feature_radius_sq() -> float:
+    """R^2 = E K(z, z) of the RFMLP with unit-variance pre-activations: kappa1(1) = 1/2."""
+    return float(kappa1(1.0))
+
+
+def bound_complexity(family: str, p: int, d: int, N: int, *, model: str = "rfa", **conv) -> float:
+    """B(f*) R^2, the scale of the excess-risk bound (spec §4.2: n, M >~ B R^2 / eps^2) for the
+    Gegenbauer target of ``family``: f* = (1/N) sum_i F, F unit-variance. RFA: |F|_k^2 times
+    ``feature_radius_sq(N, d)`` (mean over keys); RFMLP: its |f*|^2 times 1/2. The product does
+    not depend on ``w_var`` or on the key normalisation (both rescale B and R^2 inversely);
+    ``inf`` outside the class."""
+    B = target_complexity(family, p, d, N, model=model, **conv)
+    if not math.isfinite(B):
+        return math.inf
+    if model == "rfmlp":
+        return B * mlp_feature_radius_sq()
+    return B * feature_radius_sq(N, d, key_norm="mean", **_zero_mean_conv(conv))
+
+
+def sample_complexity_ratio(family: str, p: int, d: int, N: int, **conv) -> float:
+    """Predicted sample-complexity ratio RFMLP / RFA for the same target: by the bound, each
+    model needs n ~ B R^2 / eps^2 samples to reach excess risk eps, so the RFMLP needs
+    ``B_mlp R_mlp^2 / (B_rfa R_rfa^2)`` times as many (spec §4.3: ~ N^deg); inf outside RFA's class."""
+    return bound_complexity(family, p, d, N, model="rfmlp", **conv) / bound_complexity(
+        family, p, d, N, model="rfa", **conv)
+
+
+def in_attention_class(family: str, p: int, d: int, **conv) -> bool | None:
+    """Whether a target lies in the zero-mean attention layer's function class (spec §3.2):
+    never the key-key control (a layer with query-key scores sees (query, key) pairs only);
+    Gegenbauer keys/query/pair/bilin targets iff their bidegree eigenvalue does not vanish
+    (:func:`rfa_eigenvalue_vanishes`); the attention-like target for ReLU with the constant
+    coordinate (spec §4.3); None where the theory does not say (softmax, attn otherwise)."""
+    if family == "keykey":
+        return False
+    if conv.get("activation", "relu") not in ACTIVATIONS:
+        return None
+    if family in _BIDEGREE:
+        s, t = bidegree(family, p)
+        return not rfa_eigenvalue_vanishes(s, t, d, **conv)
+    if family == "attn" and conv.get("activation", "relu") == "relu" and conv.get("augment", True):
+        return True
+    return None
+
+
+def outside_class_exactly(family: str, p: int, d: int, **conv) -> bool:
+    """True when every zero-mean attention feature is orthogonal (in L2 of the input law) to
+    the target, so that any fit has relative error >= 1: the key-key control (each feature is a
+    mean of pairwise functions, and E[f* | x0, x_i] = 0), and Gegenbauer targets whose
+    eigenvalue vanishes by structure (mu = E_W |projection of phi_W|^2 = 0 forces every
+    projection to vanish). Needs ``poly="gegenbauer"`` for the polynomial families."""
+    if family == "keykey":
+        return True
+    if family in _BIDEGREE and conv.get("activation", "relu") in ACTIVATIONS:
+        s, t = bidegree(family, p)
+        return rfa_eigenvalue_vanishes(s, t, d, **conv)
+    return False
+
+
+def N_exponent(family: str, model: str, p: int) -> float | None:
+    """Exponent e of the relative error at fixed n as a function of N, err ~ N^e, read from
+    the complexity table (n ~ d^a N^b / eps^2 gives eps ~ N^(b/2)); None where the table has
+    no entry or the target is not learnable."""
+    e = complexity_exponents(family, model, p)
+    if e is None or e == "?":
+        return None
+    return e[1] / 2.0
+
+
+_BIAS = {
+    "pair": ("lowers", "spec §3.4/§4.3: a mean mu <x0, x_i> in the score synthesises any profile of <x0, x_i> "
+                       "at a d-free cost (d^{2p} -> O_p(1))"),
+    "attn": ("lowers", "spec §3.4/§4.3: the profile relu(u_i) is synthesised at a d-free cost, leaving the "
+                       "linear value factor (d^{2p+1} -> d)"),
+    "keys": ("raises", "spec §3.4: the mean concentrates the features on the <x0, x_i> direction, which a "
+                       "keys-only target does not depend on"),
+    "query": ("raises", "spec §3.4: the mean concentrates the features on the <x0, x_i> direction, which a "
+                        "query-only target does not depend on"),
+}
+
+
+def bias_effect(family: str) -> tuple[str | None, str]:
+    """(effect, source) of a non-zero-mean query-key matrix (BRFA, r ~ 1) on a target family's
+    risk: "lowers", "raises" or None (no prediction: bilin, whose form is not aligned with the
+    mean unless W-bar ~ S, and the key-key control, outside both classes)."""
+    if family in _BIAS:
+        return _BIAS[family]
+    return None, "spec §4.3 gives no direction for this family (bilin: ~ RFA unless W-bar ~ S; keykey: not learnable)"
+
+
+def bias_theory_covers(*, activation: str = "relu", augment: bool = True, mean_shape: str = "diag",
+                       value: str = "augmented") -> tuple[bool, str]:
+    """Whether the bias argument of spec §3.4 applies to these conventions, and why not: it
+    needs ReLU scores, the constant coordinate (the bias entry G_{d+1,d+1} and the value
+    e_{d+1} synthesise the profile), a mean W-bar = diag(I_d, 0) (I_{d+1} also shifts every
+    score by mu) and values on [x; 1]."""
+    if activation != "relu":
+        return False, f"the bias argument (spec §3.4) is for ReLU scores, not {activation}"
+    if not augment:
+        return False, "the bias argument (spec §3.4) uses the constant coordinate; this run has none"
+    if mean_shape != "diag":
+        return False, "the bias argument (spec §3.4) is for W-bar = diag(I_d, 0); I_{d+1} also shifts every score"
+    if value != "augmented":
+        return False, "the bias argument (spec §3.4) uses the value's constant coordinate; values act on x here"
+    return True, ""
+
+
+def bound_loglog_slope(n, M, *, over: str = "n") -> np.ndarray:
+    """Least-squares log-log slope of the bound's shape n^-1/2 + M^-1/2 (B and R^2 cancel)
+    over the ``n`` grid at each M (``over="n"``: shape (len(M),)) or over the ``M`` grid at
+    each n (``over="M"``: shape (len(n),))."""
+    n = np.atleast_1d(np.asarray(n, float))
+    M = np.atleast_1d(np.asarray(M, float))
+    shape = np.log(n[:, None] ** -0.5 + M[None, :] ** -0.5)
+    if over == "n":
+        x = np.log(n)
+        y = shape
+    elif over == "M":
+        x = np.log(M)
+        y = shape.T
+    else:
+        raise ValueError("over must be 'n' or 'M'")
+    if x.size < 2:
+        raise ValueError("a slope needs at least 2 grid points")
+    xc = x - x.mean()
+    return (xc @ (y - y.mean(axis=0))) / (xc @ xc)

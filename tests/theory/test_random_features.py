@@ -213,3 +213,97 @@ def test_complexity_table():
     assert rf.predicted_sample_complexity("keys", "rfa", 2, 8, 4, eps=0.5) == pytest.approx(64 / 0.25)
     with pytest.raises(ValueError):
         rf.predicted_sample_complexity("keys", "brfa", 2, 8, 8)
+
+
+# ---------------------------------------------------------------- predictions for a run's configuration
+
+def test_vanishing_eigenvalues_follow_parity_and_degree():
+    d = 6
+    # ReLU with the constant coordinate: every bidegree is in the class
+    assert not any(rf.rfa_eigenvalue_vanishes(s, t, d) for s in range(4) for t in range(4))
+    # no constant coordinate: k = kappa1(ab) b, whose only odd power of the correlation is the first:
+    # terms a^j b^(j+1) with j in {0, 1, 2, 4, 6, ...} -- so even total degrees vanish (features are
+    # odd in (x0, X)), and so does every odd query degree above 1 (query degree 1 comes with b^2 only)
+    for s in range(5):
+        for t in range(5):
+            alive = (s == 1 and t in (0, 2)) or (s % 2 == 0 and t % 2 == 1)
+            assert rf.rfa_eigenvalue_vanishes(s, t, d, augment=False) == (not alive), (s, t)
+    # linear attention: degree <= 1 in the query, <= 2 in the key
+    for s in range(4):
+        for t in range(4):
+            assert rf.rfa_eigenvalue_vanishes(s, t, d, activation="identity") == (s > 1 or t > 2)
+
+
+def test_target_complexity_outside_the_class_is_infinite_and_bilin_is_pair():
+    d, N = 6, 3
+    assert rf.target_complexity("keys", 2, d, N, augment=False) == math.inf
+    assert rf.target_complexity("keys", 3, d, N, activation="identity") == math.inf
+    assert rf.target_complexity("bilin", 2, d, N) == pytest.approx(rf.target_complexity("pair", 2, d, N))
+    assert rf.target_complexity("bilin", 1, d, N, model="rfmlp") == pytest.approx(
+        rf.target_complexity("pair", 1, d, N, model="rfmlp"))
+    assert rf.bidegree("query", 3) == (3, 0) and rf.bidegree("keys", 2) == (0, 2)
+
+
+def test_target_variance_matches_monte_carlo():
+    rng = np.random.default_rng(4)
+    d, N, n = 5, 3, 40000
+    beta = _sphere_rows(rng, (), d)
+    X = _sphere_rows(rng, (n, N), d)
+    x0 = _sphere_rows(rng, (n,), d)
+    keys = rf.gegenbauer(2, d, X @ beta).mean(axis=1)
+    pair = rf.gegenbauer(1, d, np.einsum("nkd,nd->nk", X, x0)).mean(axis=1)
+    for f, fam in ((keys, "keys"), (pair, "pair")):
+        v = rf.target_variance(fam, 2, N)
+        assert abs(f.var() - v) <= 5 * v * math.sqrt(2 / n) * 3  # kurtosis-safe band
+    assert rf.target_variance("query", 2, N) == 1.0 and rf.target_variance("attn", 1, N) is None
+
+
+def test_bound_complexity_is_convention_free_and_gives_the_ratio():
+    d, N = 8, 8
+    base = rf.bound_complexity("keys", 2, d, N)
+    assert rf.bound_complexity("keys", 2, d, N, w_var=0.7) == pytest.approx(base, rel=1e-9)
+    assert base == pytest.approx(rf.target_complexity("keys", 2, d, N) * rf.feature_radius_sq(N, d))
+    mlp = rf.bound_complexity("keys", 2, d, N, model="rfmlp")
+    assert mlp == pytest.approx(rf.target_complexity("keys", 2, d, N, model="rfmlp") * 0.5)
+    assert rf.sample_complexity_ratio("keys", 2, d, N) == pytest.approx(mlp / base)
+    # the advantage grows with the degree (spec §4.3: ~ N^deg) and with N
+    r = [rf.sample_complexity_ratio("keys", p, d, N) for p in (1, 2, 3)]
+    assert r[0] < r[1] < r[2]
+    assert rf.sample_complexity_ratio("pair", 1, d, 32) > rf.sample_complexity_ratio("pair", 1, d, 2)
+    assert rf.sample_complexity_ratio("keys", 2, d, N, augment=False) == 0.0  # outside RFA's class: inf B_rfa
+
+
+def test_class_membership_and_exact_orthogonality():
+    d = 6
+    assert rf.in_attention_class("keykey", 2, d) is False and rf.outside_class_exactly("keykey", 2, d)
+    assert rf.in_attention_class("keys", 2, d) is True and not rf.outside_class_exactly("keys", 2, d)
+    assert rf.in_attention_class("keys", 2, d, augment=False) is False
+    assert rf.outside_class_exactly("pair", 1, d, augment=False)
+    assert rf.in_attention_class("attn", 1, d) is True
+    assert rf.in_attention_class("attn", 1, d, activation="identity") is None
+    assert rf.in_attention_class("keys", 2, d, activation="softmax") is None
+    assert not rf.outside_class_exactly("keys", 2, d, activation="softmax")
+
+
+def test_N_exponents_bias_effects_and_coverage():
+    assert rf.N_exponent("keys", "rfa", 2) == 0.0 and rf.N_exponent("keys", "rfmlp", 2) == 1.0
+    assert rf.N_exponent("pair", "rfmlp", 1) == 1.0 and rf.N_exponent("attn", "rfmlp", 1) == 1.5
+    assert rf.N_exponent("keykey", "rfa", 2) is None and rf.N_exponent("keys", "brfa", 2) is None
+    assert rf.bias_effect("pair")[0] == "lowers" and rf.bias_effect("attn")[0] == "lowers"
+    assert rf.bias_effect("keys")[0] == "raises" and rf.bias_effect("bilin")[0] is None
+    assert rf.bias_theory_covers()[0]
+    for kw in (dict(activation="identity"), dict(augment=False), dict(mean_shape="identity"), dict(value="x")):
+        ok, why = rf.bias_theory_covers(**kw)
+        assert not ok and why
+
+
+def test_bound_loglog_slope():
+    n = np.array([256, 512, 1024, 2048])
+    M = np.array([16, 1e12])
+    s = rf.bound_loglog_slope(n, M, over="n")
+    ref = np.polyfit(np.log(n), np.log(n**-0.5 + 16**-0.5), 1)[0]
+    assert s[0] == pytest.approx(ref) and s[1] == pytest.approx(-0.5, abs=1e-4)
+    t = rf.bound_loglog_slope(np.array([1e12]), np.array([8, 16, 32]), over="M")
+    assert t[0] == pytest.approx(-0.5, abs=1e-4)
+    with pytest.raises(ValueError):
+        rf.bound_loglog_slope(n[:1], M, over="n")

@@ -1,0 +1,337 @@
+"""Random-feature attention study: ``python -m studies.random_features [--sweeps ...]``.
+
+Measures what a single random-feature attention layer learns (Fu, Guo, Bai, Mei, *What can a
+single attention layer learn? A study through the random features lens*, NeurIPS 2023; spec
+``shared/specs/random_features.md``, reconstructed conventions recorded as parameters) and sets
+it against the theory of :mod:`theory.random_features` computed for the run's own d, N, M,
+grids, targets and conventions.
+
+Model (spec §2): a query x0 and N keys on S^{d-1} (``x0: (n, d)``, ``X: (n, N, d)``), M heads
+with frozen query-key matrices ``W_m = mu Wbar + G_m`` (``G`` i.i.d. N(0, s^2), unit-variance
+scores by default; bias ratio r = mu/sqrt(d) over the score's sd; r = 0 is RFA, r > 0 BRFA)
+and trained values: ``f(x0, X) = sum_m (1/N) sum_i sigma(x~0^T W_m x~_i) <v_m, x~_i>``,
+x~ = [x; 1]. Baseline: an RF-MLP on the flattened input with the same number M (d+1) of
+trained parameters. Fits: ridge on mean-centred features, lambda on validation; excess risk =
+test MSE against the noiseless target; relative error = excess risk / Var(target).
+
+Five sub-sweeps, each a resumable group of one Zarr store (default
+``results/random_features.zarr``; the root's identity is the study and the seed, and it lists
+its groups), run by :func:`studies.cli.run_study` with one shared executor:
+
+* ``kernel``   -- M-head empirical kernel vs the closed-form infinite-head kernel (rfa, brfa,
+  RFMLP) on fixed input pairs; ``K_emp(pair, kmodel, M, rep)``, ``K_head_sd``;
+* ``rate``     -- zero-mean RFA over training sizes n and heads M;
+  ``rel_err/test_mse(target, n, M, rep)``;
+* ``families`` -- RFA, BRFA and the RF-MLP on the target families vs n;
+  ``rel_err(target, n, model, rep)``;
+* ``N``        -- RFA and the RF-MLP at fixed n for several numbers of keys;
+  ``rel_err(target, N, model, rep)``;
+* ``bias``     -- BRFA over bias ratios r (r = 0 is RFA) at fixed n; ``rel_err(target, r, rep)``.
+
+Claims (:mod:`studies.claims`, ids ``random_features.<name>``; z from ``z_family`` over each
+claim's tests; "not tested" with the reason where the theory or the grid does not reach):
+
+=========================  ===================================================================
+``kernel_clt``             per kmodel: every z-score of K_emp against the closed form within the
+                           Bonferroni normal band (t with M-1 dof mapped to normal)
+``kernel_rate``            per kmodel: slope of the relative kernel error vs M = -1/2 ± z SE
+``permutation_invariance`` per attention kmodel: K(X, perm X) = K(X, X) (declared float64 allowance)
+``below_bound``            per rate target: excess risk <= sqrt(B R^2/n) + sqrt(B R^2/M) (B, R^2 of
+                           this target, N, d, conventions; constants 1) where the bound < Var f*;
+                           "not tested" where it is vacuous (at the default grid it is)
+``risk_slope_n``           per rate target: at M_max, over n <= P (trained parameters), the risk's
+                           log-log slope <= the bound's slope over the same n + z SE
+``risk_slope_M``           per rate target: at n_max, over P <= n_max, slope in M <= the bound's + z SE
+``beats_mlp``              per families target with a closed-form B: the measured n_mlp/n_rfa at the
+                           RF-MLP's final error >= B_mlp R_mlp^2/(B_rfa R_rfa^2) (jackknife SE; a
+                           censored lower bound holds when it already exceeds the prediction)
+``outside_class``          per target orthogonal to every attention feature (key-key control; a
+                           Gegenbauer target whose eigenvalue vanishes, e.g. keys2 --no-augment):
+                           rel. error >= 1 - z SE at every n
+``attention_N_free``       per N target: RFA's err(N) follows its table exponent (N^0) rather than
+                           the RF-MLP's (N^(b/2)): Delta chi^2 of the two fixed-exponent forms >= z^2
+``mlp_degrades_in_N``      per N target where B_mlp(N) grows: log err(N_max) - log err(N_min) > 0
+``bias_lowers_risk``,      per bias target with a predicted sign (theory.random_features.bias_effect):
+``bias_raises_risk``       paired log err(r ~ 1) - log err(0) < 0 (pair, attn) or > 0 (keys, query);
+                           "not tested" for conventions the argument of spec §3.4 does not cover
+=========================  ===================================================================
+
+Data (inputs, beta, S) depend on (root seed, replicate) only, so models, M and r at one
+replicate see the same data (paired comparisons); the random heads come from the cell seed.
+Each group holds the raw per-replicate measurements, means and standard errors, fitted slopes
+with SEs, ``theory_*`` predictions and its claims (``claim_*`` over the ``claim`` dimension).
+
+The package: :mod:`.cells` (parameters, seeded cells, the five sweeps), :mod:`.analysis`
+(analyses, claims, tables); this module holds the command line and ``main``.
+
+``--device gpu`` runs every cell on the GPU: inputs, targets and heads are drawn by CuPy's Philox
+stream (so the numbers differ from a CPU run, statistically equal), attention features come from
+the numba-cuda kernel of :mod:`gpu.random_features`, RFMLP features and Gram products from cuBLAS,
+and the ridge path's eigendecompositions from ``cupy.linalg.eigh``; only the per-cell summaries
+return to the host. It defaults to one in-process worker (the device's owner). Without a usable
+GPU it is a one-line usage error (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+
+import numpy as np
+
+from gpu import gpu_available
+from sim import random_features as rs
+from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
+                         parse_range, positive_int, run_main, run_study, validate_run_options)
+from studies.random_features.analysis import (CLAIMS, analyze, analyze_bias, analyze_families, analyze_kernel,
+                                              analyze_N, analyze_rate, summary)
+from studies.random_features.cells import (DATA_KEY, DEFAULTS, KERNEL_KEY, KERNEL_MODELS, MODELS,  # noqa: F401
+                                           N_MODELS, QUICK, STUDY, SWEEPS, TARGETS, _common_params, _config,
+                                           kernel_inputs, make_sweeps)
+from theory import random_features as rft
+
+__all__ = ["STUDY", "SWEEPS", "DEFAULTS", "QUICK", "TARGETS", "MODELS", "KERNEL_MODELS", "N_MODELS", "DATA_KEY",
+           "KERNEL_KEY", "CLAIMS", "build_parser", "make_sweeps", "kernel_inputs", "analyze", "analyze_kernel",
+           "analyze_rate", "analyze_families", "analyze_N", "analyze_bias", "summary", "main"]
+
+EXAMPLES = """\
+examples:
+  python -m studies.random_features                      # all five sub-sweeps (about 1-2 minutes)
+  python -m studies.random_features --sweeps families,bias --plot
+  python -m studies.random_features --sweeps rate --M-grid 16..128:16 --n 2^8..2^13 --reps 5
+  python -m studies.random_features --sweeps N --N-grid 2,4,8,16,32 --n-fixed 4096
+  python -m studies.random_features --quick --out /tmp/rf.zarr
+  python -m studies.random_features --poly hermite --activation softmax --sweeps families
+  python -m studies.random_features --device gpu --M 512 --n 2^10..2^14   # CuPy + numba-cuda kernels
+  python -m paper_figs.random_features results/random_features.zarr
+
+targets: keys<p> = mean_i P_p(<beta,x_i>), query<p> = P_p(<beta,x_0>), pair<p> = mean_i P_p(<x_0,x_i>),
+  bilin<p> = mean_i P_p(<x_0,S x_i>), attn = mean_i relu(u_i) b_i, keykey = key-key control
+"""
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _list_of(allowed, what):
+    def parse(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty {what} list")
+        bad = [t for t in items if t not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed)}")
+        return tuple(dict.fromkeys(items))
+    return parse
+
+
+def _targets(text):
+    items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not items:
+        raise argparse.ArgumentTypeError("empty target list")
+    for t in items:
+        try:
+            rs.parse_target(t)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return items
+
+
+def _float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return v
+
+
+def _w_var(text):
+    return None if text == "auto" else _float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = StudyParser(
+        prog="python -m studies.random_features",
+        description="Random-feature attention (RFA/BRFA) vs a random-feature MLP: infinite-head "
+                    "kernel, risk vs (n, M) against the excess-risk bound, target families, "
+                    "N-independence and the non-zero-mean (bias) effect.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--sweeps", type=_list_of(SWEEPS, "sweep"), default=SWEEPS, metavar="LIST",
+                   help=f"sub-sweeps to run, comma list of {', '.join(SWEEPS)} (default all)")
+    g.add_argument("--reps", type=positive_int, default=None,
+                   help=f"replicates (data and heads redrawn) per cell (default {DEFAULTS['reps']}; "
+                        f"--quick {QUICK['reps']})")
+    s = p.add_argument_group("sizes")
+    s.add_argument("--d", type=positive_int, default=None,
+                   help=f"token dimension (default {DEFAULTS['d']}; --quick {QUICK['d']})")
+    s.add_argument("--N", type=positive_int, default=None,
+                   help=f"keys per sample in kernel/rate/families/bias (default {DEFAULTS['N']}; --quick {QUICK['N']})")
+    s.add_argument("--M", type=positive_int, default=None,
+                   help=f"heads in families/N/bias; the RFMLP gets M*(d+1) features "
+                        f"(default {DEFAULTS['M']}; --quick {QUICK['M']})")
+    s.add_argument("--M-grid", dest="M_grid", type=lambda t: parse_range(t, int), default=None, metavar="RANGE",
+                   help=f"heads of the rate sweep: 16..128:16, 16,32,64 (default {DEFAULTS['M_grid']})")
+    s.add_argument("--n", type=parse_n_grid, default=None, metavar="GRID",
+                   help=f"training sizes of rate/families, nested prefixes of one draw: 2^8..2^12, "
+                        f"256,1024,4096 (default {DEFAULTS['n']}; --quick {QUICK['n']})")
+    s.add_argument("--n-fixed", dest="n_fixed", type=positive_int, default=None,
+                   help=f"training size of the N and bias sweeps (default {DEFAULTS['n_fixed']})")
+    s.add_argument("--n-val", dest="n_val", type=positive_int, default=None,
+                   help=f"validation samples for choosing lambda (default {DEFAULTS['n_val']})")
+    s.add_argument("--n-test", dest="n_test", type=positive_int, default=None,
+                   help=f"fresh test samples (default {DEFAULTS['n_test']})")
+    s.add_argument("--N-grid", dest="N_grid", type=lambda t: parse_range(t, int), default=None, metavar="RANGE",
+                   help=f"numbers of keys of the N sweep (default {DEFAULTS['N_grid']})")
+    s.add_argument("--r-grid", dest="r_grid", type=lambda t: parse_range(t, float), default=None, metavar="RANGE",
+                   help=f"bias ratios r = mu/sqrt(d) of the bias sweep, must include 0 "
+                        f"(default {DEFAULTS['r_grid']})")
+    s.add_argument("--kernel-M", dest="kernel_M", type=parse_n_grid, default=None, metavar="GRID",
+                   help=f"heads of the kernel check (default {DEFAULTS['kernel_M']})")
+    s.add_argument("--kernel-reps", dest="kernel_reps", type=positive_int, default=None,
+                   help=f"independent head draws per M in the kernel check (default {DEFAULTS['kernel_reps']})")
+    s.add_argument("--kernel-pairs", dest="kernel_pairs", type=positive_int, default=None,
+                   help=f"input pairs (X, X') of the kernel check, >= 4 (default {DEFAULTS['kernel_pairs']})")
+    t = p.add_argument_group("targets and fit")
+    t.add_argument("--targets", type=_targets, default=None, metavar="LIST",
+                   help=f"targets of the families sweep (default {TARGETS['families']})")
+    t.add_argument("--rate-targets", dest="rate_targets", type=_targets, default=None, metavar="LIST",
+                   help=f"targets of the rate sweep (default {TARGETS['rate']})")
+    t.add_argument("--N-targets", dest="N_targets", type=_targets, default=None, metavar="LIST",
+                   help=f"targets of the N sweep (default {TARGETS['N']})")
+    t.add_argument("--bias-targets", dest="bias_targets", type=_targets, default=None, metavar="LIST",
+                   help=f"targets of the bias sweep (default {TARGETS['bias']})")
+    t.add_argument("--models", type=_list_of(MODELS, "model"), default=MODELS, metavar="LIST",
+                   help="models of the families sweep: rfa (zero-mean), brfa (biased), rfmlp (default all)")
+    t.add_argument("--poly", choices=rs.POLYS, default="gegenbauer",
+                   help="per-term polynomial: gegenbauer (pure degree on the sphere, default) or hermite")
+    t.add_argument("--noise", type=_float, default=0.0,
+                   help="label noise on train/validation labels, in units of sd(target) (default 0)")
+    t.add_argument("--lambda-min", dest="lambda_min", type=_float, default=1e-7, help="smallest ridge lambda (default 1e-7)")
+    t.add_argument("--lambda-max", dest="lambda_max", type=_float, default=1.0, help="largest ridge lambda (default 1)")
+    t.add_argument("--lambda-count", dest="lambda_count", type=positive_int, default=15,
+                   help="lambdas, log-spaced (default 15); penalty n*lambda*|v|^2")
+    c = p.add_argument_group("conventions (spec §2.6; all recorded in the dataset)")
+    c.add_argument("--activation", choices=rs.ACTIVATIONS, default="relu",
+                   help="score activation: relu (default, 1/N over keys), identity, softmax over keys")
+    c.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="do not append the constant coordinate 1 to query and keys")
+    c.add_argument("--w-var", dest="w_var", type=_w_var, default=None, metavar="VAR",
+                   help="entry variance of the query-key matrices (default auto: unit-variance scores, 1/4)")
+    c.add_argument("--mean-shape", dest="mean_shape", choices=rft.MEAN_SHAPES, default="diag",
+                   help="shape of the non-zero mean: diag = diag(I_d, 0) (default) or identity = I_{d+1}")
+    c.add_argument("--r-bias", dest="r_bias", type=_float, default=1.0,
+                   help="bias ratio r = mu/sqrt(d) of BRFA in the kernel and families sweeps (default 1)")
+    c.add_argument("--value", choices=rft.VALUES, default="augmented",
+                   help="value vectors act on [x; 1] (augmented, default) or on x")
+    c.add_argument("--key-norm", dest="key_norm", choices=rft.KEY_NORMS, default="mean",
+                   help="normalisation over keys: mean (1/N, default) or sum")
+    add_common_arguments(p, STUDY)
+    # this study's full run defaults to two worker processes with single-threaded BLAS each: its
+    # cost is dominated by symmetric eigendecompositions, which scale poorly over BLAS threads
+    # and slow down many-fold when threads compete for busy cores
+    p.set_defaults(workers=None)
+    for action in p._actions:
+        if action.dest == "workers":
+            action.help = ("worker processes, each with single-threaded BLAS (default 2; --quick or "
+                           "--device gpu: 1, in-process)")
+    return p
+
+
+
+def _validate(args):
+    parse = {"M_grid": lambda t: parse_range(t, int), "n": parse_n_grid, "N_grid": lambda t: parse_range(t, int),
+             "r_grid": lambda t: parse_range(t, float), "kernel_M": parse_n_grid, "targets": _targets,
+             "rate_targets": _targets, "N_targets": _targets, "bias_targets": _targets}
+    targets = {"targets": TARGETS["families"], "rate_targets": TARGETS["rate"], "N_targets": TARGETS["N"],
+               "bias_targets": TARGETS["bias"]}
+    apply_defaults(args, {**DEFAULTS, **targets}, QUICK, parse)
+    sw = set(args.sweeps)
+    if args.d < 2:
+        raise UsageError("--d must be at least 2")
+    if args.reps < 2:
+        raise UsageError("--reps: standard errors need at least 2 replicates")
+    if args.n_val < 16 or args.n_test < 16:
+        raise UsageError("--n-val and --n-test must be at least 16")
+    if not (0 < args.lambda_min <= args.lambda_max):
+        raise UsageError("--lambda-min must be positive and at most --lambda-max")
+    if args.noise < 0:
+        raise UsageError("--noise must be >= 0")
+    if args.w_var is not None and args.w_var <= 0:
+        raise UsageError("--w-var must be positive (or auto)")
+    if args.r_bias <= 0 and ({"kernel", "families"} & sw):
+        raise UsageError("--r-bias must be positive (r = 0 is the zero-mean rfa model)")
+    if "kernel" in sw:
+        if args.activation == "softmax":
+            raise UsageError("--activation softmax has no closed-form kernel: drop 'kernel' from --sweeps")
+        if len(args.kernel_M) < 2 or min(args.kernel_M) < 16:
+            raise UsageError("--kernel-M: the kernel check needs at least 2 head counts, each >= 16")
+        if args.kernel_reps < 2:
+            raise UsageError("--kernel-reps must be at least 2")
+        if args.kernel_pairs < 4:
+            raise UsageError("--kernel-pairs must be at least 4")
+    if {"rate", "families"} & sw and len(args.n) < 2:
+        raise UsageError("--n: risk-vs-n curves need at least 2 training sizes")
+    if "rate" in sw:
+        if len(args.M_grid) < 2 or min(args.M_grid) < 1:
+            raise UsageError("--M-grid: the rate sweep needs at least 2 positive head counts")
+    if "families" in sw:
+        if "rfmlp" not in args.models or not ({"rfa", "brfa"} & set(args.models)):
+            raise UsageError("--models must include rfmlp and at least one of rfa, brfa")
+    if "N" in sw and (len(args.N_grid) < 2 or min(args.N_grid) < 1):
+        raise UsageError("--N-grid: the N sweep needs at least 2 positive numbers of keys")
+    if "bias" in sw:
+        r = np.asarray(args.r_grid)
+        if r.min() < 0 or 0.0 not in args.r_grid or (r > 0).sum() < 1:
+            raise UsageError("--r-grid must hold 0 and at least one positive ratio, none negative")
+    needs = [("families", args.targets, [args.N]), ("rate", args.rate_targets, [args.N]),
+             ("bias", args.bias_targets, [args.N]), ("N", args.N_targets, list(args.N_grid))]
+    for name, targets, Ns in needs:
+        if name in sw and "keykey" in targets and min(Ns) < 2:
+            raise UsageError(f"target keykey needs at least 2 keys (in the {name} sweep)")
+    # memory guard: feature matrices and Gram/kernel matrices in float64
+    dv = args.d + 1 if args.value == "augmented" else args.d
+    worst = 0.0
+    if {"rate", "families"} & sw:
+        Mmax = max(args.M, max(args.M_grid) if "rate" in sw else 0)
+        worst = max(worst, (max(args.n) + args.n_val + args.n_test) * Mmax * dv * 8.0)
+    if {"N", "bias"} & sw:
+        worst = max(worst, (args.n_fixed + args.n_val + args.n_test) * args.M * dv * 8.0)
+    Pmax = 0
+    if {"rate", "families"} & sw:
+        Pmax = max(args.M, max(args.M_grid) if "rate" in sw else 0) * dv
+    if {"N", "bias"} & sw:
+        Pmax = max(Pmax, args.M * dv)
+    if Pmax > 12000:
+        raise UsageError(f"{Pmax} random features: eigendecompositions of that size take too long; reduce --M or --M-grid")
+    if worst > 6e9:
+        raise UsageError(f"the feature matrices would need {worst / 1e9:.1f} GB; reduce --n, --M or --M-grid")
+    if args.workers is None:
+        # on a GPU one in-process worker owns the device (features, Gram and eigh run there)
+        gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())
+        args.workers = 1 if (args.quick or args.scheduler or args.dask_local or gpu) else 2
+    validate_run_options(args)
+
+
+def _parts(args) -> list[Part]:
+    return [Part(group, functools.partial(analyze, group), sweep=sweep, summary=functools.partial(summary, group))
+            for group, sweep in make_sweeps(args).items()]
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    from paper_figs.random_features import draw
+
+    run_study(args, _parts(args), draw, study=STUDY)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv, prog="python -m studies.random_features")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
