@@ -4,16 +4,20 @@ Panels (those whose data the store holds):
 
 * error vs degree g, one panel per (polynomial family, order k): the measured max output error
   ``||T_approx - T_exact||_inf`` on sign-aligned inputs (solid, one colour per entry bound B;
-  crosses where the approximation refused) and the certified bound ``2 eps/(1-eps) B^(k-1)``,
-  plus the float64 rounding allowance (dashed, where ``eps < 1``);
+  crosses where the approximation refused) and the certified bound ``2 e/(1-e) B^(k-1)`` with
+  ``e`` = theory's independently computed eps + the float64 allowance (dashed, where ``e < 1``);
+  the title gives the outcome of the ``bound`` claim and how many ``decay`` claims hold;
 * blow-up past the threshold: error against the logit range ``R = B^k`` at fixed degrees;
 * rank ``C(d+g, g)`` against the papers' looser bounds and the redundant tensor-power basis;
 * runtime against n (log-log) for exact matrix/tensor and the approximations, with the fitted
-  power laws over the fit windows and the crossover n;
+  power laws over the measurable windows (legend: measured slope vs the flop model's) and the
+  measured crossover n;
 * Match3 accuracy of exact tensor attention, its polynomial approximation, the pairwise
-  baselines and the majority class (chance), with standard errors.
+  baselines and the majority class (chance), with standard errors, and theory's predicted
+  accuracy of the exact construction.
 
-Reads the dataset written by ``python -m studies.tensor_attention`` and nothing else.
+The suptitle counts the claims stored with the analysis. Reads the dataset written by
+``python -m studies.tensor_attention`` and nothing else.
 """
 from __future__ import annotations
 
@@ -42,6 +46,13 @@ MODEL_LABEL = {"tensor_exact": "tensor (exact)", "tensor_poly": "tensor (poly. a
 
 
 
+def _claims(ds) -> dict:
+    """``{claim key: outcome}`` of the claims stored in the dataset (empty if none)."""
+    if "claim_outcome" not in ds:
+        return {}
+    return {str(key): str(v) for key, v in zip(ds["claim"].values, ds["claim_outcome"].values)}
+
+
 def _error_panel(ax, ds, family, k, colors):
     Bs = ds["B"].values
     g = ds["degree"].values
@@ -55,7 +66,7 @@ def _error_panel(ax, ds, family, k, colors):
                 label=f"B={B:g}")
         if (nrej > 0).any():
             ax.plot(g[nrej > 0], np.full((nrej > 0).sum(), 1.0), "x", color=colors[ib], ms=5)
-        bnd = ds["theory_err_limit"].sel(**sel).values
+        bnd = ds["theory_err_bound"].sel(**sel).values
         bd = bnd > 0
         if bd.any():
             ax.plot(g[bd], np.maximum(bnd[bd], FLOOR), "--", color=colors[ib], lw=1)
@@ -64,8 +75,12 @@ def _error_panel(ax, ds, family, k, colors):
     ax.set_xlabel("degree g")
     ax.set_ylabel(r"$\|T_{approx}-T\|_\infty$")
     name = "matrix" if k == 2 else ("tensor" if k == 3 else f"order {k}")
-    ax.set_title(f"{family}, k={k} ({name}), sign-aligned inputs: measured max\n"
-                 "error (solid), certified bound + float64 rounding (dashed)", fontsize=8.5)
+    cl = _claims(ds)
+    bound = cl.get(f"tensor_attention.bound[{family}, k={k}]", "-")
+    decay = [v for key, v in cl.items() if key.startswith(f"tensor_attention.decay[{family}, k={k},")]
+    ax.set_title(f"{family}, k={k} ({name}), sign-aligned inputs: measured max error (solid),\n"
+                 f"certified bound + float64 (dashed); bound: {bound}; decay: {decay.count('holds')} hold, "
+                 f"{decay.count('fails')} fail, {decay.count('not tested')} not tested", fontsize=8)
 
 
 def _blowup_panel(ax, ds, family):
@@ -120,10 +135,13 @@ def _runtime_panel(ax, ds):
         ax.errorbar(n, med, yerr=[med - t.min(-1), t.max(-1) - med], fmt=mk, color=c, ms=4, capsize=2, lw=0.8,
                     mfc="white" if impl.startswith("approx") else c)
         s, se = ds["fit_slope"].values[i], ds["fit_slope_se"].values[i]
+        if not np.isfinite(s):
+            ax.plot([], [], mk, color=c, label=f"{lab}: < 3 measurable sizes (not tested)")
+            continue
         lo, hi = ds["fit_n_min"].values[i], ds["fit_n_max"].values[i]
         nn = np.geomspace(lo, hi, 20)
         ax.plot(nn, np.exp(ds["fit_intercept"].values[i]) * nn**s, ls, color=c, lw=1.3,
-                label=f"{lab}: slope {s:.2f}±{se:.2f} (theory {ds['theory_slope'].values[i]:g})")
+                label=f"{lab}: slope {s:.2f}±{se:.2f} (flop model {ds['theory_slope'].values[i]:.2f})")
     for kind, c, grid in (("matrix", "C0", "n_matrix"), ("tensor", "C3", "n_tensor")):
         key = f"time_approx_{kind}_x_best"
         if key in ds:
@@ -157,16 +175,20 @@ def _match3_panel(ax, ds):
             label = f"tensor (Taylor g={json.loads(ds.attrs['params_json'])['match3']['degree']} approx.)"
         ax.bar(x + (j - (len(models) - 1) / 2) * w, acc[:, j], w, yerr=se[:, j], color=pal[j],
                capsize=2, label=label)
-    ax.axhline(0.99, color="black", ls="--", lw=1, label="target 0.99")
+    pred = ds["theory_match3_accuracy_tensor"].values
+    ax.plot(x - (len(models) - 1) / 2 * w, pred, "k_", ms=14, mew=2, label="theory: exact construction")
     ax.set_xticks(x, [f"N={int(n)}\nM={int(m)}\nB={b:.0f}" for n, m, b in
                       zip(N, ds["match3_M"].values, ds["theory_match3_entry_bound"].values)], fontsize=7)
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("accuracy (mean ± se over sequences)")
-    ax.set_title("Match3: tensor vs pairwise attention", fontsize=8.5)
+    cl = _claims(ds)
+    pw = [v for key, v in cl.items() if key.startswith("tensor_attention.match3_pairwise")]
+    ax.set_title(f"Match3: tensor vs pairwise attention (pairwise at chance: {pw.count('holds')}/{len(pw)} "
+                 "claims hold)", fontsize=8.5)
     ax.legend(fontsize=6, loc="upper center", ncol=3, bbox_to_anchor=(0.5, -0.22))
 
 
-def draw(store, out=None, dpi: int = 130) -> Path:
+def draw(store, out=None, dpi: int = 130) -> list[Path]:
     ds = open_store(store)
     if not any(v in ds for v in ("err_max", "fit_slope", "match3_accuracy")):
         raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
@@ -206,11 +228,15 @@ def draw(store, out=None, dpi: int = 130) -> Path:
                             title_fontsize=6.5)
     p = json.loads(ds.attrs["params_json"])
     sep = "; " if ncols >= 3 else "\n"
+    outcomes = list(_claims(ds).values())
+    counts = (f"; claims: {outcomes.count('holds')} hold, {outcomes.count('fails')} fail, "
+              f"{outcomes.count('not tested')} not tested" if outcomes else "")
     fig.suptitle(f"Bounded-entry tensor attention (Alman & Song): polynomial method vs exact{sep}"
-                 f"d={p['d']}, scale {p['scale']}, {ds.sizes['rep']} replicates", fontsize=10 if ncols >= 3 else 8.5)
+                 f"d={p['d']}, scale {p['scale']}, {ds.sizes['rep']} replicates{counts}",
+                 fontsize=10 if ncols >= 3 else 8.5)
     fig.tight_layout()
     save_figure(fig, out, dpi)
-    return out
+    return [out]
 
 
 def main(argv=None) -> int:

@@ -60,11 +60,27 @@ If every weight is ``A (1 + E)`` with ``|E| <= eps < 1``, every normalised weigh
 independently of n (:func:`output_error_bound`); the values' bound is ``B^{k-1}`` for entries in
 [-B, B].
 
+Independent reference for the certified bound ([D]; used by the study's claims)
+-------------------------------------------------------------------------------
+The study checks ``||T_approx - T_exact||_inf <= 2 eps/(1 - eps) prod ||V_m||`` with an ``eps`` that
+does **not** come from the coefficients the approximation used (:func:`approximation_coefficients`),
+so that a wrong coefficient there is caught: :func:`reference_relative_error` computes ``eps`` from
+the closed-form Taylor remainder ``e^{-x} sum_{t>g} x^t/t!`` (no coefficients at all) or from the
+Chebyshev interpolant in the Chebyshev basis (discrete cosine formula, Clenshaw evaluation; no
+monomial conversion), on the fine grid of spec §5 item 13. :func:`coefficient_mass` bounds
+``sum_t |c_t| R^t`` of the same polynomials (exact rationals; ``sum_j |a_j| ||T_j||_1`` for
+Chebyshev, which also bounds the float64 conversion error), and :func:`rounding_allowance` turns it
+into a relative float64 allowance on every kernel value.
+
 Running time and thresholds (§2.6, §3)
 --------------------------------------
 * Exact: ``n^k`` tuples of ~``2d+1`` flops (:func:`exact_flops`). Approximate: ``k`` feature maps
   (``n r``), ``k-1`` contractions ``U_m^T V_m`` (``n r d``), the query side (``n r d``): about
-  ``n r k (d+2)`` flops (:func:`approx_flops`). Crossover ``n`` where they meet
+  ``n r k (d+2)`` flops (:func:`approx_flops`). With ``lower_order=True`` both add the terms the
+  engines also pay (exact: ``d`` prefix products per query and prefix tuple, ``dv`` per query to
+  normalise; approximate: the ``r (d+1) (k-1) + r`` products that combine the key sides), and
+  :func:`flop_slope` is the log-log slope of that model over a window of n: what a runtime fit
+  over the window should measure if time is proportional to flops. Crossover ``n`` where they meet
   (:func:`crossover_n`); the entry bound at which the approximation stops paying at a given n
   (:func:`crossover_entry_bound`).
 * Entry-bound threshold of near-linear time for order k: ``B = o((log n)^{1/k})``; at
@@ -80,6 +96,15 @@ threshold ``(1 + cos(2 pi/M))/2`` on the attention-weighted mean cosine (:func:`
 :func:`match3_threshold`); balanced labels need ``M ~ N^2 / ln 4`` (:func:`match3_balanced_M`).
 With the ``1/d`` convention and ``d = 4`` the construction's entry bound is ``(4 lam)^{1/3}``
 (:func:`match3_entry_bound`), far outside the bounded-entry regime.
+
+Why the construction is exact ([D]): with ``c1 = cos(2 pi/M)``, a token with a matching pair has
+``1 - s <= sum_J (1 - c_J) e^{-lam (1 - c_J)} <= N^2 (1 - c1)/(100 N^2)`` (each term is largest at
+``1 - c_J = 1 - c1`` since ``lam (1 - c1) = ln(100 N^2) > 1``), so ``s - threshold >= 0.49 (1 - c1)``;
+a token without one has ``s <= c1 = threshold - (1 - c1)/2``. The readout's margin is therefore
+``0.49 (1 - c1)`` (:func:`match3_readout_margin`); float64 evaluation moves ``s`` by at most
+:func:`match3_rounding_error` (logit errors ``~ lam u`` and the sums), and the predicted accuracy
+(:func:`match3_predicted_accuracy`) is 1 where the margin exceeds it, no prediction where it does
+not.
 
 Everything here is a deterministic function of its parameters (numpy, scipy, sympy only).
 """
@@ -132,6 +157,13 @@ __all__ = [
     "match2_lambda",
     "match3_threshold",
     "match3_entry_bound",
+    "match3_readout_margin",
+    "match3_rounding_error",
+    "match3_predicted_accuracy",
+    "reference_relative_error",
+    "coefficient_mass",
+    "rounding_allowance",
+    "flop_slope",
     "check_degree",
 ]
 
@@ -449,15 +481,134 @@ def output_error_bound_as23(eps, vmax):
     return 4.0 * np.asarray(eps, dtype=float) * vmax
 
 
+# ------------------------------------------------- independent reference (for the claims)
+def _taylor_tail_relative(g: int, x: np.ndarray) -> np.ndarray:
+    """``e^{-x} sum_{t>g} x^t/t!`` = ``e^{-x} (e^x - T_g(x))``: the relative error of the degree-g
+    Taylor polynomial at x, summed from the remainder series (no polynomial coefficients)."""
+    x = np.asarray(x, dtype=float)
+    ax = np.abs(x)
+    top = int(g + 60 + 4 * math.ceil(float(ax.max(initial=0.0))))
+    t = np.arange(g + 1, top + 1, dtype=float)
+    with np.errstate(divide="ignore"):
+        logterm = t[None, :] * np.log(ax)[:, None] - np.array([math.lgamma(v + 1.0) for v in t])[None, :]
+    sign = np.where((x[:, None] < 0) & (t[None, :] % 2 == 1), -1.0, 1.0)
+    terms = np.where(ax[:, None] > 0, sign * np.exp(logterm - x[:, None]), 0.0)
+    return terms.sum(axis=1)
+
+
+@functools.lru_cache(maxsize=2048)
+def _chebyshev_basis(g: int, R: float) -> tuple:
+    """``a_0..a_g`` of the interpolant ``sum_j a_j T_j(x/R)`` of ``e^x`` at the g+1 first-kind
+    Chebyshev points of ``[-R, R]``, by the discrete cosine formula (math.fsum)."""
+    m = g + 1
+    theta = [(i + 0.5) * math.pi / m for i in range(m)]
+    f = [math.exp(R * math.cos(th_)) for th_ in theta]
+    a = [2.0 / m * math.fsum(fi * math.cos(j * th_) for fi, th_ in zip(f, theta)) for j in range(m)]
+    a[0] /= 2.0
+    return tuple(a)
+
+
+@functools.lru_cache(maxsize=128)
+def _chebyshev_T_abs_sums(g: int) -> tuple:
+    """``||T_j||_1`` = sum of |monomial coefficients| of T_j, j = 0..g (exact integer recurrence)."""
+    prev, cur = [1], [0, 1]
+    out = [1, 1]
+    for _ in range(2, g + 1):
+        nxt = [0] + [2 * c for c in cur]
+        for i, c in enumerate(prev):
+            nxt[i] -= c
+        prev, cur = cur, nxt
+        out.append(sum(abs(c) for c in cur))
+    return tuple(out[: g + 1])
+
+
+def _clenshaw(a, t):
+    b1 = np.zeros_like(t)
+    b2 = np.zeros_like(t)
+    for aj in a[:0:-1]:
+        b1, b2 = 2.0 * t * b1 - b2 + aj, b1
+    return t * b1 - b2 + a[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def reference_relative_error(g: int, R: float, method: str = "taylor") -> float:
+    """``eps = max_{|x| <= R} |P(x) e^{-x} - 1|`` of the degree-g Taylor polynomial or Chebyshev
+    interpolant, computed **independently of the coefficients the approximation uses**: Taylor
+    from the remainder series ``e^{-x} sum_{t>g} x^t/t!``, Chebyshev from its Chebyshev-basis
+    coefficients (discrete cosine formula) by Clenshaw's recurrence; on the fine grid of spec §5
+    item 13 (:func:`relative_error`'s grid). ``inf`` when not finite."""
+    g = check_degree(g)
+    R = float(R)
+    if R < 0:
+        raise ValueError("R must be non-negative")
+    if R == 0:
+        return 0.0
+    x = _grid(R)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if method == "taylor":
+            err = np.abs(_taylor_tail_relative(g, x))
+        elif method == "chebyshev":
+            err = np.abs(_clenshaw(np.array(_chebyshev_basis(g, R)), x / R) * np.exp(-x) - 1.0)
+        else:
+            raise ValueError(f"unknown approximation method {method!r}; choose one of {METHODS}")
+    return float(np.max(err)) if np.all(np.isfinite(err)) else math.inf
+
+
+def coefficient_mass(g: int, R: float, method: str = "taylor") -> float:
+    """A bound on ``sum_t |c_t| R^t`` of the degree-g polynomial, from the reference forms:
+    ``sum_{t<=g} R^t/t!`` (Taylor, exact) or ``sum_j |a_j| ||T_j||_1`` (Chebyshev; it also
+    bounds the float64 error of converting the interpolant to monomials)."""
+    g = check_degree(g)
+    R = float(R)
+    if method == "taylor":
+        return math.fsum(R**t / math.factorial(t) for t in range(g + 1))
+    if method == "chebyshev":
+        if R <= 0:
+            return 1.0
+        return math.fsum(abs(a) * s for a, s in zip(_chebyshev_basis(g, R), _chebyshev_T_abs_sums(g)))
+    raise ValueError(f"unknown approximation method {method!r}; choose one of {METHODS}")
+
+
+def rounding_allowance(g: int, R: float, method: str, n_terms: int) -> float:
+    """Relative float64 allowance on every kernel value of the polynomial method: a sum of
+    ``n_terms`` signed products of total size ``<= coefficient_mass`` against a value
+    ``>= e^{-R}``: ``(n_terms + g + 5) u mass e^R`` (first order, the form of
+    :func:`rounding_error_bound` with the reference mass)."""
+    return float((n_terms + g + 5) * UNIT_ROUNDOFF * coefficient_mass(g, R, method) * math.exp(R))
+
+
 # ------------------------------------------------------------------------ cost model
-def exact_flops(n, d: int, k: int = 3):
-    """``n^k (2d + 1)``: one d-term logit, one exp and d value products per tuple."""
-    return np.asarray(n, dtype=float) ** k * (2 * d + 1)
+def exact_flops(n, d: int, k: int = 3, *, lower_order: bool = False, dv: int | None = None):
+    """``n^k (2d + 1)``: one d-term logit, one exp and d value products per tuple; with
+    ``lower_order``, plus ``d n^{k-1}`` (prefix products per query and prefix tuple) and ``dv n``
+    (normalising the output)."""
+    n = np.asarray(n, dtype=float)
+    out = n**k * (2 * d + 1)
+    if lower_order:
+        out = out + d * n ** (k - 1) + (d if dv is None else dv) * n
+    return out
 
 
-def approx_flops(n, d: int, g: int, k: int = 3):
-    """``n r k (d + 2)`` with ``r = C(d+g, g)`` (spec §2.4)."""
-    return np.asarray(n, dtype=float) * rank(d, g) * k * (d + 2)
+def approx_flops(n, d: int, g: int, k: int = 3, *, lower_order: bool = False):
+    """``n r k (d + 2)`` with ``r = C(d+g, g)`` (spec §2.4); with ``lower_order``, plus the
+    n-independent ``r (d+1) (k-1) + r`` products that combine the key sides and weight the query
+    features."""
+    r = rank(d, g)
+    out = np.asarray(n, dtype=float) * r * k * (d + 2)
+    if lower_order:
+        out = out + r * (d + 1) * (k - 1) + r
+    return out
+
+
+def flop_slope(n, d: int, k: int, g: int | None = None) -> float:
+    """Least-squares slope of ``log flops`` on ``log n`` over the points ``n`` of the flop model
+    with its lower-order terms: exact order-k attention (``g`` None) or the degree-g
+    approximation. What a runtime fit over these n measures if time is proportional to flops."""
+    n = np.asarray(n, dtype=float)
+    if n.size < 2:
+        raise ValueError("a slope needs >= 2 sizes")
+    f = exact_flops(n, d, k, lower_order=True) if g is None else approx_flops(n, d, g, k, lower_order=True)
+    return float(np.polyfit(np.log(n), np.log(f), 1)[0])
 
 
 def crossover_n(d: int, g: int, k: int = 3) -> float:
@@ -521,6 +672,40 @@ def match3_threshold(M: int) -> float:
 def match3_entry_bound(N: int, M: int, d: int = 4) -> float:
     """Entry bound B of the construction in the ``1/d`` convention: ``(d lam)^{1/3}``."""
     return (d * match3_lambda(N, M)) ** (1.0 / 3.0)
+
+
+def _one_minus_cos(M: int) -> float:
+    """``1 - cos(2 pi/M) = 2 sin^2(pi/M)`` without cancellation (large M)."""
+    return 2.0 * math.sin(math.pi / M) ** 2
+
+
+def match3_readout_margin(M: int) -> float:
+    """Distance of the exact construction's readout from its threshold, for every token:
+    ``0.49 (1 - cos(2 pi/M))`` (see the module docstring; ``lam`` of :func:`match3_lambda`)."""
+    return 0.49 * _one_minus_cos(M)
+
+
+# rounding steps in one logit of the construction: the angles' cos/sin (1 each), the trilinear
+# form's 4 products of 3 factors and their sum (<= 12 + 4), the scale (1): 24 with room to spare
+_MATCH3_LOGIT_ULPS = 24
+
+
+def match3_rounding_error(N: int, M: int) -> float:
+    """Bound on how far float64 moves the construction's readout: each logit off by at most
+    ``delta = lam kappa u`` (kappa = 24 rounding steps, declared), so each weight by the factor
+    ``e^{+-delta}`` and the normalised mean of values in [-1, 1] by ``<= 2 (e^{2 delta} - 1)``;
+    plus the ``N^2``-term sums and the value products (``(N^2 + kappa) u`` each, twice)."""
+    delta = math.log(100.0 * N * N) / _one_minus_cos(M) * _MATCH3_LOGIT_ULPS * UNIT_ROUNDOFF
+    if delta > 300.0:
+        return math.inf
+    return float(2.0 * math.expm1(2.0 * delta) + 4.0 * (N * N + _MATCH3_LOGIT_ULPS) * UNIT_ROUNDOFF)
+
+
+def match3_predicted_accuracy(N: int, M: int) -> float:
+    """Predicted accuracy of the exact tensor-attention construction on Match3 for this (N, M):
+    1 where :func:`match3_readout_margin` exceeds :func:`match3_rounding_error` (every token is
+    classified correctly in float64), NaN (no prediction) where it does not."""
+    return 1.0 if match3_readout_margin(M) > match3_rounding_error(N, M) else math.nan
 
 
 def check_degree(g) -> int:

@@ -18,7 +18,9 @@ def store(tmp_path_factory):
 
 
 def test_draw_png(store, tmp_path):
-    png = fig.draw(store, tmp_path / "f.png")
+    paths = fig.draw(store, tmp_path / "f.png")
+    assert paths == [tmp_path / "f.png"]
+    png = paths[0]
     assert png.stat().st_size > 20_000
     import matplotlib.image as mpimg
 
@@ -44,5 +46,13 @@ def test_store_without_analysis_is_a_clear_error(tmp_path, capsys):
 def test_subset_of_parts(tmp_path):
     out = tmp_path / "err.zarr"
     assert study.main(["--parts", "error", "--quick", "--out", str(out), "--no-progress"]) == 0
-    path = fig.draw(out, tmp_path / "err.pdf")
+    [path] = fig.draw(out, tmp_path / "err.pdf")
     assert path.stat().st_size > 5_000 and path.read_bytes()[:4] == b"%PDF"
+
+
+def test_titles_carry_the_stored_claims(store):
+    """The figure reads the claims' outcomes from the store (no recomputation)."""
+    ds = fig.open_store(store)
+    got = fig._claims(ds)
+    assert got["tensor_attention.bound[taylor, k=3]"] == "holds"
+    assert fig._claims(ds.drop_vars([v for v in ds.data_vars if v.startswith("claim_")])) == {}

@@ -198,3 +198,105 @@ def test_match3_constants():
         assert math.cos(2 * math.pi / M) < thr < 1
         assert th.match3_entry_bound(N, M) ** 3 == pytest.approx(4 * lam)
         assert th.match2_lambda(N, M) < lam
+
+
+# ------------------------------------------------------- independent reference (the claims' eps)
+@pytest.mark.parametrize("method", th.METHODS)
+@pytest.mark.parametrize("R", (0.125, 0.5, 1.0, 2.0, 4.0, 8.0))
+def test_reference_error_agrees_with_the_coefficient_route_above_the_floor(method, R):
+    """Two independent computations of eps: the approximation's monomial coefficients on the grid,
+    and the remainder series / Chebyshev basis; they differ by float64 rounding only (the monomial
+    form's conversion and Horner evaluation, the reference's Clenshaw evaluation), which the
+    rounding allowance of a few g terms covers."""
+    for g in range(0, 17):
+        ref = th.reference_relative_error(g, R, method)
+        got = th.relative_error(th.approximation_coefficients(g, R, method), R)
+        allow = th.rounding_allowance(g, R, method, 4 * (g + 1))
+        # (eps >= 1: both carry the cancellation of the remainder at x = -R, ~ e^{2R} u eps)
+        assert abs(got - ref) <= allow + (4 * th.float64_floor(R) * ref if ref >= 1 else 0.0), (g, got, ref, allow)
+        if ref > 1e3 * allow:
+            assert got == pytest.approx(ref, rel=1e-3)
+        assert ref <= th.relative_error_bound(g, R, method) * (1 + 1e-9) + allow
+
+
+def test_reference_error_does_not_use_the_approximation_coefficients(monkeypatch):
+    before = {(g, m): th.reference_relative_error(g, 1.5, m) for g in (2, 6) for m in th.METHODS}
+    th.reference_relative_error.cache_clear()
+    monkeypatch.setattr(th, "taylor_coefficients", lambda g: np.zeros(g + 1))
+    monkeypatch.setattr(th, "chebyshev_coefficients", lambda g, R: np.zeros(g + 1))
+    monkeypatch.setattr(th, "approximation_coefficients", lambda g, R, m="taylor": np.zeros(g + 1))
+    for (g, m), v in before.items():
+        assert th.reference_relative_error(g, 1.5, m) == v
+    th.reference_relative_error.cache_clear()
+
+
+def test_taylor_reference_is_the_incomplete_gamma_function():
+    """For x >= 0: 1 - e^{-x} T_g(x) = P(g+1, x) (regularised lower incomplete gamma), so on
+    [0, R] the relative error is largest at R; the negative end is larger still."""
+    from scipy.special import gammainc
+
+    for R in (0.5, 2.0, 5.0):
+        for g in (1, 4, 9):
+            x = np.linspace(0, R, 7)[1:]
+            np.testing.assert_allclose(th._taylor_tail_relative(g, x), gammainc(g + 1, x), rtol=1e-10)
+            assert th.reference_relative_error(g, R, "taylor") >= gammainc(g + 1, R)
+
+
+@pytest.mark.parametrize("method", th.METHODS)
+def test_coefficient_mass_bounds_the_monomial_coefficients(method):
+    for R in (0.25, 1.0, 4.0):
+        for g in (0, 3, 8, 14):
+            c = th.approximation_coefficients(g, R, method)
+            mass = float(np.sum(np.abs(c) * R ** np.arange(g + 1)))
+            ref = th.coefficient_mass(g, R, method)
+            assert ref >= mass * (1 - 1e-12)
+            if method == "taylor":
+                assert ref == pytest.approx(mass, rel=1e-14)
+                assert ref <= math.exp(R)
+    assert th.rounding_allowance(8, 2.0, "chebyshev", 100) > th.rounding_allowance(8, 2.0, "chebyshev", 10)
+
+
+def test_flop_model_lower_order_terms_and_slopes():
+    n = np.array([64.0, 128.0, 256.0])
+    for k in (2, 3, 4):
+        assert np.all(th.exact_flops(n, 4, k, lower_order=True) > th.exact_flops(n, 4, k))
+        s = th.flop_slope(n, 4, k)
+        assert k - 0.05 < s < k  # lower-order terms flatten the slope slightly
+        assert th.flop_slope(n * 64, 4, k) > s  # ... less so at larger n
+        a = th.flop_slope(n, 4, k, g=8)
+        assert 0.9 < a < 1.0
+    # exactly k and 1 without lower-order terms (a pure power law)
+    assert np.polyfit(np.log(n), np.log(th.exact_flops(n, 4, 3)), 1)[0] == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        th.flop_slope([128.0], 4, 3)
+
+
+def test_match3_margin_rounding_and_predicted_accuracy():
+    for N in (4, 8, 16, 24, 64):
+        M = th.match3_balanced_M(N)
+        c1 = math.cos(2 * math.pi / M)
+        assert th.match3_readout_margin(M) == pytest.approx(0.49 * (1 - c1))
+        assert th.match3_readout_margin(M) < th.match3_threshold(M) - c1  # within the gap to c1
+        assert th.match3_rounding_error(N, M) < th.match3_readout_margin(M)
+        assert th.match3_predicted_accuracy(N, M) == 1.0
+    # the rounding bound grows with lam ~ M^2 while the margin shrinks like 1/M^2: no prediction at huge N
+    N = 10**7
+    M = th.match3_balanced_M(N)
+    assert th.match3_rounding_error(N, M) > th.match3_readout_margin(M)
+    assert math.isnan(th.match3_predicted_accuracy(N, M))
+
+
+@pytest.mark.parametrize("N", [5, 8, 12])
+def test_match3_readouts_keep_the_predicted_margin(N):
+    """The construction's float64 readout stays at least the theory's margin away from the
+    threshold (both sides), on random sequences."""
+    from sim import tensor_attention as sta
+
+    M = th.match3_balanced_M(N)
+    thr, margin = th.match3_threshold(M), th.match3_readout_margin(M)
+    rng = np.random.default_rng(N)
+    for _ in range(20):
+        x = rng.integers(0, M, N)
+        s = sta.match3_tensor_scores(x, M)
+        y = sta.match3_labels(x, M)
+        assert np.all(np.where(y, s - thr, thr - s) >= margin - th.match3_rounding_error(N, M))
