@@ -13,10 +13,49 @@ import xarray as xr
 __all__ = ["open_store", "save_figure", "figure_main"]
 
 
-def open_store(path, group: str | None = None) -> xr.Dataset:
-    """A study's store (or one of its groups) loaded into memory."""
-    with xr.open_zarr(str(path), group=group, consolidated=False) as ds:
+def open_store(path, group: str | None = None, *, study: str | None = None, needs: str | None = None) -> xr.Dataset:
+    """A study's store (or one of its groups) loaded into memory.
+
+    Every failure is a ``ValueError`` with one line that names the store and what is wrong: no
+    store there; another study's store (``study`` names the expected one, checked against the
+    store's ``study`` attribute); unreadable metadata; a damaged variable (a truncated or
+    garbled chunk), with the remedy; no analysis yet (``needs`` names a variable the analysis
+    writes)."""
+    import json
+
+    where = f"{path}" + (f" (group {group})" if group else "")
+    try:
+        ds = xr.open_zarr(str(path), group=group, consolidated=False)
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no study store there") from None
+    except (ValueError, KeyError, OSError, json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{where}: the store's metadata is unreadable ({type(e).__name__}); rerun the study "
+                         "with --overwrite") from None
+    with ds:
+        if study is not None:
+            owner = str(ds.attrs.get("study", "")).split("/")[0] or _root_study(path)
+            if owner and owner != study and not owner.startswith(study + "_"):
+                raise ValueError(f"{path} is a {owner} store, not a {study} one: draw it with "
+                                 f"python -m paper_figs.{owner.split('_')[0] if owner.startswith('icl') else owner}")
+        if needs is not None and needs not in ds:
+            raise ValueError(f"{where} has no analysis yet (its run did not finish); rerun the same command")
+        out = {}
+        for name in list(ds.variables):
+            try:
+                out[name] = ds[name].load()
+            except Exception as e:  # noqa: BLE001 - any decoding error is a damaged chunk
+                raise ValueError(f"{where}: variable {name} is damaged ({type(e).__name__}); rerun the study "
+                                 "with --repair to recompute the damaged cells, or --overwrite") from None
         return ds.load()
+
+
+def _root_study(path) -> str:
+    try:
+        import zarr
+
+        return str(zarr.open_group(str(path), mode="r").attrs.get("study", ""))
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 def save_figure(fig, out, dpi: int = 150, **kw) -> Path:

@@ -31,9 +31,7 @@ REGIMES = ("clt", "transition", "saturated")
 
 
 def draw(store, out=None, dpi: int = 150) -> Path:
-    ds = open_store(store)
-    if "fit_slope" not in ds:
-        raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
+    ds = open_store(store, study="convergence", needs="fit_slope")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     R = ds["R"].values
     n = ds["n"].values.astype(float)
