@@ -75,6 +75,7 @@ STUDIES: tuple[Entry, ...] = (
           default_s=75, quick_s=8),
     Entry("icl_multitask", "studies.icl", "icl_regression", "paper_figs.icl", args=("multitask",), executor=False,
           default_s=27, quick_s=6),
+    Entry("encoder", "studies.encoder", "token_sample", "paper_figs.encoder", default_s=169, quick_s=16),
 )
 
 

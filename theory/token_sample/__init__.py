@@ -47,8 +47,8 @@ exponent overlaid by the authors is ``beta(H) = 1/(2(1+H^2))`` ([C+G]).
 Everything here is a deterministic function of its parameters (numpy/scipy/sympy only).
 
 The package splits along the paper's results: :mod:`.laws` (token laws), :mod:`.uniform`
-(Result 1), :mod:`.moments` (Result 2), :mod:`.hardmax` (Result 3) and :mod:`.derivations`
-(sympy). Everything public is re-exported here, so ``from theory import token_sample as ts``
+(Result 1), :mod:`.moments` (Result 2), :mod:`.hardmax` (Result 3), :mod:`.encoder` (Result 2
+on a finite sequence of real tokens) and :mod:`.derivations` (sympy). Everything public is re-exported here, so ``from theory import token_sample as ts``
 sees one namespace.
 """
 from .laws import *  # noqa: F401,F403
@@ -60,5 +60,7 @@ from .moments import __all__ as _moments_all
 from .hardmax import *  # noqa: F401,F403
 from .hardmax import __all__ as _hardmax_all
 from .derivations import derive_gaussian_tilt
+from .encoder import *  # noqa: F401,F403
+from .encoder import __all__ as _encoder_all
 
-__all__ = [*_laws_all, *_uniform_all, *_moments_all, *_hardmax_all, "derive_gaussian_tilt"]
+__all__ = [*_laws_all, *_uniform_all, *_moments_all, *_hardmax_all, *_encoder_all, "derive_gaussian_tilt"]
