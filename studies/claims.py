@@ -61,6 +61,7 @@ __all__ = [
     "z_family",
     "predicted_form",
     "fit_forms",
+    "worst_of",
     "to_dataset",
     "from_dataset",
     "read_claims",
@@ -77,14 +78,20 @@ CLAIM_DIM = "claim"
 FAMILY_ALPHA = 0.01  # family-wise two-sided false-alarm rate of a claim's statistical tests
 
 
-def z_family(m: int = 1, alpha: float = FAMILY_ALPHA) -> tuple[float, str]:
+def z_family(m: int = 1, alpha: float = FAMILY_ALPHA, dof: int | None = None) -> tuple[float, str]:
     """``(z, source)``: the two-sided normal quantile that keeps the family-wise false-alarm
-    rate of ``m`` independent tests at ``alpha`` (Bonferroni), and a sentence saying so."""
+    rate of ``m`` independent tests at ``alpha`` (Bonferroni), and a sentence saying so. With
+    ``dof`` (standard errors estimated from ``dof + 1`` replicates) it is the Student-t quantile
+    with ``dof`` degrees of freedom, which keeps the rate at ``alpha`` when replicates are few."""
     from scipy import stats
 
     m = max(1, int(m))
+    tests = f"{m} test{'s' if m > 1 else ''}"
+    if dof is not None:
+        z = float(stats.t.isf(alpha / (2 * m), max(1, int(dof))))
+        return z, f"z = {z:.2f} (family-wise {alpha:.0%}, {tests}, Student t with {max(1, int(dof))} dof)"
     z = float(stats.norm.isf(alpha / (2 * m)))
-    return z, f"z = {z:.2f} (family-wise {alpha:.0%}, {m} test{'s' if m > 1 else ''})"
+    return z, f"z = {z:.2f} (family-wise {alpha:.0%}, {tests})"
 
 
 def _f(x) -> float:
@@ -251,7 +258,7 @@ class ClaimSpec:
                                 tolerance_source=src, where=where, prediction=b, prediction_text=text, measured=m,
                                 se=se, lo=m - tol, hi=m + tol,
                                 reason=f"{m:.4g} is on the wrong side of {b:.4g} by more than {tol:.3g}")
-        return self.not_tested(f"the interval [{m - tol:.4g}, {m + tol:.4g}] ({src} x SE) contains {b:.4g}: "
+        return self.not_tested(f"the interval [{m - tol:.4g}, {m + tol:.4g}] ({src}) contains {b:.4g}: "
                                "the data cannot tell", where=where, prediction=b, prediction_text=text,
                                measured=m, se=se)
 
@@ -298,6 +305,37 @@ class ClaimSpec:
         return self.not_tested(f"the forms are indistinguishable on this grid (|Delta chi^2| = {abs(measured):.3g} "
                                f"< {margin:.3g}; chi^2 {text})", where=where, prediction_text=ptxt,
                                measured=measured)
+
+
+def _slack(c: Claim) -> float:
+    """How far a tested claim is from failing, in units of its tolerance (< 0: it fails)."""
+    tol = c.tolerance if c.tolerance > 0 else 1.0
+    if c.test.startswith("|measured - predicted|"):
+        return (tol - abs(c.measured - c.prediction)) / tol
+    if c.test.startswith("measured >= "):
+        return (c.measured + c.tolerance - c.prediction) / tol
+    if c.test.startswith("measured <= "):
+        return (c.prediction - c.measured + c.tolerance) / tol
+    return 1.0 if c.outcome == HOLDS else -1.0
+
+
+def worst_of(claims: Sequence[Claim], *, where: str = "", every: str = "") -> Claim:
+    """One claim for a family of tests of one statement at several points of a grid (each
+    member made with the family's Bonferroni ``z``, see :func:`z_family`): the member farthest
+    past its tolerance when any fails, else the tested member closest to failing; ``not
+    tested`` (with the members' reasons) when none was tested. The result carries ``where``
+    and a prediction text that names the point shown, e.g. ``"... at every scale tested (3 of 4;
+    shown: s=2)"``."""
+    claims = list(claims)
+    if not claims:
+        raise ValueError("worst_of needs at least one claim")
+    tested = [c for c in claims if c.outcome != NOT_TESTED]
+    if not tested:
+        reasons = sorted({c.reason for c in claims})
+        return replace(claims[0], where=where, reason="; ".join(reasons))
+    shown = min(tested, key=_slack)
+    suffix = f" at every {every} tested ({len(tested)} of {len(claims)}; shown: {shown.where})" if every else ""
+    return replace(shown, where=where, prediction_text=(shown.prediction_text or _num(shown.prediction)) + suffix)
 
 
 def fit_forms(x, y, se, candidates: Mapping[str, Callable]) -> dict[str, float]:
