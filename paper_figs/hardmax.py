@@ -1,12 +1,14 @@
 """Figure of the hardmax study: ``python -m paper_figs.hardmax STORE [--out FIG]``.
 
 (a) bias of Gamma at parameter lam against the hardmax limit (radial deficit at the largest n)
-    vs lam, log-log: measured with standard errors, the exact rho (1 - A_d(lam kappa_1)), its
-    asymptote rho (d-1)/(2 lam kappa_1) (slope -1) and the fitted slope;
+    vs lam, log-log: measured with standard errors (filled: the lams of the claims), the exact
+    rho (1 - A_d(lam kappa_1)), the finite-n prediction the claims use, its asymptote
+    rho (d-1)/(2 lam kappa_1) (slope -1) and the fitted slope against the predicted one;
 (b) error against n at fixed lam (each plateaus at its bias), the pure-hardmax error with its
-    exact curve (slope -> -1/(d-1)), and the coupled lam_n = c log n;
-(c) the coupled error times log n against n (flat: the logarithmic rate), with its first-order
-    prediction and its n -> infinity limit rho (d-1)/(2 c kappa_1).
+    exact curve (slope -> -1/(d-1)), and the coupled lam_n = c log n with its first-order band;
+(c) the coupled error times log n against n (flat: the logarithmic rate), with the band and its
+    n -> infinity limit rho (d-1)/(2 c kappa_1); the title gives the ``coupled_form`` outcome.
+The suptitle counts the stored claims by outcome.
 
 Reads the dataset written by ``python -m studies.hardmax`` and nothing else.
 """
@@ -30,7 +32,13 @@ from paper_figs._common import figure_main, open_store, save_figure  # noqa: E40
 
 
 
-def draw(store, out=None, dpi: int = 150) -> Path:
+def _claims(ds) -> dict:
+    if "claim_outcome" not in ds:
+        return {}
+    return {str(k).split(".", 1)[-1]: str(v) for k, v in zip(ds["claim"].values, ds["claim_outcome"].values)}
+
+
+def draw(store, out=None, dpi: int = 150) -> list[Path]:
     ds = open_store(store)
     if "bias" not in ds:
         raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
@@ -45,16 +53,19 @@ def draw(store, out=None, dpi: int = 150) -> Path:
     # (a) bias vs lam
     ll = np.geomspace(lam.min(), lam.max(), 200)
     ax.plot(lam, ds["theory_bias"].values, "-", color="black", lw=1.4, label=r"exact $\rho(1-A_d(\lambda\kappa_1))$")
+    if "theory_bias_finite_n" in ds:
+        ax.plot(lam, ds["theory_bias_finite_n"].values, ":", color="C1", lw=1.4,
+                label="exact + finite-n bias at this n (the claims' prediction)")
     ax.plot(lam, ds["theory_bias_asymptotic"].values, "--", color="0.5", lw=1.2,
             label=r"$\rho(d-1)/(2\lambda\kappa_1)$ (slope $-1$)")
     mask = ds["bias_fit_mask"].values.astype(bool)
     ax.errorbar(lam[mask], ds["bias"].values[mask], yerr=ds["bias_se"].values[mask], fmt="o", color="C0", ms=5,
-                capsize=2, label="measured (fit window)")
+                capsize=2, label="measured (slope window)")
     ax.errorbar(lam[~mask], ds["bias"].values[~mask], yerr=ds["bias_se"].values[~mask], fmt="o", mfc="white",
                 color="C0", ms=5, capsize=2, label="measured (outside the window)")
     if "bias_slope" in ds:
         ax.text(0.04, 0.05, f"fitted slope {float(ds['bias_slope']):+.4f} ± {float(ds['bias_slope_se']):.4f}\n"
-                            f"(exact curve {float(ds['theory_bias_slope']):+.4f})", transform=ax.transAxes, fontsize=8,
+                            f"(predicted curve {float(ds['theory_bias_slope']):+.4f})", transform=ax.transAxes, fontsize=8,
                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -78,7 +89,8 @@ def draw(store, out=None, dpi: int = 150) -> Path:
             label=f"exact E|y_j* - rho u| (asymptotic slope {float(ds['theory_pure_slope']):+.3f})")
     bx.errorbar(n, ds["coupled_err_mean"].values, yerr=ds["coupled_err_sem"].values, fmt="D", color="C1", ms=4,
                 capsize=2, label=rf"coupled $\lambda_n = {c}\,\log n$")
-    bx.plot(n, ds["theory_coupled_err"].values, ":", color="C1", lw=1.4, label="coupled: first-order prediction")
+    bx.fill_between(n, ds["theory_coupled_lower"].values, ds["theory_coupled_upper"].values, color="C1", alpha=0.25,
+                    label="coupled: first-order band")
     bx.set_xscale("log")
     bx.set_yscale("log")
     bx.set_xlabel("tokens n")
@@ -89,7 +101,8 @@ def draw(store, out=None, dpi: int = 150) -> Path:
     # (c) coupled error x log n
     cx.errorbar(n, ds["coupled_err_x_logn"].values, yerr=ds["coupled_err_sem"].values * np.log(n), fmt="D",
                 color="C1", ms=5, capsize=2, label="measured error x log n")
-    cx.plot(n, ds["theory_coupled_err"].values * np.log(n), ":", color="C1", lw=1.4, label="first-order prediction")
+    cx.fill_between(n, ds["theory_coupled_lower"].values * np.log(n), ds["theory_coupled_upper"].values * np.log(n),
+                    color="C1", alpha=0.25, label="first-order band x log n")
     lim = float(ds["theory_coupled_x_logn_limit"])
     cx.axhline(lim, color="black", ls="--", lw=1.2, label=rf"limit $\rho(d-1)/(2c\kappa_1)$ = {lim:.3g}")
     top = max(ds["coupled_err_x_logn"].values.max(), lim) * 1.6
@@ -97,14 +110,19 @@ def draw(store, out=None, dpi: int = 150) -> Path:
     cx.set_xscale("log")
     cx.set_xlabel("tokens n")
     cx.set_ylabel(r"error $\times \log n$")
-    cx.set_title(f"(c) logarithmic rate: max/min over the grid = {float(ds['coupled_ratio']):.2f}", fontsize=9)
+    claims = _claims(ds)
+    cx.set_title(f"(c) coupled error x log n (flat: logarithmic rate); coupled_form: "
+                 f"{claims.get('coupled_form', '?')}", fontsize=9)
     cx.legend(fontsize=7, loc="lower right")
 
+    outs = list(claims.values())
+    count = ("; claims: " + ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))) if outs else ""
     fig.suptitle(f"Token sample complexity, hardmax regime — tokens uniform on S^{int(d) - 1 if d != '?' else '?'} "
-                 f"(d = {d}), kappa_1 = {ds.attrs.get('kappa_1', '?')}; {ds.sizes['rep']} samples per n", fontsize=9.5)
+                 f"(d = {d}), kappa_1 = {ds.attrs.get('kappa_1', '?')}, c = {c}; {ds.sizes['rep']} samples per n{count}",
+                 fontsize=9.5)
     fig.tight_layout()
     save_figure(fig, out, dpi)
-    return out
+    return [out]
 
 
 def main(argv=None) -> int:

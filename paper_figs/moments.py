@@ -4,9 +4,11 @@
 curve per attention scale coloured by its horizon H_eff, with standard-error bars and the
 fitted power laws (dashed);
 (c), (d) |beta_hat| against the horizon, on the H_eff axis (exact exponent) and on the H_code
-axis (the authors' convention), with the authors' curve 1/(2(1+H^2)), the finer heuristic
-(1/2 for H <= 1, 1/(1+H^2) above) and the line |beta| = 1/2; filled markers: exact
-reference, open markers: the finite reference (when the run has one).
+axis (the authors' convention), with the authors' curve 1/(2(1+H^2)) (the lower bound of the
+claim ``rate_bound``), the finer heuristic (1/2 for H <= 1, 1/(1+H^2) above), the rate the
+analysis predicts for the run's law (crosses, ``theory_beta_law``) and the line |beta| = 1/2;
+filled markers: exact reference, open markers: the finite reference (when the run has one).
+The title counts the stored claims by outcome; the box in (c) lists them.
 
 Reads the dataset written by ``python -m studies.moments`` and nothing else.
 """
@@ -38,7 +40,17 @@ def _law_text(ds) -> str:
         return str(ds.attrs.get("token_law", ""))
 
 
-def draw(store, out=None, dpi: int = 150) -> Path:
+def _claims_text(ds) -> tuple[str, str]:
+    """(count line, one line per claim) from the stored ``claim_*`` variables."""
+    if "claim_outcome" not in ds:
+        return "", ""
+    keys = [str(k).split(".", 1)[-1] for k in ds["claim"].values]
+    outs = [str(v) for v in ds["claim_outcome"].values]
+    count = ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))
+    return f"; claims: {count}", "\n".join(f"{k}: {o}" for k, o in zip(keys, outs))
+
+
+def draw(store, out=None, dpi: int = 150) -> list[Path]:
     ds = open_store(store)
     if "beta_mean" not in ds:
         raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
@@ -85,6 +97,9 @@ def draw(store, out=None, dpi: int = 150) -> Path:
         ax.plot(hh, np.where(hh <= 1, 0.5, 1 / (1 + hh**2)), "--", color="0.45", lw=1.2,
                 label=r"finer heuristic: $1/2$ ($H\leq 1$), $1/(1+H^2)$")
         ax.axhline(0.5, color="C2", ls=":", lw=1.4, label=r"$|\beta|=1/2$")
+        if "theory_beta_law" in ds and axis == "eff":
+            ax.plot(H, ds["theory_beta_law"].values, "x", color="0.2", ms=6, mew=1.3,
+                    label="predicted for this law (finer heuristic)")
         for mom, marker, col in (("mean", "o", "C0"), ("cov", "s", "C3")):
             b = ds[f"beta_{mom}"].values
             e = ds[f"beta_{mom}_se"].values
@@ -105,10 +120,14 @@ def draw(store, out=None, dpi: int = 150) -> Path:
         ax.set_title(f"({tag}) fitted rates vs the horizon on the H_{axis} axis", fontsize=9)
         ax.legend(fontsize=6.5, loc="lower left", framealpha=0.9)
 
+    count, lines = _claims_text(ds)
+    if lines:
+        axes[2].text(0.98, 0.98, lines, transform=axes[2].transAxes, fontsize=6.2, va="top", ha="right",
+                     bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
     fig.suptitle(f"Token sample complexity, moments of the output law — tokens: {_law_text(ds)}; "
-                 f"{ds.sizes['rep']} samples per n", fontsize=9.5)
+                 f"{ds.sizes['rep']} samples per n{count}", fontsize=9.5)
     save_figure(fig, out, dpi, bbox_inches="tight")
-    return out
+    return [out]
 
 
 def main(argv=None) -> int:

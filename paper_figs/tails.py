@@ -2,16 +2,20 @@
 
 (a) the uniform constant C(R) = sqrt(n) E sup against the query radius R (log scale) for
     Gaussian, sphere and bounded-with-an-atom tokens, with the delta-method prediction
-    (dashed); open markers: the largest n is below the CLT regime (n < 10 n_3);
+    (dashed) and its n -> infinity lower bound sup_x E|G(x)| (dotted, claim ``C_lower``); open
+    markers: the largest n is below the CLT regime (n < 100 n_3);
 (b) the same on log-log axes, where polynomial growth is a straight line and exponential or
-    Gaussian growth bends upwards;
+    Gaussian growth bends upwards; the legend gives, per law, the form of log C the delta
+    method singles out and the outcome of ``C_growth``;
 (c) the moment prefactor C' (output mean and covariance of self-attention) for truncated
-    Gaussians against their support radius R_mu, next to the delta-method uniform constant
-    C(R_mu) of the same laws (exponential);
+    Gaussians against their support radius R_mu, with the delta-method C' (lines, claims
+    ``Cprime_level`` / ``Cprime_form``) and the delta-method uniform constant C(R_mu) of the same
+    laws (exponential);
 (d) the moment errors against n for every truncation level, with the n^{-1/2} reference.
+The title counts the claims of both groups by outcome.
 
-Reads the dataset written by ``python -m studies.tails`` (root group and group ``moments``)
-and nothing else.
+Reads the dataset written by ``python -m studies.tails`` (groups ``sup`` and ``moments``) and
+nothing else.
 """
 from __future__ import annotations
 
@@ -30,14 +34,22 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
 
 COLORS = {"gaussian": "C0", "sphere": "C2", "atom": "C3"}
-LABELS = {"gaussian": "Gaussian (log C quadratic)", "sphere": "uniform sphere (polynomial)",
-          "atom": "bounded + tiny atom (exponential)"}
+LABELS = {"gaussian": "Gaussian", "sphere": "uniform sphere", "atom": "bounded + tiny atom"}
+
+
+def _claims(ds) -> dict:
+    if "claim_outcome" not in ds:
+        return {}
+    return {str(k).split(".", 1)[-1]: str(v) for k, v in zip(ds["claim"].values, ds["claim_outcome"].values)}
 
 
 
 
-def draw(store, out=None, dpi: int = 150) -> Path:
-    sup = open_store(store)
+def draw(store, out=None, dpi: int = 150) -> list[Path]:
+    try:
+        sup = open_store(store, "sup")
+    except (FileNotFoundError, KeyError, OSError):
+        raise ValueError(f"{store} has no sup group: not a tails store, or the sweep did not finish") from None
     if "C" not in sup:
         raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
     try:
@@ -53,42 +65,46 @@ def draw(store, out=None, dpi: int = 150) -> Path:
     fig, axs = plt.subplots(2, 2, figsize=(12.5, 9.0))
     (ax, bx), (cx, dx) = axs
 
+    cl_sup = _claims(sup)
     for i, law in enumerate(laws):
         col = COLORS.get(law, f"C{i}")
         C = sup["C"].values[i]
         se = sup["C_se"].values[i]
         clt = sup["clt_regime"].values[i].astype(bool)
         th = np.exp(sup["theory_log_C"].values[i])
-        for axis in (ax, bx):
-            axis.errorbar(R[clt], C[clt], yerr=se[clt], fmt="o", color=col, ms=5, capsize=2, label=LABELS.get(law, law))
+        form = str(sup["theory_growth_form"].values[i]) if "theory_growth_form" in sup else "?"
+        lab_b = f"{LABELS.get(law, law)}: predicted log C ~ {form}; C_growth {cl_sup.get(f'C_growth[{law}]', '?')}"
+        for axis, lab in ((ax, LABELS.get(law, law)), (bx, lab_b)):
+            axis.errorbar(R[clt], C[clt], yerr=se[clt], fmt="o", color=col, ms=5, capsize=2, label=lab)
             if (~clt).any():
                 axis.errorbar(R[~clt], C[~clt], yerr=se[~clt], fmt="o", mfc="white", color=col, ms=5, capsize=2)
             axis.plot(R, th, "--", color=col, lw=1.1)
+            if "theory_log_C_lower" in sup:
+                axis.plot(R, np.exp(sup["theory_log_C_lower"].values[i]), ":", color=col, lw=1.1)
     ax.plot([], [], "--", color="0.4", label="delta method (dashed)")
+    ax.plot([], [], ":", color="0.4", label=r"lower bound $\sup_x E|G(x)|$ (dotted)")
     ax.plot([], [], "o", mfc="white", color="0.4", label="largest n below the CLT regime")
     ax.set_yscale("log")
     ax.set_xlabel("query radius R")
     ax.set_ylabel(r"$C(R)=\sqrt{n}\,\mathbb{E}\sup_{|x|\leq R}|\Gamma_{\mu_n}-\Gamma_\mu|$")
     ax.set_title(f"(a) growth of C(R) (n = {int(sup['n'].values[-1])}; log scale)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    txt = []
-    for i, law in enumerate(laws):
-        txt.append(f"{law}: log C ~ R^2 (R²={sup['logC_vs_R2_r2'].values[i]:.3f}), ~ R (R²={sup['logC_vs_R_r2'].values[i]:.3f}), "
-                   f"~ log R (R²={sup['logC_vs_logR_r2'].values[i]:.3f}); exponent {sup['growth_exponent_low'].values[i]:.2f}"
-                   f" -> {sup['growth_exponent_high'].values[i]:.2f}")
     bx.set_xscale("log")
     bx.set_yscale("log")
     bx.set_xlabel("query radius R (log scale)")
     bx.set_ylabel("C(R)")
-    bx.set_title("(b) log-log: a polynomial is a straight line; local exponent low -> high half", fontsize=9)
-    bx.text(0.02, 0.98, "\n".join(txt), transform=bx.transAxes, fontsize=6.3, va="top",
-            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
+    bx.set_title("(b) log-log: a polynomial is a straight line", fontsize=9)
+    bx.legend(fontsize=6.5, loc="upper left")
 
     if mom is not None:
         Rmu = mom["support_radius"].values
+        cl_mom = _claims(mom)
         for mkey, mk, col in (("mean", "o", "C0"), ("cov", "s", "C3")):
-            cx.plot(Rmu, mom[f"Cprime_{mkey}"].values, mk + "-", color=col, ms=6,
-                    label=f"C' of the output {mkey} (log-log slope {float(mom[f'Cprime_{mkey}_loglog_slope']):+.2f})")
+            cx.errorbar(Rmu, mom[f"Cprime_{mkey}"].values, yerr=mom[f"Cprime_{mkey}_se"].values, fmt=mk, color=col,
+                        ms=6, capsize=2, label=f"C' of the output {mkey}: level {cl_mom.get(f'Cprime_level[{mkey}]', '?')}, "
+                                              f"form {cl_mom.get(f'Cprime_form[{mkey}]', '?')}")
+            cx.plot(Rmu, mom[f"theory_Cprime_{mkey}"].values, "-", color=col, lw=1.2)
+        cx.plot([], [], "-", color="0.4", label="delta-method C' (lines)")
         cx.plot(Rmu, np.exp(mom["theory_log_C_sup"].values), "^--", color="0.3", ms=6,
                 label=r"uniform constant $C(R_\mu)$ of the same laws (delta method)")
         cx.set_xscale("log")
@@ -107,7 +123,7 @@ def draw(store, out=None, dpi: int = 150) -> Path:
                         label=f"c={c:g}: mean beta {mom['beta_mean'].values[i]:.2f}, cov beta {mom['beta_cov'].values[i]:.2f}")
             dx.errorbar(n, mom["cov_err_mean"].values[i], yerr=mom["cov_err_sem"].values[i], fmt="s--", color=col,
                         ms=3.5, lw=1, capsize=1.5)
-        ref = mom["mean_err_mean"].values[0, 0]
+        ref = mom["mean_err_mean"].values[-1, 0]
         dx.plot(n, ref * (n / n[0]) ** -0.5, ":", color="black", lw=1.4, label=r"$n^{-1/2}$")
         dx.set_xscale("log")
         dx.set_yscale("log")
@@ -127,11 +143,13 @@ def draw(store, out=None, dpi: int = 150) -> Path:
         axis.set_xticks(vals)
         axis.set_xticklabels([f"{v:.0f}" if v >= 100 and float(v).is_integer() else f"{v:.3g}" for v in vals])
         axis.xaxis.set_minor_formatter(NullFormatter())
-    fig.suptitle(f"Token sample complexity, bounded vs unbounded tokens — {sup.sizes['rep']} samples per (law, n)",
-                 fontsize=9.5)
+    outs = list(cl_sup.values()) + (list(_claims(mom).values()) if mom is not None else [])
+    count = ("; claims: " + ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))) if outs else ""
+    fig.suptitle(f"Token sample complexity, bounded vs unbounded tokens — {sup.sizes['rep']} samples per (law, n)"
+                 f"{count}", fontsize=9.5)
     fig.tight_layout()
     save_figure(fig, out, dpi)
-    return out
+    return [out]
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,11 @@
-"""python -m studies.tails, end to end, and its growth classification."""
+"""python -m studies.tails, end to end: two groups (sup, moments) of one store."""
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from studies import tails
-from studies.sweep import open_result
+from studies.sweep import open_group
 
 QUICK = ["--quick", "--no-progress"]
 
@@ -16,42 +17,154 @@ def run(argv):
         return e.code
 
 
-def test_quick_run_writes_both_parts_verdicts_and_figure(tmp_path, capsys):
+def test_quick_run_writes_both_groups_claims_and_figure(tmp_path, capsys, claims):
     out = tmp_path / "t.zarr"
     assert run(QUICK + ["--out", str(out), "--plot"]) == 0
-    sup = open_result(out)
-    with xr.open_zarr(str(out), group="moments", consolidated=False) as g:
-        mom = g.load()
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["study"] == "tails" and sorted(root.attrs["groups"]) == ["moments", "sup"]
+    sup, mom = open_group(out, "sup"), open_group(out, "moments")
     assert sup["sup_err"].dims == ("law", "R", "n", "rep") and list(sup["law"].values) == ["gaussian", "sphere", "atom"]
     assert mom["mean_err"].dims == ("c", "n", "rep")
     for ds in (sup, mom):
         assert bool(ds["done"].all())
+        assert not [v for v in ds.data_vars if v.startswith("verdict_")]
         for v in ds.data_vars:
-            if ds[v].dtype.kind == "f":
+            if ds[v].dtype.kind == "f" and not v.startswith("claim_") and v not in ("fit_slope", "fit_slope_se"):
                 assert np.all(np.isfinite(ds[v].values)), v
-    for v in ("verdict_gaussian_quadratic", "verdict_sphere_polynomial", "verdict_atom_exponential", "verdict_C_order"):
+    for v in ("C", "C_se", "theory_log_C", "theory_log_C_lower", "theory_log_n_3", "clt_regime", "theory_growth_form"):
         assert v in sup, v
-    for v in ("verdict_moment_rate", "verdict_prefactor_polynomial", "verdict_sup_faster"):
+    for v in ("Cprime_mean", "Cprime_cov_se", "theory_Cprime_mean", "theory_Cprime_cov", "theory_log_C_sup", "H"):
         assert v in mom, v
-    # the classification on the quick grid already separates the laws
-    assert bool(sup["verdict_gaussian_quadratic"]) and bool(sup["verdict_sphere_polynomial"])
-    assert bool(sup["verdict_atom_exponential"])
     assert out.with_suffix(".png").stat().st_size > 10_000
-    assert "verdicts:" in capsys.readouterr().out
-    # rerun resumes both parts
+    text = capsys.readouterr().out
+    assert "== sup" in text and "== moments" in text and "claims:" in text and "verdict" not in text
+    got = claims.none_fail(out)
+    names = {c.name for c in got.values()}
+    assert names == {"clt_rate", "C_lower", "C_growth", "moment_rate", "Cprime_level", "Cprime_form"}
+    assert {c.where for c in got.values() if c.name == "C_lower"} == {"gaussian", "sphere", "atom"}
+    # rerun resumes both groups
     assert run(QUICK + ["--out", str(out)]) == 0
     assert "0 computed" in capsys.readouterr().out
+    assert claims.read(out).keys() == got.keys()
 
 
-def test_growth_exponents_separate_polynomial_from_exponential():
+OFF_DEFAULT = {
+    # other laws' parameters, with four radii in the CLT regime: the growth forms are compared
+    "weak_gauss_sphere_d3": ["--R", "1,2,3,4", "--n", "2^9,2^11,2^13", "--reps", "8", "--gauss-A", "0.3",
+                             "--sphere-d", "3", "--sphere-A", "2", "--atom-eps", "1e-2"],
+    # a wider moment grid, another dimension and A: C' follows the delta method
+    "trunc_d3": ["--trunc-d", "3", "--trunc-A", "0.3", "--c", "0.5,1,1.5,2", "--moment-n", "2^7..2^10",
+                 "--moment-reps", "12"],
+    # a horizon above 1 for the truncated laws: the 1/2 rate is not claimed there
+    "trunc_strong_A": ["--trunc-A", "1.5", "--c", "0.5,1,2,3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFF_DEFAULT))
+def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
+    out = tmp_path / f"{name}.zarr"
+    assert run(QUICK + OFF_DEFAULT[name] + ["--out", str(out)]) == 0
+    got = claims.none_fail(out)
+    if name == "trunc_strong_A":
+        mom = open_group(out, "moments")
+        assert mom["H"].values.max() >= 1
+        assert "(2 of 4;" in got["tails.moment_rate[mean]"].prediction_text  # only the levels with H < 1
+
+
+# ------------------------------------------------------------------------ broken ingredients
+def _wrong_sampler(monkeypatch, name, factor):
+    """Tokens of one law drawn ``factor`` times too large; the law the theory uses is unchanged."""
+    real = tails.make_distribution
+
+    def make(n, d, **kw):
+        dist = real(n, d, **kw)
+        if n != name:
+            return dist
+        sample = dist.sample
+
+        class Scaled(type(dist)):
+            def sample(self, rng, m):
+                return factor * sample(rng, m)
+        return Scaled(dist.law, dist.params)
+    monkeypatch.setattr(tails, "make_distribution", make)
+
+
+def test_wrong_gaussian_variance_fails_the_sup_rate(tmp_path, monkeypatch, claims):
+    _wrong_sampler(monkeypatch, "gaussian", 1.3)
+    out = tmp_path / "b.zarr"
+    assert run(QUICK + ["--reps", "8", "--out", str(out)]) == 0
+    claims.some_fail(out, "clt_rate")
+
+
+def test_sup_search_over_a_quarter_of_the_ball_fails_the_lower_bound(tmp_path, monkeypatch, claims):
+    """A search that only looks at |x| <= R/4 underestimates the sup: C(R) falls below the
+    Gaussian-limit bound at the worst query of the ball."""
+    real = tails.sup_errors
+    monkeypatch.setattr(tails, "sup_errors",
+                        lambda tokens, dist, A, V, radii, **kw: real(tokens, dist, A, V, np.asarray(radii) / 4, **kw))
+    out = tmp_path / "b.zarr"
+    assert run(QUICK + ["--R", "2,4,6,8", "--n", "2^10,2^12,2^14", "--reps", "8", "--out", str(out)]) == 0
+    claims.some_fail(out, "C_lower")
+
+
+def test_wrong_truncated_sampler_fails_the_moment_claims(tmp_path, monkeypatch, claims):
+    _wrong_sampler(monkeypatch, "truncated", 1.15)
+    out = tmp_path / "b.zarr"
+    assert run(QUICK + ["--moment-reps", "12", "--out", str(out)]) == 0
+    claims.some_fail(out, "moment_rate", "Cprime_level")
+
+
+def _args():
+    args = tails.build_parser().parse_args([])
+    tails.apply_defaults(args, tails.DEFAULTS, None, tails.PARSE)
+    return args
+
+
+def _lognormal(shape, seed=0):
+    return np.exp(0.05 * np.random.default_rng(seed).standard_normal(shape))
+
+
+def test_growth_of_the_wrong_form_fails_the_form_claim(claims):
+    """A measured C(R) that grows exponentially for the sphere, where the delta method predicts
+    a power of R: the form comparison fails (the other laws follow their theory and hold)."""
+    args = _args()
+    setups = {name: tails._law_setup(name, args) for name in tails.LAWS}
     R = np.arange(1.0, 9.0)
-    lo, hi = tails._loglog_exponents(R, 0.5 * np.log(R))
-    assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
-    lo, hi = tails._loglog_exponents(R, 0.6 * R)
-    assert hi > tails.P_EXP_MIN > tails.P_POLY_MAX > lo - 0.5
-    assert hi - lo > tails.ACCEL_TOL
+    n = np.array([2**12, 2**14, 2**16])
+    k = 24
+    logC = np.stack([[ts_log_C(setups[law], r) for r in R] for law in tails.LAWS])
+    logC[1] = np.log(2.0) + 0.4 * R  # the sphere: exponential in R
+    err = np.exp(logC)[:, :, None, None] / np.sqrt(n)[None, None, :, None] * _lognormal((3, R.size, n.size, k))
+    ds = xr.Dataset({"sup_err": (("law", "R", "n", "rep"), err)},
+                    coords={"law": np.array(tails.LAWS, dtype=object), "R": R, "n": n, "rep": np.arange(k)})
+    _, got = tails.analyze_sup(ds, setups, tails.THEORY_SEARCH_QUICK)
+    bad = claims.some_fail(got, "C_growth")
+    assert set(bad) == {"tails.C_growth[sphere]"}
 
 
+def ts_log_C(setup, r):
+    from theory import token_sample as ts
+
+    dist, A = setup
+    return ts.predicted_log_C(dist.law, r, A, np.eye(dist.dim), **tails.THEORY_SEARCH_QUICK)
+
+
+def test_exponential_moment_prefactor_fails_the_form_claim(claims):
+    """A prefactor C' that grows exponentially in the support radius where the delta method
+    gives a power of it: Cprime_form fails."""
+    cs = np.array([0.5, 0.75, 1, 1.5, 2, 3, 4])
+    n = 2 ** np.arange(8, 14)
+    k = 32
+    Rmu = cs * np.sqrt(2)
+    Cp = 0.05 * np.exp(1.2 * Rmu)
+    err = Cp[:, None, None] / np.sqrt(n)[None, :, None] * _lognormal((cs.size, n.size, k))
+    ds = xr.Dataset({"mean_err": (("c", "n", "rep"), err), "cov_err": (("c", "n", "rep"), err)},
+                    coords={"c": cs, "n": n, "rep": np.arange(k)})
+    _, got = tails.analyze_moments(ds, 2, 1.0, 0.5, tails.THEORY_SEARCH_QUICK)
+    claims.some_fail(got, "Cprime_form")
+
+
+# ------------------------------------------------------------------------------ input checks
 @pytest.mark.parametrize("argv, msg", [
     (["--R", "1,2,3"], "--R"),
     (["--R", "0..3"], "--R"),
@@ -62,6 +175,7 @@ def test_growth_exponents_separate_polynomial_from_exponential():
     (["--atom-radius", "0.4"], "--atom-radius"),
     (["--sphere-d", "1"], "--sphere-d"),
     (["--gauss-A", "-1"], "--gauss-A"),
+    (["--sphere-A", "0"], "--sphere-A"),
 ])
 def test_bad_inputs_one_line_exit_2_nothing_written(usage_error, argv, msg):
     usage_error(tails.main, QUICK + argv, msg)

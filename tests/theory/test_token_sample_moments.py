@@ -174,3 +174,80 @@ def test_truncated_output_moments_match_monte_carlo_and_the_gaussian_limit():
     np.testing.assert_allclose(cv, V @ cov @ V.T)
     with pytest.raises(TypeError):
         ts.truncated_output_moments(ts.SphereLaw(2), 1.0)
+
+
+# ------------------------------------------------------------- predicted rates and prefactors
+def test_predicted_moment_rate_per_law():
+    gauss = ts.GaussianLaw(np.zeros(2), np.eye(2))
+    H = np.array([0.1, 1.0, 2.0])
+    np.testing.assert_allclose(ts.predicted_moment_rate(gauss, H), [0.5, 0.5, 0.2])
+    # bounded laws: a bounded influence function, the CLT rate at every horizon
+    for law in (ts.SphereLaw(3), ts.TruncatedGaussianLaw(2, 1.0, 3.0), ATOM):
+        np.testing.assert_array_equal(ts.predicted_moment_rate(law, H), 0.5)
+    assert ts.predicted_moment_rate(gauss, 3.0) == pytest.approx(0.1)
+    # never below the authors' curve
+    assert np.all(ts.predicted_moment_rate(gauss, H) >= ts.beta_of_horizon(H))
+
+
+def test_truncated_moment_prefactors_without_attention_are_the_token_mean():
+    """a -> 0: every output is the token mean, so sqrt(n)|mean error| -> E|N(0, Var X)| and the
+    output covariance (of order a^2) has a vanishing prefactor."""
+    law = ts.TruncatedGaussianLaw(3, 0.8, 1.5)
+    c_mean, c_cov = ts.truncated_moment_prefactors(law, 1e-7)
+    assert c_mean == pytest.approx(float(ts.gaussian_norm_mean(law.cov)), rel=1e-6)
+    assert c_cov < 1e-10
+    with pytest.raises(TypeError):
+        ts.truncated_moment_prefactors(ts.SphereLaw(2), 1.0)
+    # converged in the number of quadrature nodes
+    np.testing.assert_allclose(ts.truncated_moment_prefactors(law, 0.7),
+                               ts.truncated_moment_prefactors(law, 0.7, n_quad=400), rtol=1e-9)
+
+
+def test_truncated_moment_prefactors_match_self_attention_monte_carlo():
+    """sqrt(n) E|mean error| and sqrt(n) E|cov error|_F of self-attention outputs (query among
+    its keys) at n = 2000 against the delta-method limits; z = 5 bands plus the O(1/sqrt(n))
+    correction the limit leaves out (5%)."""
+    from sim.attention import self_attention_moments
+
+    law = ts.TruncatedGaussianLaw(2, 1.0, 2.0)
+    a, n, reps = 0.5, 2000, 200
+    ref_m, ref_c = ts.truncated_output_moments(law, a)
+    rng = np.random.default_rng(4)
+    em, ec = [], []
+    for _ in range(reps):
+        X = stats.truncnorm(-2.0, 2.0).rvs((n, 2), random_state=rng)
+        m, C = self_attention_moments(X, a * np.eye(2), None, (1.0,))
+        em.append(np.linalg.norm(m[0] - ref_m))
+        ec.append(np.linalg.norm(C[0] - ref_c))
+    c_mean, c_cov = ts.truncated_moment_prefactors(law, a)
+    for e, c in ((np.sqrt(n) * np.array(em), c_mean), (np.sqrt(n) * np.array(ec), c_cov)):
+        assert abs(e.mean() - c) <= Z * e.std(ddof=1) / np.sqrt(reps) + 0.05 * c, (e.mean(), c)
+
+
+# --------------------------------------------------------------- finite-n softmax, coupled band
+def test_softmax_finite_n_bias_and_band_match_monte_carlo():
+    """The first-order mean of Gamma^lam_{mu_n}(x) (ratio-estimator bias) and the band
+    |E e| <= E|e| <= sqrt(|E e|^2 + tr M/n), on the sphere where n*/n is small."""
+    from sim.distributions import make_distribution
+    from sim.token_sample import empirical_attention
+
+    d, lam, n, reps = 3, 20.0, 400, 3000
+    law = ts.SphereLaw(d)
+    x = np.array([1.0, 0.0, 0.0])
+    dist = make_distribution("sphere", d)
+    rng = np.random.default_rng(7)
+    out = np.array([empirical_attention(x[None], dist.sample(rng, n), np.eye(d), None, lam)[0] for _ in range(reps)])
+    b = ts.softmax_finite_n_bias(law, x, np.eye(d), lam, n)
+    gap = out.mean(axis=0) - ts.attention_limit(law, x, np.eye(d), None, lam)
+    assert np.all(np.abs(gap - b) <= Z * out.std(axis=0, ddof=1) / np.sqrt(reps))
+    assert b[0] < 0 and abs(b[0]) > 2 * out[:, 0].std(ddof=1) / np.sqrt(reps)  # the bias is resolved
+    lo, hi, ratio = ts.hardmax_error_band(law, x, np.eye(d), lam, n)
+    assert ratio == pytest.approx(float(ts.effective_sample_threshold(law, x, np.eye(d), lam)) / n)
+    err = np.linalg.norm(out - x, axis=1)
+    se = err.std(ddof=1) / np.sqrt(reps)
+    assert lo - Z * se <= err.mean() <= hi + Z * se and lo < hi
+    # n -> infinity: the band closes on the population bias
+    lo, hi, _ = ts.hardmax_error_band(law, x, np.eye(d), lam, 1e12)
+    assert lo == pytest.approx(ts.sphere_hardmax_bias(d, lam), rel=1e-6) and hi == pytest.approx(lo, rel=1e-6)
+    lo, hi, r = ts.hardmax_error_band(law, x, np.eye(d), [10.0, 20.0], [100, 1000])
+    assert lo.shape == hi.shape == r.shape == (2,)

@@ -6,6 +6,14 @@ The empirical hardmax on n sphere tokens picks the token of largest cosine t wit
 u = a/|a|; |z - u| = sqrt(2 - 2t), and (1 + t)/2 ~ Beta((d-1)/2, (d-1)/2), which gives the exact
 expected error as a 1-D integral (:func:`sphere_hardmax_expected_error`), ~ n^{-1/(d-1)} for
 large n [D].
+
+Finite n at parameter lam [D]: Gamma^lam_{mu_n}(x) = sum_j w_j y_j / sum_j w_j is a ratio
+estimator; to first order in n*/n (n* = E w^2/(E w)^2, the effective-sample threshold) its mean
+is Gamma^lam_mu(x) + (n*/n) V (gamma(a) - gamma(2a)) (:func:`softmax_finite_n_bias`) and its
+covariance V M(x) V^T / n (the delta method). Hence the first-order band of the expected error
+against the hardmax limit, |E e| <= E|e| <= sqrt(|E e|^2 + tr V M V^T / n)
+(:func:`hardmax_error_band`; Jensen on both sides), which for the coupled lam_n = c log n
+tends to rho (d-1) / (2 c kappa_1 log n) on the sphere: a logarithmic rate.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import numpy as np
 from scipy import integrate as _integrate
 from scipy import special
 from .laws import AtomMixtureLaw, BallLaw, SphereLaw, TruncatedGaussianLaw, bessel_ratio
-from .uniform import _apply_v, _scores, attention_limit, fluctuation
+from .uniform import _apply_v, _scores, attention_limit, effective_sample_threshold, fluctuation
 
 __all__ = [
     "hardmax_limit",
@@ -23,6 +31,8 @@ __all__ = [
     "sphere_hardmax_rate",
     "sphere_hardmax_expected_error",
     "hardmax_error_prediction",
+    "softmax_finite_n_bias",
+    "hardmax_error_band",
 ]
 
 def _support_point(law, a):
@@ -111,3 +121,37 @@ def hardmax_error_prediction(law, x, A, lam, n, V=None):
         tr = np.trace(fluctuation(law, x, A, V, la))
         out[idx] = np.sqrt(np.sum(bias**2) + tr / n_b[idx])
     return out if out.ndim else float(out)
+
+
+def softmax_finite_n_bias(law, x, A, lam, n, V=None):
+    """First-order bias E Gamma^lam_{mu_n}(x) - Gamma^lam_mu(x) of softmax attention over n
+    i.i.d. tokens (a ratio estimator, module docstring): (n*(x)/n) V (gamma(a) - gamma(2a)),
+    a = lam A x, n* = E w^2/(E w)^2, gamma(b) the tilted mean. Shape (..., d_v) over the
+    leading axes of ``x``; ``lam`` and ``n`` scalars. The next order is O((n*/n)^2)."""
+    a = _scores(x, A, float(lam))
+    nstar = np.exp(law.log_partition(2 * a) - 2 * law.log_partition(a))
+    return _apply_v((nstar / float(n))[..., None] * (law.tilted_mean(a) - law.tilted_mean(2 * a)), V)
+
+
+def hardmax_error_band(law, x, A, lam, n, V=None):
+    """``(lower, upper, nstar_over_n)``: the first-order band of E|Gamma^lam_{mu_n}(x) -
+    Gamma^inf_mu(x)| for one query ``x`` (module docstring): lower = |b_n|, the norm of the
+    expected error b_n = Gamma^lam_mu(x) + (finite-n bias) - Gamma^inf_mu(x); upper =
+    sqrt(|b_n|^2 + tr V M(x) V^T / n). Both are first order in n*/n, returned as the third
+    array (the expansion needs n*/n << 1). Broadcasts over ``lam`` and ``n``."""
+    lam_b, n_b = np.broadcast_arrays(np.asarray(lam, dtype=float), np.asarray(n, dtype=float))
+    lo = np.empty(lam_b.shape)
+    hi = np.empty(lam_b.shape)
+    ratio = np.empty(lam_b.shape)
+    x = np.asarray(x, dtype=float)
+    hard = hardmax_limit(law, x, A, V)
+    for idx in np.ndindex(lam_b.shape):
+        la, nn = float(lam_b[idx]), float(n_b[idx])
+        b = attention_limit(law, x, A, V, la) + softmax_finite_n_bias(law, x, A, la, nn, V) - hard
+        tr = np.trace(fluctuation(law, x, A, V, la))
+        lo[idx] = np.sqrt(np.sum(b**2))
+        hi[idx] = np.sqrt(lo[idx] ** 2 + tr / nn)
+        ratio[idx] = float(effective_sample_threshold(law, x, A, la)) / nn
+    if lo.ndim == 0:
+        return float(lo), float(hi), float(ratio)
+    return lo, hi, ratio

@@ -9,7 +9,14 @@ beta(H), and the exact output moments used as references.
   with lambda_i = rho^6 sigma_i^2 E[(A_d(kappa)/kappa)^2 zeta_i^2] (off-diagonal terms vanish
   by the sign symmetry of zeta). The value side is V(.)V^T.
 * Box-truncated Gaussians: exact output moments by 1-D quadrature.
-* Finer beta heuristic (spec §2.2, [D]): 1/2 for H <= 1, 1/(1 + H^2) for H > 1.
+* Finer beta heuristic (spec §2.2, [D]): 1/2 for H <= 1, 1/(1 + H^2) for H > 1, for laws with
+  Gaussian tails; a bounded law has a bounded influence function, so its asymptotic rate is the
+  CLT's 1/2 at every H (:func:`predicted_moment_rate`).
+* Moment prefactors of box-truncated Gaussians (:func:`truncated_moment_prefactors`, [D]): the
+  n -> infinity limits C'_mean = lim sqrt(n) E|mean(o) - mean(nu)| and C'_cov = lim sqrt(n)
+  E|cov(o) - cov(nu)|_F of the self-attention outputs o_i = Gamma_{mu_n}(X_i), from the influence
+  function of the two moments (delta method), reduced to 1-D quadratures by the box law's
+  coordinate factorisation.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ __all__ = [
     "sphere_output_variances",
     "sphere_output_covariance",
     "truncated_output_moments",
+    "predicted_moment_rate",
+    "truncated_moment_prefactors",
 ]
 
 # ------------------------------------------------------------------------------- horizon
@@ -192,3 +201,82 @@ def truncated_output_moments(law, a: float, V=None, n_quad: int = 256):
         return mean, cov
     V = np.asarray(V, dtype=float)
     return V @ mean, V @ cov @ V.T
+
+
+def predicted_moment_rate(law, H):
+    """The asymptotic moment-rate exponent beta the finer heuristic predicts for ``law`` at
+    horizon(s) ``H`` (spec §2.2 [D]): the leading fluctuation of an output moment is an average
+    of an influence function g(X_j); for laws with Gaussian tails |g| grows like
+    exp(kappa |z|^2 / 2), kappa = H^2/(1+H^2), so Var g < inf iff H < 1 and beta = 1/2 for
+    H <= 1, 1/(1+H^2) above (heavy-tailed averaging; the same growth holds for the covariance,
+    whose influence function differs by a factor polynomial in the query). A law of bounded
+    support (finite ``support_radius``) has bounded g: beta = 1/2 at every H, reached once n
+    exceeds the effective sample size of the softmax weights. The authors' curve
+    :func:`beta_of_horizon` is a lower bound of both."""
+    H = np.asarray(H, dtype=float)
+    if np.isfinite(getattr(law, "support_radius", np.inf)):
+        return np.full(H.shape, 0.5) if H.ndim else 0.5
+    out = beta_fine_of_horizon(H)
+    return out if H.ndim else float(out)
+
+
+def truncated_moment_prefactors(law, a: float, n_quad: int = 160):
+    """``(C'_mean, C'_cov)``: the n -> infinity limits of sqrt(n) E|mean(o) - m_nu|_2 and
+    sqrt(n) E|cov(o) - C_nu|_F for the self-attention outputs o_i = Gamma_{mu_n}(X_i) of n tokens
+    from a box-truncated Gaussian law (:class:`TruncatedGaussianLaw`), A = a I, V = I.
+
+    Derivation [D] (delta method, module docstring). With Gamma_{mu_n}(x) = Gamma(x) +
+    (1/n) sum_j phi_x(X_j) + o(1/sqrt(n)), phi_x(y) = w_x(y)(y - gamma(x))/Z(x), the output mean
+    and covariance have influence functions IF_m(y) = Gamma(y) + int phi_x(y) dmu(x) and
+    IF_C(y) = Gamma(y)Gamma(y)^T - C_nu + int [phi_x(y) Gamma(x)^T + Gamma(x) phi_x(y)^T] dmu(x)
+    (the mean of nu is 0, so the mean-correction term is of order 1/n). The box law factorises:
+    w_x(y)/Z(x) = prod_j r(x_j, y_j), r(x, y) = e^{a x y}/Z_1(a x), Gamma(x)_k = m(x_k) with
+    m = the 1-D tilted mean. With the 1-D functions p(y) = E r(X, y), Q(y) = E r(X, y)(y - m(X)),
+    S(y) = E r(X, y) m(X), T(y) = E r(X, y)(y - m(X)) m(X) (E p = 1, E Q = E S = E T = 0) and
+    v = E m^2 (the output variance):
+
+    * IF_m(y)_k = m(y_k) + P_{-k} Q(y_k), P_{-k} = prod_{j != k} p(y_j): isotropic, variance
+      s_m^2 = v + 2 E[mQ] + (E p^2)^{d-1} E Q^2;
+    * IF_C(y)_kl = m_k m_l + P_{-kl}(Q_k S_l + S_k Q_l) (k != l), variance
+      s_o^2 = v^2 + 4 E[mQ] E[mS] + 2 (E p^2)^{d-2} (E Q^2 E S^2 + (E QS)^2), uncorrelated
+      with every other entry (sign symmetry);
+    * IF_C(y)_kk = m_k^2 - v + 2 P_{-k} T_k: variance s_D^2 = E(m^2-v)^2 + 4 E[(m^2-v)T] +
+      4 (E p^2)^{d-1} E T^2, covariance 4 (E pT)^2 (E p^2)^{d-2} between two diagonal entries.
+
+    The limits are E|G| of the Gaussian vectors with these covariances (the off-diagonal
+    entries counted twice in |.|_F), by :func:`theory.token_sample.gaussian_norm_mean`. The
+    1-D expectations are Gauss-Legendre quadratures (``n_quad`` nodes) over the truncated
+    normal density. The self token and the ratio-estimator bias are of order 1/n and do not
+    enter the limit."""
+    from .uniform import gaussian_norm_mean
+
+    if not isinstance(law, TruncatedGaussianLaw):
+        raise TypeError("truncated_moment_prefactors needs a TruncatedGaussianLaw")
+    a = float(a)
+    d = law.dim
+    one = TruncatedGaussianLaw(1, law.sigma, law.c)
+    h = law.c * law.sigma
+    t, w = _leggauss(int(n_quad))
+    x = h * t
+    dens = np.exp(-0.5 * (x / law.sigma) ** 2)
+    W = w * dens / np.sum(w * dens)  # quadrature weights of the truncated normal
+    m = one.tilted_mean(a * x[:, None])[:, 0]
+    logZ = one.log_partition(a * x[:, None])
+    with np.errstate(over="raise"):
+        r = np.exp(a * np.outer(y := x, x) - logZ[None, :])  # r[i, j] = r(x_j, y_i)
+    p = r @ W
+    Q = (r * (y[:, None] - m[None, :])) @ W
+    S = (r * m[None, :]) @ W
+    T = (r * ((y[:, None] - m[None, :]) * m[None, :])) @ W
+    E = lambda f: float(np.sum(W * f))  # noqa: E731
+    v = E(m**2)
+    Ep2 = E(p**2)
+    s_m2 = v + 2 * E(m * Q) + Ep2 ** (d - 1) * E(Q**2)
+    dev = m**2 - v
+    s_D2 = E(dev**2) + 4 * E(dev * T) + 4 * Ep2 ** (d - 1) * E(T**2)
+    rho_D = 4 * E(p * T) ** 2 * Ep2 ** (d - 2) if d >= 2 else 0.0
+    s_o2 = v**2 + 4 * E(m * Q) * E(m * S) + 2 * Ep2 ** (d - 2) * (E(Q**2) * E(S**2) + E(Q * S) ** 2) if d >= 2 else 0.0
+    c_mean = float(gaussian_norm_mean(s_m2 * np.eye(d)))
+    eig = [s_D2 + (d - 1) * rho_D] + [s_D2 - rho_D] * (d - 1) + [2 * s_o2] * (d * (d - 1) // 2)
+    c_cov = float(gaussian_norm_mean(np.diag(np.clip(eig, 0.0, None))))
+    return c_mean, c_cov
