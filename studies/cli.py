@@ -45,6 +45,12 @@ __all__ = [
     "parse_n_grid",
     "positive_int",
     "nonnegative_int",
+    "float_type",
+    "finite_float",
+    "positive_float",
+    "nonnegative_float",
+    "check_resources",
+    "available_memory",
     "add_common_arguments",
     "check_out_path",
     "executor_options",
@@ -166,6 +172,68 @@ def nonnegative_int(text: str) -> int:
     return val
 
 
+def float_type(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+               hi_open: bool = False):
+    """An argparse ``type=`` for a float option: finite (no nan, inf or overflow such as 1e999)
+    and inside ``[lo, hi]`` (``lo_open``/``hi_open`` exclude the bound); a value outside is a
+    one-line usage error at parse time, before anything is created."""
+    def parse(text: str) -> float:
+        val = _number(text, float)
+        if not math.isfinite(val):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if lo is not None and (val < lo or (lo_open and val == lo)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo:g}, got {text!r}")
+        if hi is not None and (val > hi or (hi_open and val == hi)):
+            raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi:g}, got {text!r}")
+        return val
+
+    parse.__name__ = "number"
+    return parse
+
+
+finite_float = float_type()
+positive_float = float_type(0.0, lo_open=True)
+nonnegative_float = float_type(0.0)
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give a process (MemAvailable), or its total."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n / 1024:.3g} KiB"
+
+
+def check_resources(what: str, *, memory: float = 0.0, work_s: float = 0.0, max_work_s: float = 30 * 86400.0,
+                    fraction: float = 0.8) -> None:
+    """Refuse, before anything is created, a run whose estimated peak ``memory`` (bytes)
+    exceeds ``fraction`` of the memory available here, or whose estimated ``work_s`` (seconds
+    on this machine) is absurd (more than ``max_work_s``): one line that says what it would
+    need and what this machine has (:class:`UsageError`)."""
+    avail = available_memory()
+    if memory > fraction * avail:
+        raise UsageError(f"{what} needs about {_bytes(memory)} of memory at its peak; this machine has "
+                         f"{_bytes(avail)} available")
+    if work_s > max_work_s:
+        years = work_s / (365.25 * 86400)
+        span = f"{years:.3g} years" if years >= 1 else f"{work_s / 86400:.3g} days"
+        raise UsageError(f"{what} would take about {span} here; reduce it")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
     """Options every study shares: --seed --out --overwrite --workers --dask-local --scheduler
     --device --quick --plot --no-progress. Results never depend on how cells are executed."""
@@ -176,6 +244,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
                         "with the same parameters is resumed")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing store that holds a run with other parameters")
+    g.add_argument("--repair", action="store_true",
+                   help="recompute only the damaged cells of a store that cannot be read whole "
+                        "(truncated chunks, unreadable array metadata)")
     g.add_argument("--workers", type=positive_int, default=1,
                    help="local worker processes (default 1: in-process)")
     g.add_argument("--dask-local", type=positive_int, default=None, metavar="N",
@@ -199,7 +270,30 @@ def executor_options(args) -> dict:
 
         if importlib.util.find_spec("distributed") is None:
             raise UsageError("Dask execution needs the 'dist' extra: pip install -e '.[dist]'")
+    if args.scheduler:
+        check_scheduler(args.scheduler)
     return {"workers": args.workers, "scheduler": args.scheduler, "dask_local": args.dask_local}
+
+
+_SCHEDULER = re.compile(r"(?:(tcp|tls|ws|wss)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})/?")
+
+
+def check_scheduler(address: str, timeout: float = 3.0) -> None:
+    """``--scheduler`` must be ``[tcp|tls|ws|wss://]HOST:PORT`` and accept a connection, checked
+    before any store is created (a one-line :class:`UsageError` naming ``--scheduler``)."""
+    import socket
+
+    m = _SCHEDULER.fullmatch(address.strip())
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise UsageError(f"--scheduler {address!r}: expected an address like tcp://10.0.0.5:8786")
+    host, port = m.group(2).strip("[]"), int(m.group(3))
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise UsageError(f"--scheduler {address}: cannot connect ({why}); is the Dask scheduler running "
+                         "and reachable from here?") from None
 
 
 def validate_run_options(args) -> None:
@@ -221,7 +315,7 @@ def run_study_sweep(sweep, args, path=None, **kw):
     another run, or cannot be written, becomes a one-line usage error."""
     from studies.sweep import run_sweep
 
-    opts = {"overwrite": args.overwrite, "progress": not args.no_progress,
+    opts = {"overwrite": args.overwrite, "progress": not args.no_progress, "repair": getattr(args, "repair", False),
             **({} if "executor" in kw else args.executor), **kw}
     with store_errors(args.out):
         return run_sweep(sweep, path if path is not None else args.out, **opts)

@@ -53,6 +53,8 @@ __all__ = [
     "Cell",
     "Sweep",
     "StoreMismatch",
+    "StoreDamaged",
+    "consolidate",
     "SweepStore",
     "CellWriter",
     "compute_and_store",
@@ -209,6 +211,12 @@ class StoreMismatch(Exception):
     """The store at the output path holds a different run."""
 
 
+class StoreDamaged(StoreMismatch):
+    """The store's data or metadata cannot be read (a truncated chunk, garbled metadata); the
+    message names the store and the variable and gives the remedy (``--repair``,
+    ``--overwrite``)."""
+
+
 IDENTITY_KEYS = ("study", "schema_version", "params_json", "root_seed", "layout_json")
 
 
@@ -234,7 +242,11 @@ def store_attrs(path) -> dict | None:
     path = Path(path)
     if not SweepStore.is_store(path):
         return None
-    return dict(zarr.open_group(str(path), mode="r").attrs)
+    try:
+        return dict(zarr.open_group(str(path), mode="r", use_consolidated=False).attrs)
+    except Exception as e:  # noqa: BLE001 - unreadable root metadata
+        raise StoreDamaged(f"{path}: the store's metadata is unreadable ({type(e).__name__}); its run cannot be "
+                           "identified: rerun with --overwrite to start again") from None
 
 
 def open_store(path, spec, create: Callable[[Path], None], *, overwrite: bool = False) -> bool:
@@ -353,12 +365,93 @@ class SweepStore:
             ds.to_zarr(str(path), mode="w", consolidated=False, encoding=enc)
 
         open_store(self.path, sweep, create, overwrite=overwrite)
-        self._group = zarr.open_group(str(self.path), mode="r+")
+        self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        self.recomputed = 0
         return self
 
-    def pending(self) -> list[tuple[int, ...]]:
-        done = np.asarray(self._group["done"][...], dtype=bool)
+    def pending(self, repair: bool = False) -> list[tuple[int, ...]]:
+        """The cells still to compute: those not marked done, and those marked done whose data
+        is missing or not finite (a deleted chunk reads as NaN) -- those are unmarked and
+        counted in :attr:`recomputed`, so a damaged store never reaches an analysis. A chunk or
+        array that cannot be read at all (truncated, garbled metadata) raises
+        :class:`StoreDamaged` naming the variable, unless ``repair`` is set: then only the
+        damaged cells (or, for unreadable metadata, the whole variable) are reset and
+        recomputed."""
+        g = self._group
+        shape = self.sweep.shape
+        try:
+            done = np.asarray(g["done"][...], dtype=bool).reshape(shape)
+        except Exception as e:  # noqa: BLE001 - any read error is damage
+            if not repair:
+                raise StoreDamaged(self._damage("done", e)) from None
+            self._recreate("done")
+            done = np.zeros(shape, dtype=bool)
+        bad = np.zeros(shape, dtype=bool)
+        for name, dims in self.sweep.variables.items():
+            bad |= done & ~self._cells_readable(name, dims, done, repair)
+        self.recomputed = int(bad.sum())
+        if bad.any():
+            for idx in zip(*np.nonzero(bad)):
+                g["done"][tuple(int(i) for i in idx)] = False
+            done &= ~bad
         return [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
+
+    def _damage(self, name, e) -> str:
+        return (f"{self.path}: variable {name} is damaged ({type(e).__name__}); rerun the same command with "
+                "--repair to recompute the damaged cells, or with --overwrite to start again")
+
+    def _cells_readable(self, name, dims, done, repair) -> np.ndarray:
+        """Boolean over the cell grid: the cell's values of ``name`` are present and finite."""
+        g = self._group
+        cdims = list(self.sweep.cell_dims)
+        try:
+            arr = np.asarray(g[name][...], dtype=float)
+        except Exception as e:  # noqa: BLE001
+            if not repair:
+                raise StoreDamaged(self._damage(name, e)) from None
+            return self._repair_cells(name, dims, done)
+        fin = np.isfinite(arr)
+        other = tuple(i for i, d in enumerate(dims) if d not in cdims)
+        ok = fin.all(axis=other) if other else fin
+        kept = [d for d in dims if d in cdims]
+        return np.transpose(ok, [kept.index(d) for d in cdims])
+
+    def _repair_cells(self, name, dims, done) -> np.ndarray:
+        """Reset the unreadable cells of ``name`` (or the whole variable when its metadata is
+        unreadable); returns the readable-cells mask."""
+        g = self._group
+        shape = self.sweep.shape
+        try:
+            arr = g[name]
+        except Exception:  # noqa: BLE001 - unreadable metadata: recreate the variable empty
+            self._recreate(name)
+            return np.zeros(shape, dtype=bool)
+        ok = np.ones(shape, dtype=bool)
+        pos = {d: i for i, d in enumerate(self.sweep.cell_dims)}
+        for idx in zip(*np.nonzero(done)):
+            region = tuple(int(idx[pos[d]]) if d in pos else slice(None) for d in dims)
+            try:
+                val = np.asarray(arr[region], dtype=float)
+                ok[idx] = bool(np.all(np.isfinite(val)))
+            except Exception:  # noqa: BLE001 - a damaged chunk: overwrite it whole with NaN
+                arr[region] = np.nan
+                ok[idx] = False
+        return ok
+
+    def _recreate(self, name) -> None:
+        """Replace an unreadable array by the template's (NaN data, nothing done)."""
+        import zarr
+
+        target = self.path / name
+        if target.exists():
+            shutil.rmtree(target)
+        tmpl = self.sweep.template()[[name]]
+        dims = tmpl[name].dims
+        enc = {name: {"chunks": tuple(1 if d in self.sweep.cell_dims else tmpl.sizes[d] for d in dims)}}
+        tmpl.attrs = {}
+        tmpl.to_zarr(str(self.path), mode="a", consolidated=False, encoding=enc)
+        _OPEN_GROUPS.pop(str(self.path), None)
+        self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
 
     def writer(self) -> "CellWriter":
         return CellWriter(str(self.path), dict(self.sweep.variables), tuple(self.sweep.cell_dims))
@@ -388,7 +481,7 @@ class CellWriter:
 
         g = _OPEN_GROUPS.get(self.path)
         if g is None:
-            g = _OPEN_GROUPS[self.path] = zarr.open_group(self.path, mode="r+")
+            g = _OPEN_GROUPS[self.path] = zarr.open_group(self.path, mode="r+", use_consolidated=False)
         return g
 
     def write(self, index: tuple[int, ...], result: Mapping[str, Any], wall_s: float) -> None:
@@ -431,7 +524,7 @@ def write_analysis(path, analysis: xr.Dataset) -> None:
     merged first."""
     import zarr
 
-    grp = zarr.open_group(str(path), mode="r+")
+    grp = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     existing = dict(grp.attrs)
     keep = set(json.loads(existing.get("layout_json", "{}") or "{}").get("variables", {}))
     keep |= {"done", "wall_s"} | raw_dims(existing)
@@ -445,6 +538,24 @@ def write_analysis(path, analysis: xr.Dataset) -> None:
     written = sorted((set(analysis.data_vars) | set(analysis.coords)) - keep)
     analysis.attrs = {**existing, **analysis.attrs, "analysis_vars": json.dumps(written)}
     analysis.to_zarr(str(path), mode="a", consolidated=False)
+    consolidate(path)
+
+
+def consolidate(path) -> None:
+    """Consolidate the metadata of the store that holds ``path`` (its root, for a group), so
+    ``xr.open_zarr(store)`` opens it quietly and fast. Any later write of metadata drops the
+    consolidation, and every writer here consolidates again when it is done, so a resumed
+    store is never read through stale metadata."""
+    import warnings
+
+    import zarr
+
+    root = Path(path)
+    while SweepStore.is_store(root.parent):
+        root = root.parent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
+        zarr.consolidate_metadata(str(root))
 
 
 def raw_dims(attrs: Mapping) -> set:
@@ -531,9 +642,13 @@ def compute_and_store(run_cell, writer: CellWriter, cell: Cell) -> tuple[tuple[i
 
 def run_sweep(sweep: Sweep, path, *, workers: int = 1, scheduler: str | None = None,
               dask_local: int | None = None, executor: cf.Executor | None = None,
-              overwrite: bool = False, progress: bool = True) -> tuple[xr.Dataset, dict]:
+              overwrite: bool = False, progress: bool = True, repair: bool = False) -> tuple[xr.Dataset, dict]:
     """Run every pending cell of ``sweep`` into the store at ``path``; return the dataset and
     a summary ``{"cells": total, "computed": k, "resumed": j, "wall_s": t}``.
+
+    Cells marked done whose data is missing or not finite are recomputed (and said so); an
+    unreadable store is a :class:`StoreDamaged` error unless ``repair`` (see
+    :meth:`SweepStore.pending`).
 
     The executor (see :func:`make_executor`, or pass one) runs :func:`compute_and_store` on each
     cell, so the cell is written by the process that computed it; the driver only submits a
@@ -544,7 +659,10 @@ def run_sweep(sweep: Sweep, path, *, workers: int = 1, scheduler: str | None = N
 
     store = SweepStore(path, sweep).open(overwrite=overwrite)
     writer = store.writer()
-    pending = store.pending()
+    pending = store.pending(repair=repair)
+    if store.recomputed:
+        print(f"{path}: {store.recomputed} finished cell(s) had missing or unreadable data; recomputing them",
+              file=sys.stderr, flush=True)
     total = int(np.prod(sweep.shape))
     t0 = time.perf_counter()
     cells = sweep.cells(pending)
@@ -580,4 +698,5 @@ def run_sweep(sweep: Sweep, path, *, workers: int = 1, scheduler: str | None = N
         bar.close()
     summary = {"cells": total, "computed": len(cells), "resumed": total - len(cells),
                "wall_s": time.perf_counter() - t0}
+    consolidate(path)
     return store.load(), summary
