@@ -50,7 +50,9 @@ __all__ = [
     "positive_float",
     "nonnegative_float",
     "check_resources",
+    "check_scores",
     "available_memory",
+    "PAIR_RATE",
     "add_common_arguments",
     "check_out_path",
     "executor_options",
@@ -182,6 +184,9 @@ def float_type(lo: float | None = None, hi: float | None = None, *, lo_open: boo
         if not math.isfinite(val):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if lo is not None and (val < lo or (lo_open and val == lo)):
+            if lo == 0:
+                raise argparse.ArgumentTypeError(f"must be a {'positive' if lo_open else 'non-negative'} number, "
+                                                 f"got {text!r}")
             raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo:g}, got {text!r}")
         if hi is not None and (val > hi or (hi_open and val == hi)):
             raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi:g}, got {text!r}")
@@ -232,6 +237,18 @@ def check_resources(what: str, *, memory: float = 0.0, work_s: float = 0.0, max_
         years = work_s / (365.25 * 86400)
         span = f"{years:.3g} years" if years >= 1 else f"{work_s / 86400:.3g} days"
         raise UsageError(f"{what} would take about {span} here; reduce it")
+
+
+MAX_SCORE = 1e100  # largest |score| the closed forms keep inside float64 (they square and exponentiate it)
+PAIR_RATE = 2e9  # token-query multiply-adds per second on this class of machine, for work estimates
+
+
+def check_scores(max_score: float, what: str) -> None:
+    """Refuse parameters whose attention scores leave the range where the theory's closed forms
+    (which square and exponentiate them) stay finite in float64."""
+    if not (math.isfinite(max_score) and max_score <= MAX_SCORE):
+        raise UsageError(f"{what}: scores as large as {max_score:.3g} leave float64's range in the closed forms "
+                         f"(at most {MAX_SCORE:g})")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
@@ -317,6 +334,8 @@ def run_study_sweep(sweep, args, path=None, **kw):
 
     opts = {"overwrite": args.overwrite, "progress": not args.no_progress, "repair": getattr(args, "repair", False),
             **({} if "executor" in kw else args.executor), **kw}
+    # the template, the loaded dataset and its analysis live in memory together
+    check_resources(f"the store of {sweep.study} ({sweep.nbytes / 2**20:.3g} MiB of raw data)", memory=3 * sweep.nbytes)
     with store_errors(args.out):
         return run_sweep(sweep, path if path is not None else args.out, **opts)
 

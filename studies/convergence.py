@@ -37,8 +37,9 @@ from sim.backend import make_rng
 from sim.distributions import DISTRIBUTIONS, make_distribution
 from sim.token_sample import sup_errors
 from studies.claims import ClaimSpec, predicted_form, z_family
-from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
-                         parse_range, positive_int, run_main, run_study, validate_run_options)
+from studies.cli import (PAIR_RATE, Part, StudyParser, UsageError, add_common_arguments, apply_defaults,
+                         check_resources, check_scores, parse_n_grid, parse_range, positive_float, positive_int,
+                         run_main, run_study, validate_run_options)
 from studies.fits import loglog_rate, ols
 from studies.sweep import Sweep
 from theory import token_sample as ts
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=positive_int, default=None,
                    help=f"directions per radial shell in the sup search (default {DEFAULTS['queries']}; "
                         f"--quick {QUICK['queries']})")
-    p.add_argument("--A-scale", dest="a_scale", type=float, default=1.0,
+    p.add_argument("--A-scale", dest="a_scale", type=positive_float, default=1.0,
                    help="score matrix A = A_SCALE * I (default 1); V = I")
     add_common_arguments(p, STUDY)
     return p
@@ -297,10 +298,13 @@ def _validate(args):
         raise UsageError("--n: a rate fit needs at least 3 sample sizes")
     if args.reps < 2:
         raise UsageError("--reps: standard errors need at least 2 replicates")
-    if not (np.isfinite(args.a_scale) and args.a_scale > 0):
-        raise UsageError("--A-scale must be a positive number")
-    if max(args.n) * args.d > 2**31:
-        raise UsageError(f"--n: {max(args.n)} tokens of dimension {args.d} do not fit in memory")
+    n_max, d = max(args.n), args.d
+    check_scores(args.a_scale * max(args.R) * (1.0 + np.sqrt(2 * np.log(n_max))), "--A-scale x --R")
+    queries = len(args.R) * (1 + SEARCH["n_shells"] * (args.queries + 4)
+                             + SEARCH["refine_iters"] * SEARCH["n_refine"] * (2 * d + 2))
+    check_resources(f"--n up to {n_max} tokens in d = {d}",
+                    memory=8.0 * (3 * n_max * d + 8 * d * d + 4 * queries * d),
+                    work_s=args.reps * sum(args.n) * queries * d / PAIR_RATE)
     validate_run_options(args)
 
 

@@ -67,7 +67,8 @@ from sim import encoder as enc
 from sim.backend import make_rng
 from studies.claims import ClaimSpec, z_family
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, nonnegative_int,
-                         parse_n_grid, parse_range, positive_int, run_main, run_study, validate_run_options)
+                         parse_n_grid, parse_range, positive_int, run_main, run_study, validate_run_options,
+                         PAIR_RATE, check_resources)
 from studies.fits import loglog_rate
 from studies.sweep import Sweep
 from theory import token_sample as ts
@@ -483,6 +484,11 @@ def _main(argv=None) -> int:
         args.layers = tuple(sorted({0, L // 2, L - 1})) if args.quick else tuple(range(L))
     if min(args.layers) < 0 or max(args.layers) >= L:
         raise UsageError(f"--layers: the model has layers 0..{L - 1}")
+    D, H = encoder.config.d_model, encoder.config.heads
+    check_resources(f"{args.sequences} sequences x {args.draws} draws per size",
+                    memory=8.0 * args.sequences * len(args.layers) * (H * LENGTH**2 + 4 * LENGTH * D)
+                    + 8.0 * 16 * max(args.n) ** 2,
+                    work_s=args.sequences * len(args.layers) * args.draws * sum(n * n for n in args.n) * D / PAIR_RATE)
     from paper_figs.encoder import draw
 
     run_study(args, Part("", analyze, sweep=make_sweep(args, encoder, ids, desc, text_hash), summary=summary_table),

@@ -49,7 +49,8 @@ from sim.distributions import make_distribution
 from sim.token_sample import hardmax_errors
 from studies.claims import ClaimSpec, predicted_form, worst_of, z_family
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
-                         positive_int, run_main, run_study, validate_run_options)
+                         positive_int, run_main, run_study, validate_run_options,
+                         PAIR_RATE, check_resources, check_scores, positive_float)
 from studies.moments import parse_scales
 from studies.sweep import Sweep
 from theory import token_sample as ts
@@ -102,15 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "the logarithmic rate of lam_n = c log n.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--d", type=positive_int, default=3, help="dimension of the token sphere S^{d-1} (default 3)")
-    p.add_argument("--radius", type=float, default=1.0, help="sphere radius rho (default 1)")
-    p.add_argument("--A-scale", dest="a_scale", type=float, default=1.0,
+    p.add_argument("--radius", type=positive_float, default=1.0, help="sphere radius rho (default 1)")
+    p.add_argument("--A-scale", dest="a_scale", type=positive_float, default=1.0,
                    help="A = A_SCALE * I (default 1), so kappa_1 = A_SCALE * rho^2")
     p.add_argument("--n", type=parse_n_grid, default=None, metavar="GRID",
                    help=f"token counts (default {DEFAULTS['n']}; --quick {QUICK['n']})")
     p.add_argument("--lam", type=parse_scales, default=None, metavar="GRID",
                    help=f"attention parameters lam for the bias: 1..1000/10 (geometric) or a list "
                         f"(default {DEFAULTS['lam']}; --quick {QUICK['lam']})")
-    p.add_argument("--c", type=float, default=1.0, help="coupling lam_n = C log n (default 1)")
+    p.add_argument("--c", type=positive_float, default=1.0, help="coupling lam_n = C log n (default 1)")
     p.add_argument("--reps", type=positive_int, default=None,
                    help=f"independent token samples per n (default {DEFAULTS['reps']}; --quick {QUICK['reps']})")
     p.add_argument("--queries", type=positive_int, default=None,
@@ -386,10 +387,6 @@ def _validate(args):
     apply_defaults(args, DEFAULTS, QUICK, PARSE)
     if args.d < 2:
         raise UsageError("--d must be >= 2 (the sphere S^{d-1})")
-    for name in ("radius", "a_scale", "c"):
-        v = getattr(args, name)
-        if not (np.isfinite(v) and v > 0):
-            raise UsageError(f"--{name.replace('_', '-').replace('a-scale', 'A-scale')} must be a positive number")
     if len(args.n) < 3:
         raise UsageError("--n: a rate fit needs at least 3 token counts")
     if min(args.n) < 2:
@@ -398,8 +395,12 @@ def _validate(args):
         raise UsageError("--lam: a bias slope needs at least 2 values")
     if args.reps < 2:
         raise UsageError("--reps: standard errors need at least 2 replicates")
-    if max(args.n) * args.d > 2**31:
-        raise UsageError(f"--n: {max(args.n)} tokens of dimension {args.d} do not fit in memory")
+    n_max, d = max(args.n), args.d
+    lam_max = max(max(args.lam), args.c * np.log(n_max))
+    check_scores(lam_max * args.a_scale * args.radius**2, "--lam / --c x --A-scale x --radius^2")
+    check_resources(f"--n up to {n_max} tokens on S^{d - 1}",
+                    memory=8.0 * (3 * n_max * d + 4 * args.queries * d + 8 * d * d),
+                    work_s=args.reps * sum(args.n) * args.queries * d * (len(args.lam) + 2) / PAIR_RATE)
     validate_run_options(args)
 
 

@@ -54,7 +54,8 @@ from sim.distributions import make_distribution
 from sim.token_moments import WEIGHT_CONVENTIONS, MomentProblem, moment_errors
 from studies.claims import ClaimSpec, worst_of, z_family
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, nonnegative_int,
-                         parse_n_grid, positive_int, run_main, run_study, validate_run_options)
+                         parse_n_grid, positive_int, run_main, run_study, validate_run_options,
+                         PAIR_RATE, check_resources, check_scores, positive_float)
 from studies.fits import loglog_rate
 from studies.sweep import Sweep, str_coord
 from theory import token_sample as ts
@@ -164,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Options given explicitly override the preset")
     p.add_argument("--dist", choices=("gaussian", "sphere"), default=None, help="token law")
     p.add_argument("--d", type=positive_int, default=None, help="token dimension (presets: 50)")
-    p.add_argument("--rho", type=float, default=None,
+    p.add_argument("--rho", type=positive_float, default=None,
                    help="Gaussian tokens: covariance rho * I (the authors' rho = 0.1)")
-    p.add_argument("--radius", type=float, default=None, help="sphere tokens: radius (default 1)")
+    p.add_argument("--radius", type=positive_float, default=None, help="sphere tokens: radius (default 1)")
     p.add_argument("--weights", choices=WEIGHT_CONVENTIONS, default=None,
                    help="normalized: N(0,1/d) entries, A = s W_k^T W_q/sqrt(d) (Gaussian preset); "
                         "unnormalized: N(0,1) entries, A = s^2 W_k^T W_q/sqrt(d) (sphere presets)")
@@ -385,10 +386,6 @@ def _validate(args):
     apply_defaults(args, defaults, QUICK, {"scales": parse_scales, "n": parse_n_grid, "reference": parse_reference})
     if args.d < 2:
         raise UsageError("--d must be >= 2")
-    if not (np.isfinite(args.rho) and args.rho > 0):
-        raise UsageError("--rho must be a positive number")
-    if not (np.isfinite(args.radius) and args.radius > 0):
-        raise UsageError("--radius must be a positive number")
     if len(args.n) < 3:
         raise UsageError("--n: a rate fit needs at least 3 token counts")
     if args.reps < 2:
@@ -396,11 +393,17 @@ def _validate(args):
     if args.self_token == "exclude" and min(args.n) < 2:
         raise UsageError("--self-token exclude needs n >= 2")
     biggest = max(max(args.n), args.reference[1])
-    if biggest * args.d > 2**31:
-        raise UsageError(f"{biggest} tokens of dimension {args.d} do not fit in memory")
     if args.method == "naive" and biggest**2 * 8 > 4 * 2**30:
         raise UsageError(f"--method naive materialises n x n scores: n = {biggest} needs "
                          f"{biggest**2 * 8 / 2**30:.0f} GiB; use the default streaming method")
+    d, S = args.d, len(args.scales)
+    spread = args.rho * d if args.dist == "gaussian" else args.radius**2
+    gain = max(args.scales) if args.weights == "normalized" else max(args.scales) ** 2
+    check_scores(gain * spread * (1.0 + np.log(biggest)), "--scales x the token spread")
+    rqmc = 2**args.rqmc_log2 * RQMC["n_scrambles"] if args.dist == "sphere" else 0
+    check_resources(f"{biggest} tokens in d = {d} at {S} scales",
+                    memory=8.0 * (4 * biggest * d + 6 * d * d * (S + 4) + 2 * rqmc * d),
+                    work_s=(args.reps * sum(n * n for n in args.n) + args.reference[1] ** 2) * d * S / PAIR_RATE)
     validate_run_options(args)
 
 

@@ -111,6 +111,13 @@ class Sweep:
         return tuple(len(v) for v in self.cell_dims.values())
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the sweep's raw data (float64), the size of its template and of the dataset
+        a finished run loads."""
+        return int(sum(8 * np.prod([len(self.coords[d]) for d in dims]) for dims in self.variables.values())
+                   + 16 * np.prod(self.shape))
+
+    @property
     def params_json(self) -> str:
         return json.dumps(self.params, sort_keys=True, default=_json_default)
 

@@ -59,7 +59,8 @@ from sim.token_moments import moment_errors
 from sim.token_sample import sup_errors
 from studies.claims import ClaimSpec, predicted_form, worst_of, z_family
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
-                         parse_range, positive_int, run_main, run_study, validate_run_options)
+                         parse_range, positive_int, run_main, run_study, validate_run_options,
+                         PAIR_RATE, check_resources, check_scores, positive_float)
 from studies.fits import loglog_rate, ols
 from studies.sweep import Sweep, str_coord
 from theory import token_sample as ts
@@ -119,16 +120,6 @@ examples:
 """
 
 
-def _float_pos(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = StudyParser(
         prog="python -m studies.tails",
@@ -145,17 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"samples per (law, n) (default {DEFAULTS['reps']}; --quick {QUICK['reps']})")
     g.add_argument("--queries", type=positive_int, default=None,
                    help=f"directions per shell in the sup search (default {DEFAULTS['queries']}; --quick {QUICK['queries']})")
-    g.add_argument("--gauss-A", dest="gauss_a", type=_float_pos, default=0.2,
+    g.add_argument("--gauss-A", dest="gauss_a", type=positive_float, default=0.2,
                    help="gaussian law: A = GAUSS_A * I, tokens N(0, I_2) (default 0.2)")
     g.add_argument("--sphere-d", type=positive_int, default=5, help="sphere law: dimension d of S^{d-1} (default 5)")
-    g.add_argument("--sphere-A", dest="sphere_a", type=_float_pos, default=4.0,
+    g.add_argument("--sphere-A", dest="sphere_a", type=positive_float, default=4.0,
                    help="sphere law: A = SPHERE_A * I, so kappa = SPHERE_A * R (default 4: the polynomial regime "
                         "kappa >> 1 over R >= 1)")
-    g.add_argument("--atom-eps", type=_float_pos, default=1e-4, help="atom law: mass of the atom (default 1e-4)")
-    g.add_argument("--atom-radius", type=_float_pos, default=1.0, help="atom law: |atom| = R_mu (default 1)")
-    g.add_argument("--bulk-radius", type=_float_pos, default=0.5,
+    g.add_argument("--atom-eps", type=positive_float, default=1e-4, help="atom law: mass of the atom (default 1e-4)")
+    g.add_argument("--atom-radius", type=positive_float, default=1.0, help="atom law: |atom| = R_mu (default 1)")
+    g.add_argument("--bulk-radius", type=positive_float, default=0.5,
                    help="atom law: radius r_0 of the uniform ball (d = 2) around the origin (default 0.5)")
-    g.add_argument("--atom-A", dest="atom_a", type=_float_pos, default=1.0, help="atom law: A = ATOM_A * I (default 1)")
+    g.add_argument("--atom-A", dest="atom_a", type=positive_float, default=1.0, help="atom law: A = ATOM_A * I (default 1)")
     m = p.add_argument_group("group moments: the moment prefactor C' for truncated Gaussians")
     m.add_argument("--c", type=lambda t: parse_range(t, float), default=None, metavar="RANGE",
                    help=f"truncation levels c (support [-c sigma, c sigma]^d) (default {DEFAULTS['c']}; --quick {QUICK['c']})")
@@ -164,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--moment-reps", type=positive_int, default=None,
                    help=f"samples per (c, n) (default {DEFAULTS['moment_reps']}; --quick {QUICK['moment_reps']})")
     m.add_argument("--trunc-d", type=positive_int, default=2, help="dimension (default 2)")
-    m.add_argument("--trunc-sigma", type=_float_pos, default=1.0, help="sigma (default 1)")
-    m.add_argument("--trunc-A", dest="trunc_a", type=_float_pos, default=0.5,
+    m.add_argument("--trunc-sigma", type=positive_float, default=1.0, help="sigma (default 1)")
+    m.add_argument("--trunc-A", dest="trunc_a", type=positive_float, default=0.5,
                    help="A = TRUNC_A * I, V = I (default 0.5: horizon ~0.5, the CLT regime)")
     add_common_arguments(p, STUDY)
     return p
@@ -495,8 +486,18 @@ def _validate(args):
         raise UsageError("--atom-eps must lie in (0, 1)")
     if args.atom_radius <= args.bulk_radius:
         raise UsageError("--atom-radius must exceed --bulk-radius (the atom is the extreme point)")
-    if max(args.n) * 8 > 2**31 or max(args.moment_n) * args.trunc_d > 2**31:
-        raise UsageError("--n / --moment-n: too many tokens for memory")
+    R_max, n_max = max(args.R), max(args.n)
+    a_max = max(args.gauss_a, args.sphere_a, args.atom_a)
+    check_scores(a_max * R_max * max(1.0 + np.sqrt(2 * np.log(n_max)), args.atom_radius), "--R x the A scales")
+    check_scores(args.trunc_a * max(args.c) * args.trunc_sigma ** 2 * args.trunc_d, "--trunc-A x --c")
+    d_sup = max(2, args.sphere_d)
+    queries = len(args.R) * (1 + 4 * (args.queries + 4) + 6 * 6 * (2 * d_sup + 2))
+    check_resources(f"--n up to {n_max} tokens and --moment-n up to {max(args.moment_n)} in d = {args.trunc_d}",
+                    memory=8.0 * (3 * n_max * d_sup + 3 * max(args.moment_n) * args.trunc_d
+                                  + 8 * max(d_sup, args.trunc_d) ** 2),
+                    work_s=(3 * args.reps * sum(args.n) * queries * d_sup
+                            + len(args.c) * args.moment_reps * sum(n * n for n in args.moment_n) * args.trunc_d)
+                    / PAIR_RATE)
     validate_run_options(args)
 
 

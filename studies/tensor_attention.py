@@ -65,7 +65,8 @@ from sim.backend import get_xp, make_rng
 from studies.benchmarks._timing import best_time
 from studies.claims import ClaimSpec, z_family
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, nonnegative_int,
-                         parse_n_grid, parse_range, positive_int, run_main, run_study, validate_run_options)
+                         parse_n_grid, parse_range, positive_int, run_main, run_study, validate_run_options,
+                         PAIR_RATE, check_resources, check_scores, positive_float)
 from studies.fits import loglog_rate
 from studies.sweep import Sweep, str_coord
 from theory import tensor_attention as th
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"--quick {QUICK['n_tensor']}; above {EXACT_LIMITS['tensor']} needs --force)")
     g.add_argument("--timing-degree", dest="timing_degree", type=nonnegative_int, default=8,
                    help="degree g of the timed approximations (default 8, Chebyshev)")
-    g.add_argument("--timing-B", dest="timing_B", type=float, default=1.0,
+    g.add_argument("--timing-B", dest="timing_B", type=positive_float, default=1.0,
                    help="entry bound of the timed inputs (default 1)")
     g = p.add_argument_group("match3 part")
     g.add_argument("--N", type=lambda t: parse_range(t, int), default=None, metavar="RANGE",
@@ -243,8 +244,6 @@ def _validate(args):
         raise UsageError(f"--degrees: the polynomial degree must be >= 0 (got {min(args.degrees)})")
     if min(args.B) <= 0 or not all(math.isfinite(b) for b in args.B):
         raise UsageError(f"--B: entry bounds must be positive (got {min(args.B):g})")
-    if not (math.isfinite(args.timing_B) and args.timing_B > 0):
-        raise UsageError(f"--timing-B: the entry bound must be positive (got {args.timing_B:g})")
     if min(args.k) < 2 or max(args.k) > 4:
         raise UsageError("--k: attention orders must be 2, 3 or 4")
     if args.reps < 2:
@@ -271,8 +270,24 @@ def _validate(args):
             raise UsageError(f"--n-error: exact order-{max(args.k)} attention at n = {args.n_error} "
                              f"costs {float(args.n_error) ** max(args.k):.1e} tuples per input "
                              f"(limit {EXACT_LIMITS['error_tuples']:.1e}; pass --force)")
+    scale = SCALES[args.scale](args.d)
+    with np.errstate(over="ignore"):
+        check_scores(abs(scale) * args.d * np.float64(max(max(args.B), args.timing_B)) ** max(args.k),
+                     "--B / --timing-B (logit range |s| d B^k)")
+    g_max = max(max(args.degrees), args.timing_degree)
+    r = float(th.rank(args.d, g_max))
+    n_feat = max(args.n_error, max(args.n_approx) if "runtime" in args.parts else 0)
+    work = 0.0
     if "error" in args.parts:
-        s = SCALES[args.scale](args.d)
+        work += (args.reps * len(args.methods) * len(args.B) * len(args.degrees) * 2
+                 * sum(float(args.n_error) ** k for k in args.k) * args.d)
+    if "runtime" in args.parts:
+        work += args.reps * 3 * (sum(args.n_approx) * r * args.d * 2 + sum(float(n) ** 2 for n in args.n_matrix) * args.d
+                                 + sum(float(n) ** 3 for n in args.n_tensor) * args.d)
+    check_resources(f"polynomial features of rank {r:.3g} (d = {args.d}, g = {g_max}) on {n_feat} tokens",
+                    memory=8.0 * (4 * n_feat * r + 4 * r * args.d), work_s=work / PAIR_RATE)
+    if "error" in args.parts:
+        s = scale
         for method in args.methods:
             if method != "chebyshev":
                 continue

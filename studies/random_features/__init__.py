@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import sys
 
 import numpy as np
@@ -83,7 +82,8 @@ import numpy as np
 from gpu import gpu_available
 from sim import random_features as rs
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
-                         parse_range, positive_int, run_main, run_study, validate_run_options)
+                         parse_range, positive_int, run_main, run_study, validate_run_options,
+                         check_resources, finite_float, nonnegative_float, positive_float)
 from studies.random_features.analysis import (CLAIMS, analyze, analyze_bias, analyze_families, analyze_kernel,
                                               analyze_N, analyze_rate, summary)
 from studies.random_features.cells import (DATA_KEY, DEFAULTS, KERNEL_KEY, KERNEL_MODELS, MODELS,  # noqa: F401
@@ -137,18 +137,8 @@ def _targets(text):
     return items
 
 
-def _float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return v
-
-
 def _w_var(text):
-    return None if text == "auto" else _float(text)
+    return None if text == "auto" else positive_float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models of the families sweep: rfa (zero-mean), brfa (biased), rfmlp (default all)")
     t.add_argument("--poly", choices=rs.POLYS, default="gegenbauer",
                    help="per-term polynomial: gegenbauer (pure degree on the sphere, default) or hermite")
-    t.add_argument("--noise", type=_float, default=0.0,
+    t.add_argument("--noise", type=nonnegative_float, default=0.0,
                    help="label noise on train/validation labels, in units of sd(target) (default 0)")
-    t.add_argument("--lambda-min", dest="lambda_min", type=_float, default=1e-7, help="smallest ridge lambda (default 1e-7)")
-    t.add_argument("--lambda-max", dest="lambda_max", type=_float, default=1.0, help="largest ridge lambda (default 1)")
+    t.add_argument("--lambda-min", dest="lambda_min", type=positive_float, default=1e-7, help="smallest ridge lambda (default 1e-7)")
+    t.add_argument("--lambda-max", dest="lambda_max", type=positive_float, default=1.0, help="largest ridge lambda (default 1)")
     t.add_argument("--lambda-count", dest="lambda_count", type=positive_int, default=15,
                    help="lambdas, log-spaced (default 15); penalty n*lambda*|v|^2")
     c = p.add_argument_group("conventions (spec §2.6; all recorded in the dataset)")
@@ -222,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entry variance of the query-key matrices (default auto: unit-variance scores, 1/4)")
     c.add_argument("--mean-shape", dest="mean_shape", choices=rft.MEAN_SHAPES, default="diag",
                    help="shape of the non-zero mean: diag = diag(I_d, 0) (default) or identity = I_{d+1}")
-    c.add_argument("--r-bias", dest="r_bias", type=_float, default=1.0,
+    c.add_argument("--r-bias", dest="r_bias", type=finite_float, default=1.0,
                    help="bias ratio r = mu/sqrt(d) of BRFA in the kernel and families sweeps (default 1)")
     c.add_argument("--value", choices=rft.VALUES, default="augmented",
                    help="value vectors act on [x; 1] (augmented, default) or on x")
@@ -304,10 +294,10 @@ def _validate(args):
         Pmax = max(args.M, max(args.M_grid) if "rate" in sw else 0) * dv
     if {"N", "bias"} & sw:
         Pmax = max(Pmax, args.M * dv)
-    if Pmax > 12000:
-        raise UsageError(f"{Pmax} random features: eigendecompositions of that size take too long; reduce --M or --M-grid")
-    if worst > 6e9:
-        raise UsageError(f"the feature matrices would need {worst / 1e9:.1f} GB; reduce --n, --M or --M-grid")
+    fits = args.reps * (len(args.targets) * len(args.n) * 3 + len(args.rate_targets) * len(args.M_grid) * len(args.n)
+                        + len(args.N_targets) * len(args.N_grid) * 2 + len(args.bias_targets) * len(args.r_grid))
+    check_resources(f"{Pmax} random features on {max(args.n)} training samples",
+                    memory=3 * worst + 4 * 8.0 * Pmax**2, work_s=fits * (Pmax**3 + max(args.n) * Pmax**2) / 1e10)
     if args.workers is None:
         # on a GPU one in-process worker owns the device (features, Gram and eigh run there)
         gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())

@@ -238,7 +238,7 @@ def test_pairwise_baseline_that_sees_triples_fails_the_chance_claim(tmp_path, mo
     (["--degrees", "-1..3"], "--degrees"),  # argparse reads a leading dash as an option: still one line
     (["--B", "0,1"], "entry bounds must be positive"),
     (["--B=-1..1"], "entry bounds must be positive"),
-    (["--timing-B", "0"], "entry bound must be positive"),
+    (["--timing-B", "0"], "must be a positive number"),
     (["--n-tensor", "512,1024,2048"], "--force"),
     (["--n-matrix", "2^15..2^17"], "--force"),
     (["--n-error", "2048", "--k", "3"], "--force"),
