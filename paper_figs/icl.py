@@ -5,16 +5,22 @@ One entry point, :func:`draw`, dispatches on the store's ``figure_kind`` attribu
 
 * ``train``      ``*_heatmaps``: KQ (W_h, rows = query entries, columns = key entries) and OV (u_h)
                  heat maps per head, one row per H; ``*_dynamics``: omega_h(t), mu_h(t) with
-                 sum_h mu_h, and the validation MSE; ``*_metrics``: pattern metrics vs H (bars);
-                 ``*_evolution``: KQ of every head at checkpoints (H = 4 or the largest H <= 4);
-* ``estimators`` risks of the closed-form predictors vs L: Monte Carlo and formulas;
-* ``ode``        the reduced gradient flow: trajectories, the loss with its three stages, 2 mu omega;
-* ``length``     MSE vs test length for each H, the linear baseline and the theory curves;
+                 sum_h mu_h and eta(t) against the DGD optimal step, and the validation MSE against
+                 the exact optimum; ``*_metrics``: pattern metrics vs H (bars), the final MSE
+                 against the exact single-head and pair optima; ``*_evolution``: KQ of every head
+                 at checkpoints (H = 4 or the largest H <= 4);
+* ``estimators`` risks of the closed-form predictors vs L: Monte Carlo and the exact finite-L risks,
+                 and the z-scores of their differences;
+* ``ode``        the reduced gradient flow: trajectories, the loss with its three stages and the
+                 predicted plateau exit, 2 mu omega against the valley and its limit;
+* ``length``     MSE vs test length for each H against the exact kernel risks at the learned
+                 parameters, the linear baseline and GD with the rescaled step;
 * ``noniso``     learned preconditioner sum_h mu_h W_h next to Gamma*, with the cosines;
 * ``multitask``  per-head KQ diagonals and OV y -> output maps, and Gamma_n per task.
 
-Reads the dataset and nothing else (no recomputation); heat maps use the authors' colour map
-(#0D2758 / white / #A32015), symmetric about zero.
+Reads the dataset and nothing else (no recomputation; the theory curves are the store's
+``theory_*`` variables); heat maps use the authors' colour map (#0D2758 / white / #A32015),
+symmetric about zero. Each figure's title ends with the count of the study's claims by outcome.
 """
 from __future__ import annotations
 
@@ -38,6 +44,15 @@ KINDS = ("train", "estimators", "ode", "length", "noniso", "multitask")
 
 _open = open_store
 _save = save_figure
+
+
+def _claims_line(ds) -> str:
+    """'claims: N hold, M fail, K not tested' from the stored claims (empty if none)."""
+    if "claim_outcome" not in ds:
+        return ""
+    out = [str(o) for o in ds["claim_outcome"].values]
+    return (f"claims: {out.count('holds')} hold, {out.count('fails')} fail, {out.count('not tested')} not tested "
+            "(see the store's claim_* variables)")
 
 
 def _paths(store, out, names):
@@ -133,24 +148,25 @@ def _draw_train(ds, store, out, dpi):
             bx.plot(steps, mu[:, h], color=pal[h], lw=1)
         bx.plot(steps, ds["sum_mu"].values[i, s0], color="black", lw=1.6, label="Σ_h μ_h")
         bx.plot(steps, ds["eta"].values[i, s0], color="0.5", lw=1.2, ls="-.", label="η = Σ μ_h ω_h")
-        for v in (0.13, -0.13):
-            ax.axhline(v, ls="--", color="0.4", lw=0.8)
-        for v in (3.5, -3.5):
-            bx.axhline(v, ls="--", color="0.4", lw=0.8)
+        if "theory_dgd_optimal_step" in ds:
+            bx.axhline(float(ds["theory_dgd_optimal_step"]), ls="--", color="C3", lw=0.9,
+                       label="DGD optimal step (theory)")
         ax.axhline(0, color="0.6", lw=0.6)
         bx.axhline(0, color="0.6", lw=0.6)
         for s in ds["seed"].values:
             cx.plot(steps, ds["val_mse"].values[i, int(s), :, 0], lw=1, label=f"seed {int(s)}")
-        cx.axhline(float(ds["theory_dgd_optimal_risk"]), color="C3", ls="--", lw=1, label="DGD optimal risk")
+        cx.axhline(float(ds["theory_pair_risk"] if "theory_pair_risk" in ds else ds["theory_dgd_optimal_risk"]),
+                   color="C3", ls="--", lw=1, label="exact pair optimum (theory)")
         cx.set_yscale("log")
-        ax.set_title(f"H = {H}: ω_h(t) (dashed ±0.13, the paper's level)", fontsize=8)
-        bx.set_title("μ_h(t) (dashed ±3.5), Σμ and η", fontsize=8)
+        ax.set_title(f"H = {H}: ω_h(t)", fontsize=8)
+        bx.set_title("μ_h(t), Σμ and η (dashed: the DGD optimal step)", fontsize=8)
         cx.set_title("validation MSE", fontsize=8)
         cx.set_xlabel("Adam step")
         ax.legend(fontsize=5, ncol=2, loc="best")
         bx.legend(fontsize=5, loc="best")
         cx.legend(fontsize=5, loc="upper right")
-    fig.suptitle(f"Training dynamics (seed {s0}; positive heads ω, μ > 0 and negative heads ω, μ < 0)", fontsize=9)
+    fig.suptitle(f"Training dynamics (seed {s0}; positive heads ω, μ > 0 and negative heads ω, μ < 0)\n"
+                 f"{_claims_line(ds)}", fontsize=9)
     fig.tight_layout()
     _save(fig, paths[1], dpi)
 
@@ -166,6 +182,13 @@ def _draw_train(ds, store, out, dpi):
         ax.bar(xs, vals.mean(1), color="C0", alpha=0.7, width=0.6)
         for j in range(len(seeds)):
             ax.plot(xs, vals[:, j], "o", color="black", ms=3)
+        gvar = var.replace("mean_", "group_")
+        if gvar != var and gvar in ds:
+            g = ds[gvar].values
+            for j in range(len(seeds)):
+                ax.plot(xs, g[:, j], "x", color="C3", ms=5, mew=1.2, label="head groups (as the claims)" if j == 0 else None)
+            ax.legend(fontsize=6, loc="lower left")
+            vals = np.concatenate([vals, g], axis=1)
         ax.set_xticks(xs)
         ax.set_xticklabels([f"H={h}" for h in Hs])
         ax.set_title(title, fontsize=8)
@@ -175,10 +198,13 @@ def _draw_train(ds, store, out, dpi):
             lo = max(0.0, min(0.9, np.nanmin(vals) - 0.02))
             ax.set_ylim(lo, 1.002)
     axes[3].axhline(float(ds["theory_dgd_optimal_risk"]), color="C3", ls="--", lw=1, label="DGD optimal (exact)")
-    axes[3].axhline(0.40, color="C1", ls=":", lw=1, label="paper H=1 (0.40)")
+    if "theory_single_head_risk" in ds:
+        axes[3].axhline(float(ds["theory_single_head_risk"]), color="C1", ls=":", lw=1,
+                        label="single-head optimum (exact, finite L)")
     axes[3].legend(fontsize=6)
-    fig.suptitle("Pattern metrics of kept heads (diag ratio > 0.7) at the last step; bars = mean, dots = seeds",
-                 fontsize=9)
+    fig.suptitle("Pattern metrics at the last step: bars = mean over kept heads (diag ratio > 0.7, the authors' "
+                 "metric), dots = seeds; crosses: the worse of the two head groups (|μ|-weighted KQ, summed OV), "
+                 "which the claims test", fontsize=8)
     fig.tight_layout()
     _save(fig, paths[2], dpi)
 
@@ -230,20 +256,21 @@ def _draw_estimators(ds, store, out, dpi):
     ax.set_yscale("log")
     ax.set_xlabel("prompt length L")
     ax.set_ylabel("risk E(ŷ − y_q)²  (includes σ²)")
-    ax.set_title("MC (points ± SE); solid: exact finite-L formulas (ridge: mean Bayes risk given X); "
-                 "dotted: approximations", fontsize=7)
+    ax.set_title("MC (points ± SE); lines: exact finite-L risks (softmax kernels by quadrature; ridge: mean "
+                 "Bayes risk given X)", fontsize=7)
     ax.legend(fontsize=6, ncol=2)
     for i, e in enumerate(est):
         if bool(ds["theory_exact"].values[i]):
             bx.plot(L, ds["z_vs_formula"].values[i], "o-", ms=3, color=pal[i], lw=0.8, label=names.get(e, e))
-    bx.axhspan(-5, 5, color="0.92", zorder=0, label="±5 SE band")
+    zb = float(ds["z_family"]) if "z_family" in ds else 3.0
+    bx.axhspan(-zb, zb, color="0.92", zorder=0, label=f"±{zb:.2f} SE (the claims' z)")
     bx.axhline(0, color="black", lw=0.7)
     bx.set_xlabel("prompt length L")
     bx.set_ylabel("(MC − formula) / SE")
     bx.set_title("exact formulas vs Monte Carlo", fontsize=8)
     bx.legend(fontsize=6)
     fig.suptitle(f"Closed-form predictors, d = {json.loads(ds.attrs['params_json'])['d']}, "
-                 f"σ² = {json.loads(ds.attrs['params_json'])['sigma2']}", fontsize=9)
+                 f"σ² = {json.loads(ds.attrs['params_json'])['sigma2']}\n{_claims_line(ds)}", fontsize=9)
     fig.tight_layout()
     return [_save(fig, path, dpi)]
 
@@ -277,12 +304,20 @@ def _draw_ode(ds, store, out, dpi):
     for (a, b), c, lab in (((t[pos][0], t1), "C0", "stage 1: plateau"), ((t1, t2), "C1", "stage 2: fast drop"),
                            ((t2, t[-1]), "C2", "stage 3: slow drift")):
         bx.axvspan(a, b, color=c, alpha=0.12, label=lab)
+    if "theory_plateau_exit" in ds:
+        bx.axvline(float(ds["theory_plateau_exit"]), color="C3", ls=":", lw=1, label="predicted plateau exit")
+    if "theory_valley_loss" in ds:
+        bx.plot(t[late], ds["theory_valley_loss"].values[late], color="C3", lw=0.8, ls="-.",
+                label="valley: profiled L̃/2 at ω(t)")
     bx.set_xscale("log")
     bx.set_title(f"loss with its stages (t₁ = {t1:.2f}, t₂ = {t2:.2f})", fontsize=8)
     bx.legend(fontsize=6)
     cx = axes[1, 0]
     cx.plot(t[pos], ds["two_mu_omega"].values[pos], color="C4", lw=1.4, label="2 μ ω")
     cx.axhline(float(ds["theory_two_mu_omega_limit"]), color="C3", ls="--", lw=1, label="1/(1 + d(1+σ²)/L)")
+    if "theory_valley_two_mu_omega" in ds:
+        cx.plot(t[late], ds["theory_valley_two_mu_omega"].values[late], color="C1", lw=0.9, ls=":",
+                label="valley at ω(t)")
     cx.set_xscale("log")
     cx.set_xlabel("time t")
     cx.set_title(f"2μω at t = {t[-1]:g}: {float(ds['two_mu_omega'][-1]):.4f} "
@@ -302,7 +337,7 @@ def _draw_ode(ds, store, out, dpi):
     dx.set_xlabel("time t")
     p = json.loads(ds.attrs["params_json"])
     fig.suptitle(f"Reduced (ω, μ) gradient flow, d = {p['d']}, L = {p['L']}, σ² = {p['sigma2']} "
-                 f"({ds.attrs.get('integrator', '')})", fontsize=9)
+                 f"({ds.attrs.get('integrator', '')})\n{_claims_line(ds)}", fontsize=9)
     fig.tight_layout()
     return [_save(fig, path, dpi)]
 
@@ -320,7 +355,8 @@ def _draw_length(ds, store, out, dpi):
         se = np.sqrt((ds["softmax_se"].values[:, k] ** 2).mean(-1) / ds.sizes["seed"])
         for a in (ax, bx):
             a.errorbar(Lt, m, yerr=se, fmt="o-", ms=3, lw=1, color=pal[k], label=f"softmax H={H}")
-        ax.plot(Lt, ds["theory_dgd_risk"].values[:, k].mean(-1), "--", color=pal[k], lw=0.9)
+        th = ds["theory_kernel_risk"] if "theory_kernel_risk" in ds else ds["theory_dgd_risk"]
+        ax.plot(Lt, np.nanmean(th.values[:, k], axis=-1), "--", color=pal[k], lw=0.9)
     lm = ds["linear_mse"].values.mean(-1)
     ax.plot(Lt, lm, "s-", ms=3, color="C3", lw=1.2, label="linear attention (1/L_train)")
     ax.plot(Lt, ds["theory_linear_risk"].values.mean(-1), ":", color="C3", lw=1, label="GD with step η L'/L_train")
@@ -331,12 +367,13 @@ def _draw_length(ds, store, out, dpi):
         a.set_yscale("log")
         a.set_xlabel("test prompt length L'")
     ax.set_ylabel("MSE (includes σ²)")
-    ax.set_title(f"trained at L = {Ltr} (dashed grey); dashed: exact debiased-GD risk at each learned η", fontsize=7)
+    ax.set_title(f"trained at L = {Ltr} (dashed grey); dashed: exact softmax-kernel risk at each model's learned "
+                 "ω, μ", fontsize=7)
     ax.legend(fontsize=6)
     bx.set_title("softmax models only (zoom)", fontsize=8)
     bx.legend(fontsize=6)
     fig.suptitle("Length generalisation: softmax normalisation adapts to L', the fixed-normalisation linear model "
-                 "does not", fontsize=9)
+                 f"does not\n{_claims_line(ds)}", fontsize=9)
     fig.tight_layout()
     return [_save(fig, path, dpi)]
 
@@ -348,16 +385,17 @@ def _draw_noniso(ds, store, out, dpi):
     Hs = list(ds["H"].values)
     k = len(Hs) - 1
     fig, axes = plt.subplots(2, len(rhos) + 1, figsize=(3.0 * (len(rhos) + 1), 5.8), squeeze=False)
+    cvar = "cos_Gamma_star_centered" if "cos_Gamma_star_centered" in ds else "cos_Gamma_star"
     for c, r in enumerate(rhos):
         G = ds["Gamma"].values[c, k, 0]
-        Gs = ds["theory_Gamma_star"].values[c]
+        Gs = (ds["theory_Gamma_star_centered"] if "theory_Gamma_star_centered" in ds else ds["theory_Gamma_star"]).values[c]
         Gn = G / np.linalg.norm(G)
         Gsn = Gs / np.linalg.norm(Gs)
         v = max(np.abs(Gn).max(), np.abs(Gsn).max())
         _heat(axes[0, c], Gn, v, annotate=True)
         _heat(axes[1, c], Gsn, v, annotate=True)
         axes[0, c].set_title(f"ρ = {r:g}: learned Γ/‖Γ‖ (H = {Hs[k]})\ncos(Γ, Γ*) = "
-                             f"{float(ds['cos_Gamma_star'].values[c, k, 0]):.4f}, cos(Γ, I) = "
+                             f"{float(ds[cvar].values[c, k, 0]):.4f}, cos(Γ, I) = "
                              f"{float(ds['cos_identity'].values[c, k, 0]):.3f}", fontsize=6.5)
         axes[1, c].set_title(f"Γ*/‖Γ*‖ (cos(Γ*, I) = {float(ds['cos_Gamma_star_vs_identity'].values[c]):.3f})",
                              fontsize=6.5)
@@ -367,7 +405,7 @@ def _draw_noniso(ds, store, out, dpi):
         for j, H in enumerate(Hs):
             for s in ds["seed"].values:
                 labels.append(f"ρ={r:g}\nH={H}")
-                cs.append(float(ds["cos_Gamma_star"].values[c, j, int(s)]))
+                cs.append(float(ds[cvar].values[c, j, int(s)]))
                 ci.append(float(ds["cos_identity"].values[c, j, int(s)]))
     x = np.arange(len(labels))
     ax.bar(x - 0.2, cs, 0.4, label="cos(Γ, Γ*)")
@@ -388,7 +426,7 @@ def _draw_noniso(ds, store, out, dpi):
     bx.set_ylim(0, max(vm.max(), tr.max()) * 1.15)
     bx.legend(fontsize=6)
     fig.suptitle("Non-isotropic covariates Σ_ij = ρ^|i−j|: learned preconditioner Γ = Σ_h μ_h W_h[:d,:d]\n"
-                 "vs Γ* = ((1+1/L)Σ + ((trΣ + dσ²)/L) I)⁻¹ (seed 0, largest H)", fontsize=8)
+                 f"vs Γ* = (Σ + ((trΣ + dσ²)/L) I)⁻¹ of debiased GD (seed 0, largest H); {_claims_line(ds)}", fontsize=8)
     fig.tight_layout()
     return [_save(fig, path, dpi)]
 
@@ -419,6 +457,9 @@ def _draw_multitask(ds, store, out, dpi):
         x = np.arange(d)
         for n in range(N):
             c.bar(x + (n - 0.5) * 0.38, G[n], 0.38, label=f"Γ_{n + 1} (task {n + 1})")
+            if "theory_Gamma_star_diag" in ds:
+                c.plot(x + (n - 0.5) * 0.38, ds["theory_Gamma_star_diag"].values[n], "_", color="black", ms=9, mew=1.5,
+                       label="Γ*_n (theory)" if n == 0 else None)
             for i in np.nonzero(sup[n])[0]:
                 c.axvspan(i - 0.5, i + 0.5, ymin=0.97 - 0.05 * n, ymax=1.0 - 0.05 * n, color=f"C{n}", alpha=0.6)
         c.axhline(0, color="black", lw=0.6)
@@ -426,7 +467,8 @@ def _draw_multitask(ds, store, out, dpi):
         c.set_xticklabels([f"x{i + 1}" for i in range(d)], fontsize=6)
         c.set_title("Γ_n = Σ_h μ_{h,n} diag(W_h) (strips: task supports)", fontsize=7)
         c.legend(fontsize=6)
-    fig.suptitle("Multi-task in-context regression (tasks on x1..x4 and x3..x6; seed 0)", fontsize=9)
+    fig.suptitle(f"Multi-task in-context regression (tasks on x1..x4 and x3..x6; seed 0)\n{_claims_line(ds)}",
+                 fontsize=9)
     fig.tight_layout()
     return [_save(fig, path, dpi)]
 

@@ -45,10 +45,46 @@ studies record both cosines.
 Linear-attention baseline (spec §7, reconstructed [?]): a fixed normalisation 1/L_train makes
 the learned predictor GD with step ``eta L'/L_train`` at test length ``L'``.
 
+Exact finite-L risk of the softmax kernels [D; checked by Monte Carlo in the tests]
+    single head  ŷ = mu sum_i softmax_i(omega x_iᵀx_q) y_i
+    pair         ŷ = mu [sum_i softmax_i(omega x_iᵀx_q) y_i - sum_i softmax_i(-omega x_iᵀx_q) y_i]
+(the two antisymmetric heads of the trained multi-head model, spec §4-§6). Given x_q (``s =
+|x_q|^2``) and beta, ``(g_i, y_i) = (x_iᵀx_q, y_i)`` are i.i.d. Gaussian with ``y_i = (b/s) g_i
++ r_i``, ``b = betaᵀx_q``, ``r_i`` independent of ``g_i`` with variance ``|beta|^2 + sigma2 -
+b^2/s``; averaging over beta ~ N(0, I/d) leaves
+    R = sigma2 + 1 - 2 mu A + mu^2 B,   A = E_s[sqrt(s) h1(a)]/d,
+    B = E_s[h2(a)/d + (1 + sigma2 - 1/d) h3(a)],   a = omega sqrt(s),  s ~ chi^2_d
+(single head; the pair has ``A -> 2 A`` and ``B -> 2 (B - C)`` with ``C`` the same average of the
+cross moments), where for ``p = softmax(a z_1..a z_L)``, ``z_i`` i.i.d. N(0, 1):
+``h1 = E sum p_i z_i``, ``h2 = E (sum p_i z_i)^2``, ``h3 = E sum p_i^2`` and the cross moments
+``E (sum p+_i z_i)(sum p-_j z_j)``, ``E sum p+_i p-_i`` of the two antisymmetric softmaxes.
+These are computed exactly (to quadrature accuracy ~1e-8) from ``1/D = int_0^inf e^{-tD} dt``
+and ``1/D^2 = int t e^{-tD} dt`` (``D`` = the softmax denominator): one-dimensional Gaussian
+integrals inside a Laplace integral (a double one for the pair), then Gauss-Laguerre over
+``s``. The optimum over ``mu`` is ``A/B``; over ``omega`` it is found numerically
+(:func:`kernel_optimum`): at d = 5, L = 40, sigma2 = 0.1 the single head's optimum is
+omega = 0.518, mu = 1.50, risk 0.404 (the paper's trained H = 1 values, which the large-L
+reduced model misses: 1/sqrt(d) = 0.447), and the pair's profiled risk is flat in omega
+(it reaches the DGD optimum as omega -> 0).
+
+Reduced ODE, early stage [D]: from omega = mu = (a, -a) the linearised flow grows like
+``a e^t`` (for zero-sum heads ``A mu = O(omega^3)``), so ``L̃ ≈ 1 + sigma2 - 4x + (1 + c d/4)
+4 x^2`` with ``x = a^2 e^{2t}``; the plateau is left (L̃ below (1 - drop) of its start) at
+:func:`plateau_exit_time`. Along the valley mu = mu*(omega) of the pair
+``2 mu omega = 1/(1 + c sinh(d omega^2)/omega^2)`` (:func:`valley_eta`), which tends to
+``1/(1 + d c)`` = the DGD optimal step as omega -> 0.
+
+Prior covariance (multi-task, spec §9): with ``beta ~ N(0, B)`` (``B = I/d`` by default) the
+centred one-step risk uses ``E g gᵀ = (n/L^2)[(n+1) Sigma B Sigma + (tr(Sigma B) + sigma2) Sigma]`` and
+``E g betaᵀ = (n/L) Sigma B``; the optimal preconditioner is ``L B Sigma [(n+1) Sigma B Sigma +
+(tr(Sigma B) + sigma2) Sigma]^-1`` (``beta_cov=`` of :func:`optimal_preconditioner` and
+:func:`preconditioned_risk`).
+
 :func:`sympy_checks` re-derives several of these identities symbolically.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -60,6 +96,9 @@ __all__ = [
     "dgd_risk_asymptotic", "single_head_risk_approx", "ridge_bayes_risk_mp", "ridge_bayes_risk_given_gram",
     "toeplitz_cov", "optimal_preconditioner", "preconditioned_risk", "linear_baseline_risk",
     "cosine", "sympy_checks",
+    "softmax_moments", "softmax_pair_moments", "kernel_coefficients", "kernel_risk", "profiled_kernel_risk",
+    "kernel_optimum", "kernel_identifiable_range", "plateau_exit_time", "valley_eta", "dgd_step_tolerance",
+    "kernel_step_tolerance",
 ]
 
 
@@ -239,29 +278,39 @@ def toeplitz_cov(d: int, rho: float) -> np.ndarray:
     return float(rho) ** np.abs(i[:, None] - i[None, :])
 
 
-def optimal_preconditioner(Sigma, L: int, sigma2: float, centered: bool = False) -> np.ndarray:
-    """Risk-optimal Gamma of the one-step preconditioned predictor (module docstring)."""
+def optimal_preconditioner(Sigma, L: int, sigma2: float, centered: bool = False, beta_cov=None) -> np.ndarray:
+    """Risk-optimal Gamma of the one-step preconditioned predictor (module docstring); ``beta_cov``
+    = the prior covariance B of beta (default I/d, where the closed forms of the docstring hold)."""
     S = np.asarray(Sigma, dtype=float)
     d = S.shape[0]
-    a = (np.trace(S) + d * sigma2) / L
-    scale = 1.0 if centered else 1.0 + 1.0 / L
-    return np.linalg.inv(scale * S + a * np.eye(d))
+    if beta_cov is None:
+        a = (np.trace(S) + d * sigma2) / L
+        scale = 1.0 if centered else 1.0 + 1.0 / L
+        return np.linalg.inv(scale * S + a * np.eye(d))
+    M, C = _precond_moments(S, np.asarray(beta_cov, dtype=float), L, sigma2, centered)
+    return C.T @ np.linalg.inv(M)
 
 
-def preconditioned_risk(Gamma, Sigma, L: int, sigma2: float, centered: bool = False) -> float:
-    """Exact risk of ŷ = x_qᵀ Gamma g (g centred or not), beta ~ N(0, I/d)."""
+def _precond_moments(S, B, L, sigma2, centered):
+    """(E g gᵀ, E g betaᵀ) of g = (1/L) sum (x_i - x̄) y_i (or x̄ = 0), x ~ N(0, S), beta ~ N(0, B)."""
+    tSB = float(np.trace(S @ B))
+    if centered:
+        n = L - 1.0
+        return n / L**2 * ((n + 1.0) * S @ B @ S + (tSB + sigma2) * S), (n / L) * S @ B
+    return (1.0 + 1.0 / L) * S @ B @ S + ((tSB + sigma2) / L) * S, S @ B
+
+
+def preconditioned_risk(Gamma, Sigma, L: int, sigma2: float, centered: bool = False, beta_cov=None,
+                        query_noise: bool = True) -> float:
+    """Exact risk of ŷ = x_qᵀ Gamma g (g centred or not), beta ~ N(0, beta_cov) (default I/d);
+    ``query_noise=False`` drops the sigma2 of a noiseless query label."""
     G = np.asarray(Gamma, dtype=float)
     S = np.asarray(Sigma, dtype=float)
     d = S.shape[0]
-    tS = np.trace(S)
-    if centered:
-        n = L - 1.0
-        M = n / (d * L**2) * ((n + 1.0) * S @ S + (tS + d * sigma2) * S)
-        cross = (n / L) * S / d
-    else:
-        M = ((1.0 + 1.0 / L) * S @ S + ((tS + d * sigma2) / L) * S) / d
-        cross = S / d
-    return float(sigma2 + np.trace(S @ G @ M @ G.T) - 2.0 * np.trace(S @ G @ cross) + tS / d)
+    B = np.eye(d) / d if beta_cov is None else np.asarray(beta_cov, dtype=float)
+    M, C = _precond_moments(S, B, L, sigma2, centered)
+    return float((sigma2 if query_noise else 0.0) + np.trace(S @ G @ M @ G.T) - 2.0 * np.trace(S @ G @ C)
+                 + np.trace(S @ B))
 
 
 def linear_baseline_risk(eta, L_train: int, L_test, d: int, sigma2: float):
@@ -276,6 +325,193 @@ def cosine(a, b) -> float:
     a = np.asarray(a, dtype=float).ravel()
     b = np.asarray(b, dtype=float).ravel()
     return float(a @ b / math.sqrt((a @ a) * (b @ b)))
+
+
+# ======================================================== exact finite-L softmax kernels
+_NS = 12  # Gauss-Laguerre nodes over s = |x_q|^2 ~ chi^2_d (12: risks to ~1e-9)
+
+
+def _grids(a: float, L: int):
+    """Quadrature grids for weights e^{±a z}: z (trapezoid, Gaussian weights folded in) and
+    u = log t of the Laplace variable (trapezoid in u; the integrands are smooth there)."""
+    a = abs(float(a))
+    hz = min(0.1, 0.5 / max(a, 1.0))
+    zmax = 9.0 + 2.0 * a
+    z = np.arange(-zmax, zmax + hz / 2, hz)
+    wz = np.exp(-0.5 * z * z) * (hz / math.sqrt(2.0 * math.pi))
+    lo = -a * a - math.log(L) - 30.0  # below: the integrands are ~t e^{a^2/2} or t^2 e^{2a^2}, negligible
+    hi = max(8.0 * a, math.log(40.0)) + 3.0  # above: phi(t)^(L-1) <= Phi(-log(t)/a)^(L-1) is negligible
+    u = np.arange(lo, hi + 0.2, 0.4)
+    return z, wz, np.exp(u), 0.4
+
+
+def softmax_moments(a: float, L: int):
+    """``(E sum p_i z_i, E (sum p_i z_i)^2, E sum p_i^2)`` for ``p = softmax(a z)``, ``z`` i.i.d.
+    N(0, 1) over ``L`` tokens (exact; module docstring)."""
+    L = int(L)
+    if L < 2:
+        raise ValueError("L must be >= 2")
+    z, wz, t, du = _grids(a, L)
+    ez = np.exp(a * z)
+    E = np.exp(-np.outer(t, ez))
+    phi = E @ wz
+    psi1 = E @ (wz * z * ez)
+    psi2 = E @ (wz * ez * ez)
+    psi3 = E @ (wz * z * z * ez * ez)
+    lphi = np.log(np.maximum(phi, 1e-300))
+    p1 = np.exp((L - 1) * lphi)
+    p2 = np.exp((L - 2) * lphi)
+    h1 = L * np.sum(psi1 * p1 * t) * du
+    h3 = L * np.sum(t * t * psi2 * p1) * du
+    h2 = L * np.sum(t * t * psi3 * p1) * du + L * (L - 1) * np.sum(t * t * psi1**2 * p2) * du
+    return float(h1), float(h2), float(h3)
+
+
+def softmax_pair_moments(a: float, L: int):
+    """``(E (sum p+_i z_i)(sum p-_j z_j), E sum p+_i p-_i)`` for ``p± = softmax(±a z)`` over the
+    same ``L`` tokens (exact; a double Laplace integral, computed as matrix products)."""
+    L = int(L)
+    z, wz, t, du = _grids(a, L)
+    P = np.exp(-np.outer(t, np.exp(a * z)))   # (t, z)
+    M = np.exp(-np.outer(t, np.exp(-a * z)))  # (u, z)
+    phi = (P * wz) @ M.T
+    pp = (P * (wz * z * np.exp(a * z))) @ M.T
+    pm = (P * wz) @ (M * (z * np.exp(-a * z))).T
+    p2 = (P * (wz * z * z)) @ M.T
+    lphi = np.log(np.maximum(phi, 1e-300))
+    w2 = np.outer(t, t) * du * du
+    h3x = L * np.sum(np.exp(L * lphi) * w2)
+    h2x = L * np.sum(p2 * np.exp((L - 1) * lphi) * w2) + L * (L - 1) * np.sum(pp * pm * np.exp((L - 2) * lphi) * w2)
+    return float(h2x), float(h3x)
+
+
+def _s_nodes(d: int, ns: int = _NS):
+    from scipy.special import gammaln, roots_genlaguerre
+
+    x, w = roots_genlaguerre(ns, d / 2.0 - 1.0)
+    return 2.0 * x, w / math.exp(gammaln(d / 2.0))
+
+
+def kernel_coefficients(omega: float, d: int, L: int, sigma2: float, heads: int = 1):
+    """``(A, B)`` with the exact risk ``sigma2 + 1 - 2 mu A + mu^2 B`` of the single softmax head
+    (``heads=1``, weights softmax(omega x_iᵀx_q)) or of the antisymmetric pair (``heads=2``:
+    (omega, mu) and (-omega, -mu)), x ~ N(0, I_d), beta ~ N(0, I/d), noisy query (module
+    docstring)."""
+    if heads not in (1, 2):
+        raise ValueError("heads must be 1 (single head) or 2 (antisymmetric pair)")
+    return _kernel_coefficients(float(omega), int(d), int(L), float(sigma2), int(heads))
+
+
+@functools.lru_cache(maxsize=4096)
+def _kernel_coefficients(omega: float, d: int, L: int, sigma2: float, heads: int):
+    w = abs(omega)
+    sgn = 1.0 if omega >= 0 else -1.0
+    s, ws = _s_nodes(d)
+    A = B = C = 0.0
+    for si, wi in zip(s, ws):
+        a = w * math.sqrt(si)
+        h1, h2, h3 = softmax_moments(a, L)
+        A += wi * math.sqrt(si) * h1 / d
+        B += wi * (h2 / d + (1.0 + sigma2 - 1.0 / d) * h3)
+        if heads == 2:
+            h2x, h3x = softmax_pair_moments(a, L)
+            C += wi * (h2x / d + (1.0 + sigma2 - 1.0 / d) * h3x)
+    if heads == 1:
+        return sgn * A, B
+    return 2.0 * sgn * A, 2.0 * (B - C)
+
+
+def kernel_risk(omega: float, mu: float, d: int, L: int, sigma2: float, heads: int = 1) -> float:
+    """Exact risk E(ŷ - y_q)^2 of the single softmax head or the antisymmetric pair (``mu`` =
+    the value weight of the head with +omega)."""
+    A, B = kernel_coefficients(omega, d, L, sigma2, heads)
+    return float(sigma2 + 1.0 - 2.0 * mu * A + mu * mu * B)
+
+
+def profiled_kernel_risk(omega: float, d: int, L: int, sigma2: float, heads: int = 1):
+    """``(risk, mu*)`` at the best value weight ``mu* = A/B`` for this omega."""
+    A, B = kernel_coefficients(omega, d, L, sigma2, heads)
+    return float(sigma2 + 1.0 - A * A / B), float(A / B)
+
+
+@functools.lru_cache(maxsize=256)
+def kernel_optimum(d: int, L: int, sigma2: float, heads: int = 1, bounds=None):
+    """``(omega*, mu*, risk*)``: the exact finite-L optimum of the single head (``heads=1``) or of
+    the antisymmetric pair (``heads=2``; its profile is flat in omega, see the docstring, so
+    omega* is located to 1e-3 only)."""
+    from scipy.optimize import minimize_scalar
+
+    lo, hi = bounds if bounds is not None else ((0.05, 2.5 / math.sqrt(d)) if heads == 1 else (0.005, 1.2 / math.sqrt(d)))
+    res = minimize_scalar(lambda w: profiled_kernel_risk(w, d, L, sigma2, heads)[0], bounds=(lo, hi),
+                          method="bounded", options={"xatol": 1e-4 if heads == 1 else 1e-3})
+    risk, mu = profiled_kernel_risk(res.x, d, L, sigma2, heads)
+    return float(res.x), mu, risk
+
+
+def kernel_identifiable_range(d: int, L: int, sigma2: float, delta: float, heads: int = 1, optimum=None):
+    """The omega interval ``[lo, hi]`` on which the exact profiled risk stays within ``delta`` of
+    its minimum: the precision to which a loss measured to ``delta`` identifies omega."""
+    from scipy.optimize import brentq
+
+    w0, _, r0 = optimum if optimum is not None else kernel_optimum(d, L, sigma2, heads)
+    f = lambda w: profiled_kernel_risk(w, d, L, sigma2, heads)[0] - r0 - delta  # noqa: E731
+    small = 1e-2 / math.sqrt(d)
+    lo = small if f(small) <= 0 else brentq(f, small, w0, xtol=1e-5)
+    hi = w0
+    step = max(w0, 0.05)
+    while f(hi + step) <= 0 and hi < 10.0 / math.sqrt(d):
+        hi += step
+    hi = brentq(f, hi, hi + step, xtol=1e-5) if f(hi + step) > 0 else hi + step
+    return float(lo), float(hi)
+
+
+def kernel_step_tolerance(omega: float, d: int, L: int, sigma2: float, delta: float, heads: int = 1) -> float:
+    """The half-width of the mu interval (at fixed omega) where the exact risk stays within
+    ``delta`` of its minimum over mu: ``sqrt(delta / B)``."""
+    _, B = kernel_coefficients(omega, d, L, sigma2, heads)
+    return math.sqrt(max(delta, 0.0) / B)
+
+
+def dgd_step_tolerance(d: int, L, sigma2: float, delta: float):
+    """The half-width of the eta interval where the exact DGD risk stays within ``delta`` of its
+    minimum: ``sqrt(delta / curvature)``, curvature ``n (n + d + 1 + sigma2 d)/L^2``."""
+    L = np.asarray(L, dtype=float)
+    n = L - 1.0
+    return np.sqrt(max(delta, 0.0) / (n * (n + d + 1.0 + sigma2 * d) / L**2))
+
+
+# ================================================================ reduced ODE: early and late
+def plateau_exit_time(a0: float, d: int, L: int, sigma2: float, drop: float = 0.05) -> tuple[float, float, float]:
+    """When the antisymmetric pair started at omega = mu = (a0, -a0) leaves the plateau: the
+    first time L̃ falls below ``(1 - drop)`` of its start. Returns ``(t_first, t_second,
+    remainder)``:
+
+    * first order: ``omega = mu = a0 e^t`` (the linearised flow) and L̃ ≈ 1 + sigma2 - 4x,
+      ``x = mu omega``;
+    * second order: the cubic terms of the flow make ``x`` logistic,
+      ``x' = 2x - 4k x^2`` with ``k = 1 + c d``, and L̃ ≈ 1 + sigma2 - 4x + 4k x^2;
+    * ``remainder``: the declared size of the neglected next order, ``|t_second - t_first| k
+      target`` (the expansion parameter ``k x`` times the last correction kept)."""
+    c = (1.0 + sigma2) / L
+    k = 1.0 + c * d
+    l0 = reduced_loss([a0, -a0], [a0, -a0], d, L, sigma2)
+    target = (1.0 + sigma2) - (1.0 - drop) * l0  # required decrease of L̃ from 1 + sigma2
+    t1 = 0.5 * math.log(target / (4.0 * a0**2))
+    if k * target >= 1.0:
+        return t1, t1, abs(t1)
+    x = (1.0 - math.sqrt(1.0 - k * target)) / (2.0 * k)
+    t2 = 0.5 * math.log(x * (1.0 - 2.0 * k * a0**2) / (a0**2 * (1.0 - 2.0 * k * x)))
+    return t1, t2, abs(t2 - t1) * k * target
+
+
+def valley_eta(omega, d: int, L: int, sigma2: float):
+    """2 mu*(omega) omega of the antisymmetric pair at the best mu for its omega:
+    1/(1 + c sinh(d omega^2)/omega^2), -> 1/(1 + d c) as omega -> 0."""
+    w = np.asarray(omega, dtype=float)
+    c = (1.0 + sigma2) / L
+    x = d * w**2
+    ratio = np.where(x > 1e-12, np.sinh(x) / np.where(w**2 > 0, w**2, 1.0), d)
+    return 1.0 / (1.0 + c * ratio)
 
 
 # ================================================================================== sympy

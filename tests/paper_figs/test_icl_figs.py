@@ -13,9 +13,12 @@ from theory import icl_regression as th
 
 
 def _write(path, raw, analysis_fn, **attrs):
+    from studies.claims import to_dataset
+
     raw.attrs.update({"params_json": json.dumps(attrs.pop("params", {})), **attrs})
     raw.to_zarr(str(path), mode="w", consolidated=False)
-    write_analysis(path, analysis_fn(raw))
+    analysis, claims = analysis_fn(raw)
+    write_analysis(path, analysis.merge(to_dataset(claims)))
     return path
 
 
@@ -102,7 +105,7 @@ def test_estimators_ode_and_length_figures(tmp_path, rng):
                    figure_kind="estimators", params={"d": 5, "sigma2": 0.1})
     assert figs.draw(store)[0].stat().st_size > 10_000
 
-    t = study._ode_times(30.0)
+    t = study.ode_times(30.0)
     om, mu, loss = th.integrate_reduced_ode([1e-3, -1e-3], [1e-3, -1e-3], t, 5, 40, 0.1, method="LSODA")
     om4, mu4, loss4 = th.integrate_reduced_ode(rng.normal(0, .1, 4), rng.normal(0, .1, 4), t, 5, 40, 0.01,
                                                method="LSODA")
@@ -129,10 +132,19 @@ def test_estimators_ode_and_length_figures(tmp_path, rng):
     raw["m2_linear"] = (("L_test", "rep", "seed"), 3 * lin**2)
     raw["softmax_eta"] = (("H", "seed"), np.array([[0.77, 0.77], [0.88, 0.88]]))
     raw["linear_eta"] = (("seed",), np.array([0.86, 0.86]))
+    om = np.zeros((2, 2, 4))
+    mu = np.zeros((2, 2, 4))
+    om[0, :, 0], mu[0, :, 0] = 0.518, 1.497  # the exact single-head optimum
+    om[1, :, :2], mu[1, :, :2] = [0.14, -0.14], [3.14, -3.14]  # an antisymmetric pair
+    raw["model_omega"] = (("H", "seed", "mhead"), om)
+    raw["model_mu"] = (("H", "seed", "mhead"), mu)
+    raw["model_exists"] = (("H", "seed", "mhead"), np.array([[[1, 0, 0, 0]] * 2, [[1, 1, 1, 1]] * 2], dtype=bool))
     store = _write(tmp_path / "l.zarr", raw, lambda r: study.analyze_length(r, 5, 40, 0.1, 1000),
                    figure_kind="length", L_train=40)
     ds = xr.open_zarr(str(store), consolidated=False)
-    assert bool(ds["verdict_linear_blows_up"].all()) and bool(ds["verdict_softmax_monotone"].all())
+    assert "theory_kernel_risk" in ds and not any(v.startswith("verdict_") for v in ds.data_vars)
+    outcomes = dict(zip(ds["claim"].values, ds["claim_outcome"].values))
+    assert outcomes["icl_length.linear_blows_up[seed=0]"] == "holds"  # GD with the rescaled step blows up
     assert figs.draw(store)[0].stat().st_size > 10_000
 
 

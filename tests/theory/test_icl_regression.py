@@ -170,3 +170,150 @@ def test_cosine():
     A = np.arange(9.0).reshape(3, 3)
     assert th.cosine(A, 3 * A) == pytest.approx(1.0)
     assert th.cosine(np.eye(2), np.array([[0, 1], [1, 0]])) == pytest.approx(0.0)
+
+
+# ============================================================ exact finite-L softmax kernels
+def _mc_prompts(rng, n, d, Lp, s2):
+    x = rng.standard_normal((n, Lp, d))
+    xq = rng.standard_normal((n, d))
+    beta = rng.standard_normal((n, d)) / math.sqrt(d)
+    y = np.einsum("nld,nd->nl", x, beta) + math.sqrt(s2) * rng.standard_normal((n, Lp))
+    yq = np.einsum("nd,nd->n", xq, beta) + math.sqrt(s2) * rng.standard_normal(n)
+    return x, xq, y, yq
+
+
+def _softmax_pred(x, xq, y, w):
+    s = w * np.einsum("nld,nd->nl", x, xq)
+    s -= s.max(axis=1, keepdims=True)
+    e = np.exp(s)
+    return np.einsum("nl,nl->n", e, y) / e.sum(axis=1)
+
+
+@pytest.mark.parametrize("a,Lp", [(0.0, 7), (0.4, 5), (1.3, 12)])
+def test_softmax_moments_against_monte_carlo(a, Lp):
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((400_000, Lp))
+    e = np.exp(a * z - (a * z).max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    m = np.einsum("nl,nl->n", p, z)
+    mc = [m.mean(), (m**2).mean(), (p**2).sum(1).mean()]
+    se = [m.std() / 600, (m**2).std() / 600, (p**2).sum(1).std() / 600]  # sqrt(4e5) ~ 632
+    got = th.softmax_moments(a, Lp)
+    for g, v, s in zip(got, mc, se):
+        assert abs(g - v) <= 5 * s + 1e-9, (got, mc)
+    if a == 0.0:  # uniform weights: E sum p z = 0, E (mean z)^2 = E sum p^2 = 1/L
+        np.testing.assert_allclose(got, [0.0, 1 / Lp, 1 / Lp], atol=1e-9)
+    pp = np.exp(-a * z - (-a * z).max(axis=1, keepdims=True))
+    pm = pp / pp.sum(axis=1, keepdims=True)
+    mm = np.einsum("nl,nl->n", pm, z)
+    cross = th.softmax_pair_moments(a, Lp)
+    for g, v in zip(cross, [(m * mm).mean(), (p * pm).sum(1).mean()]):
+        assert abs(g - v) <= 5 * 0.5 / 600 * max(1.0, abs(v)) + 1e-9, (cross, v)
+
+
+@pytest.mark.parametrize("d,Lp,s2,heads,w,mu", [
+    (5, 10, 0.1, 1, 1 / math.sqrt(5), 0.9), (3, 20, 0.3, 1, 0.8, 1.1), (5, 10, 0.1, 2, 0.13, 3.45),
+    (4, 16, 0.5, 2, 0.3, 1.4)])
+def test_kernel_risk_is_the_monte_carlo_risk(d, Lp, s2, heads, w, mu):
+    """The exact finite-L risk of the single head and of the antisymmetric pair against Monte
+    Carlo (the pair through its paired difference with debiased GD, whose risk is exact)."""
+    rng = np.random.default_rng(d * 100 + Lp)
+    n = 200_000
+    x, xq, y, yq = _mc_prompts(rng, n, d, Lp, s2)
+    if heads == 1:
+        sq = (mu * _softmax_pred(x, xq, y, w) - yq) ** 2
+        mc, se = sq.mean(), sq.std() / math.sqrt(n)
+    else:
+        yh = mu * (_softmax_pred(x, xq, y, w) - _softmax_pred(x, xq, y, -w))
+        xc = x - x.mean(axis=1, keepdims=True)
+        yd = 2 * w * mu * np.einsum("nl,nld,nd->n", y, xc, xq) / Lp
+        diff = (yh - yq) ** 2 - (yd - yq) ** 2
+        mc = float(th.dgd_risk(2 * w * mu, d, Lp, s2)) + diff.mean()
+        se = diff.std() / math.sqrt(n)
+    assert abs(th.kernel_risk(w, mu, d, Lp, s2, heads) - mc) <= 5 * se, (th.kernel_risk(w, mu, d, Lp, s2, heads), mc, se)
+
+
+def test_pair_tends_to_debiased_gd_and_single_head_to_the_mean():
+    """omega -> 0 with 2 omega mu = eta fixed: the pair is debiased GD (its linearisation);
+    a single head at omega = 0 predicts mu * mean(y)."""
+    for Lp in (10, 40):
+        eta = 0.8
+        gaps = [abs(th.kernel_risk(w, eta / (2 * w), D, Lp, S2, 2) - float(th.dgd_risk(eta, D, Lp, S2)))
+                for w in (0.08, 0.04, 0.02)]
+        assert gaps[2] < gaps[1] / 3 < gaps[0] / 9 and gaps[2] < 1e-3, gaps  # O(omega^2) to the linearisation
+        mu = 0.7
+        assert th.kernel_risk(0.0, mu, D, Lp, S2, 1) == pytest.approx(S2 + 1 + mu**2 * (1 + S2) / Lp, rel=1e-10)
+
+
+def test_kernel_optima_and_identifiable_ranges():
+    w1, m1, r1 = th.kernel_optimum(D, L, S2, 1)
+    # the finite-L single-head optimum is the paper's trained H = 1 (|omega| 0.52, |mu| 1.5, MSE 0.40)
+    assert w1 == pytest.approx(0.518, abs=2e-3) and m1 == pytest.approx(1.497, abs=2e-3) and r1 == pytest.approx(0.404,
+                                                                                                             abs=1e-3)
+    for dw in (-0.03, 0.03):
+        assert th.profiled_kernel_risk(w1 + dw, D, L, S2, 1)[0] > r1
+    assert th.kernel_risk(w1, m1 * 1.05, D, L, S2, 1) > r1
+    lo, hi = th.kernel_identifiable_range(D, L, S2, 0.004, 1, optimum=(w1, m1, r1))
+    assert lo < w1 < hi
+    for edge in (lo, hi):
+        assert th.profiled_kernel_risk(edge, D, L, S2, 1)[0] == pytest.approx(r1 + 0.004, abs=1e-6)
+    # the pair: never worse than DGD at its optimal step, equal in the omega -> 0 limit
+    w2, m2, r2 = th.kernel_optimum(D, L, S2, 2)
+    assert r2 <= float(th.dgd_optimal_risk(D, L, S2)) + 1e-9 and r2 >= float(th.dgd_optimal_risk(D, L, S2)) - 1e-3
+    assert 2 * w2 * m2 == pytest.approx(float(th.dgd_optimal_step(D, L, S2)), abs=5e-3)
+    tol = th.kernel_step_tolerance(0.14, D, L, S2, 0.004, 2)
+    _, mstar = th.profiled_kernel_risk(0.14, D, L, S2, 2)
+    assert th.kernel_risk(0.14, mstar + tol, D, L, S2, 2) == pytest.approx(th.profiled_kernel_risk(0.14, D, L, S2, 2)[0]
+                                                                           + 0.004, rel=1e-9)
+    eta_tol = th.dgd_step_tolerance(D, L, S2, 0.004)
+    eta = float(th.dgd_optimal_step(D, L, S2))
+    assert float(th.dgd_risk(eta + eta_tol, D, L, S2)) == pytest.approx(float(th.dgd_optimal_risk(D, L, S2)) + 0.004)
+
+
+@pytest.mark.parametrize("d,Lp,s2,a0", [(5, 40, 0.1, 1e-3), (10, 20, 0.1, 1e-3), (3, 30, 0.5, 1e-2)])
+def test_plateau_exit_time_matches_the_integrated_flow(d, Lp, s2, a0):
+    t1, t2, rem = th.plateau_exit_time(a0, d, Lp, s2)
+    t = np.arange(0.0, t2 + 3.0, 0.001)
+    _, _, loss = th.integrate_reduced_ode([a0, -a0], [a0, -a0], t, d, Lp, s2, method="DOP853")
+    t_exit = t[np.argmax(loss < 0.95 * loss[0])]
+    assert abs(t_exit - t2) <= rem + 0.001 < abs(t_exit - t1), (t_exit, t1, t2, rem)
+
+
+def test_valley_eta_is_the_pairs_conditional_optimum():
+    for w in (0.05, 0.14, 0.3):
+        m = th.mu_star([w, -w], D, L, S2)
+        assert 2 * w * m[0] == pytest.approx(float(th.valley_eta(w, D, L, S2)), rel=1e-10)
+    assert float(th.valley_eta(1e-8, D, L, S2)) == pytest.approx(float(th.dgd_optimal_step(D, L, S2)), rel=1e-9)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_preconditioner_with_a_prior_covariance(centered):
+    """beta ~ N(0, B): B = I/d gives the closed forms; a task supported on 4 of 6 coordinates
+    (the multi-task law, noiseless query) has Gamma* = L/(L + tr B + sigma2) on its support
+    (centred) and 0 off it; the risk formula agrees with Monte Carlo."""
+    Sig = th.toeplitz_cov(D, 0.5)
+    np.testing.assert_allclose(th.optimal_preconditioner(Sig, L, S2, centered, beta_cov=np.eye(D) / D),
+                               th.optimal_preconditioner(Sig, L, S2, centered), rtol=1e-10)
+    d6, Lp, s2 = 6, 48, 0.4
+    B = np.diag([1.0, 1, 1, 1, 0, 0])
+    G = th.optimal_preconditioner(np.eye(d6), Lp, s2, centered, beta_cov=B)
+    if centered:
+        np.testing.assert_allclose(np.diag(G)[:4], Lp / (Lp + 4 + s2), rtol=1e-12)
+    np.testing.assert_allclose(G[4:, :], 0.0, atol=1e-14)
+    np.testing.assert_allclose(G[:, 4:], 0.0, atol=1e-14)
+    r0 = th.preconditioned_risk(G, np.eye(d6), Lp, s2, centered, beta_cov=B, query_noise=False)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        assert th.preconditioned_risk(G + 0.02 * rng.standard_normal((d6, d6)), np.eye(d6), Lp, s2, centered, beta_cov=B,
+                                      query_noise=False) > r0
+    n = 100_000
+    x = rng.standard_normal((n, Lp, d6))
+    xq = rng.standard_normal((n, d6))
+    beta = rng.standard_normal((n, d6)) @ np.sqrt(B)
+    y = np.einsum("nld,nd->nl", x, beta) + math.sqrt(s2) * rng.standard_normal((n, Lp))
+    xc = x - x.mean(axis=1, keepdims=True) if centered else x
+    g = np.einsum("nl,nld->nd", y, xc) / Lp
+    Gm = 0.7 * G + 0.05
+    sq = (np.einsum("nd,de,ne->n", xq, Gm, g) - np.einsum("nd,nd->n", xq, beta)) ** 2
+    assert abs(sq.mean() - th.preconditioned_risk(Gm, np.eye(d6), Lp, s2, centered, beta_cov=B,
+                                                  query_noise=False)) <= 5 * sq.std() / math.sqrt(n)

@@ -1,0 +1,242 @@
+"""``python -m studies.icl multitask``: two regression tasks on x[0:4] and x[2:6] (d = 6,
+beta_n ~ N(0, I_4) on its support, label-noise variance 0.4, noiseless query; spec
+icl_regression §1, §9, §13.9; sweep S8): per-task debiased GD and the superposition of heads.
+
+Per task n the first-order (debiased-GD) theory has the optimal preconditioner
+Gamma*_n = L B_n [L B_n + (tr B_n + sigma_n^2) I]^-1 (B_n = the task's prior covariance:
+L/(L + 4.4) on its support, 0 off it; :func:`theory.icl_regression.optimal_preconditioner`
+with ``beta_cov``), which the heads realise as Gamma_n = sum_h mu_{h,n} W_h[:d, :d].
+
+Claims (per run ``where="H=3,seed=0,task=1"`` or ``"H=3,seed=0"``; "not tested" when training
+stopped before the stage: a task's validation MSE has not settled, or its value weights have not
+split into positive and negative heads):
+
+* ``task_optimal``: each task's final MSE / task variance is the exact risk of debiased GD with
+  Gamma*_n (z SE + the declared 0.01 model error of spec §13.7);
+* ``zero_sum``: per task, |sum_h mu_{h,n}| < 0.05 sum_h |mu_{h,n}| (spec number, §13.9);
+* ``task_support``: Gamma_n's mean on the task's support is Gamma*_n's value there and its
+  entries off the support are 0, both to 0.1 (spec numbers, §13.9: "≈ 0.9 on, |·| < 0.1 off");
+* ``superposition`` (N + 1 <= H < 2N): at least 2N - H heads serve both tasks (each task needs a
+  zero-sum pair of heads, so fewer than 2N heads must share; a head serves a task when
+  |mu_{h,n}| > 0.1 max_h |mu_{h,n}|, spec §13.5);
+
+With H <= N heads no claim is tested: the zero-sum combinations of H heads span at most H - 1
+preconditioners, fewer than the N the tasks need, so the first-order theory has no value there.
+* ``split`` (H >= 2N): every task has a pair of heads of its own; the spec expects this only
+  after >= 1e5 Adam steps (§9, §13.9), so shorter runs do not test it.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import xarray as xr
+
+from sim import icl_regression as sim
+from studies.claims import ClaimSpec, z_family
+from studies.cli import UsageError
+from studies.icl import _common as C
+from studies.icl._training import add_training_args, training_part
+from theory import icl_regression as th
+
+DEFAULTS = {"steps": 30000, "seeds": 1, "H": "3,4"}
+QUICK = {"steps": 600, "seeds": 1, "H": "3"}
+SUPPORT_TOL = 0.1  # spec §13.9
+
+S = C.SOURCE
+OPT = ClaimSpec("icl_multitask.task_optimal", f"{S}: multi-task regression (spec §9, §13.9)",
+                "Each task's MSE is the risk of debiased GD with its optimal preconditioner.")
+ZS = ClaimSpec("icl_multitask.zero_sum", f"{S}: per-task zero-sum OV (spec §9, §13.9)",
+               "For each task the heads' value weights sum to zero.")
+SUPPORT = ClaimSpec("icl_multitask.task_support", f"{S}: per-task preconditioners (spec §9, §13.9)",
+                    "Gamma_n = sum_h mu_{h,n} diag-block of W_h is Gamma*_n: its value on the task's support, 0 off.")
+SUPER = ClaimSpec("icl_multitask.superposition", f"{S}: superposition when H < 2N (spec §9, §13.9)",
+                  "With fewer than two heads per task, heads are shared: at least 2N - H heads serve both tasks.")
+SPLIT = ClaimSpec("icl_multitask.split", f"{S}: one head pair per task when H >= 2N (spec §9, §13.9)",
+                  "With at least two heads per task, every task gets a pair of heads of its own.")
+
+
+def add_parser(sub, add_common):
+    sp = sub.add_parser("multitask", help="two tasks on x[0:4] and x[2:6] (d = 6, L = 48): superposition of heads",
+                        description="Two regression tasks sharing coordinates: per-task debiased GD and the "
+                                    "superposition of heads.",
+                        epilog="example: python -m studies.icl multitask --H 3,4 --steps 30000")
+    C.data_args(sp, d=6, L=48)
+    add_training_args(sp, DEFAULTS, QUICK)
+    add_common(sp, "icl_multitask")
+    return sp
+
+
+def validate(args):
+    if args.d != 6:
+        raise UsageError("multitask: the task layout (x[0:4], x[2:6]) needs --d 6")
+
+
+def token_dim(args) -> int:
+    return args.d + 2
+
+
+def part(args):
+    task = sim.multitask_task(args.d)
+    grid = {"H": np.asarray(args.H, dtype=np.int64), "seed": np.arange(args.seeds)}
+
+    def make_run(H, seed):
+        ds_, is_ = C.seed_seqs(args.seed, seed, H)
+        return sim.RunSpec(int(H), task, ds_, is_)
+
+    return training_part(args, study="icl_multitask", grid=grid, make_run=make_run,
+                         task_attrs={**task.describe(), "sigma2_ignored": True},
+                         analyze=functools.partial(analyze_multitask, task=task, L=args.L),
+                         summary=summary_multitask, figure_kind="multitask")
+
+
+def task_theory(task, L):
+    """Per task n: Gamma*_n (d, d), its risk / task variance, and the task variance."""
+    d, N = task.d, task.n_out
+    G, R, tv = [], [], []
+    for n in range(N):
+        B = np.diag(task.beta_scale[n] ** 2 * task.beta_mask[n])
+        s2 = float(task.noise_sd[n] ** 2)
+        g = th.optimal_preconditioner(np.eye(d), L, s2, centered=True, beta_cov=B)
+        var = float(np.trace(B))
+        r = th.preconditioned_risk(g, np.eye(d), L, s2, centered=True, beta_cov=B,
+                                   query_noise=bool(task.query_noise_sd[n] > 0))
+        G.append(g)
+        R.append(r / var)
+        tv.append(var)
+    return np.stack(G), np.array(R), np.array(tv)
+
+
+def analyze_multitask(ds, task, L):
+    d, N = task.d, task.n_out
+    Wf = ds["W"].isel(step=-1).values  # (H, seed, head, D, D)
+    Uf = ds["U"].isel(step=-1).values  # (H, seed, head, D, N)
+    exists = ds["head_exists"].values
+    diag = np.diagonal(Wf[..., :d, :d], axis1=-2, axis2=-1)  # (H, seed, head, d)
+    ov = Uf[..., d:, :]  # (H, seed, head, N(in: y_m), N(out))
+    mu = np.where(exists[..., None], np.diagonal(ov, axis1=-2, axis2=-1), 0.0)  # (H, seed, head, N)
+    cross = np.abs(ov * (1 - np.eye(N))).max(axis=(-2, -1))
+    gd = ["H", "seed"]
+    out = xr.Dataset(coords={"H": ds["H"], "seed": ds["seed"], "head": ds["head"], "coord": np.arange(d),
+                             "task": np.arange(N), "task_in": np.arange(N)})
+    out["kq_diag"] = (gd + ["head", "coord"], diag, {"long_name": "diagonal of each head's KQ x-block"})
+    out["ov_y"] = (gd + ["head", "task_in", "task"], ov, {"long_name": "OV entries y_m (task_in) -> output n (task)"})
+    out["mu"] = (gd + ["head", "task"], mu, {"long_name": "mu_{h,n} = u_h[d+n, n]"})
+    Gfull = np.einsum("...hn,...hij->...nij", mu, Wf[..., :d, :d])  # (H, seed, N, d, d)
+    Gam = np.diagonal(Gfull, axis1=-2, axis2=-1)
+    out["Gamma_diag"] = (gd + ["task", "coord"], Gam, {"long_name": "diagonal of Gamma_n = sum_h mu_{h,n} W_h[:d,:d]"})
+    mask = task.beta_mask > 0  # (N, d)
+    out["theory_support"] = (("task", "coord"), mask)
+    Gs, Rs, tv = task_theory(task, L)
+    out["theory_Gamma_star_diag"] = (("task", "coord"), np.diagonal(Gs, axis1=-2, axis2=-1),
+                                     {"long_name": "diagonal of Gamma*_n (debiased GD, the task's prior)"})
+    out["theory_task_risk"] = (("task",), Rs, {"long_name": "exact risk of debiased GD with Gamma*_n / task variance"})
+    blocks = ds["final_val_blocks"].values  # (H, seed, vblock, N)
+    norm = blocks.mean(2) / tv
+    nse = blocks.std(2, ddof=1) / math.sqrt(blocks.shape[2]) / tv
+    out["final_val_mse_per_task"] = (gd + ["task"], norm, {"long_name": "final val MSE of output n / task variance"})
+    out["final_val_se_per_task"] = (gd + ["task"], nse)
+    s_mu, s_abs = mu.sum(2), np.abs(mu).sum(2)
+    zsr = np.abs(s_mu) / np.maximum(s_abs, 1e-300)
+    out["zero_sum_ratio"] = (gd + ["task"], zsr)
+    out["cross_task_max"] = (gd + ["head"], np.where(exists, cross, 0.0))
+    on = np.where(mask[None, None], Gam, np.nan)
+    off = np.where(mask[None, None], np.nan, Gam)
+    gon = np.nanmean(on, axis=-1)
+    goff = np.nanmax(np.abs(off), axis=-1) if (~mask).any() else np.zeros(Gam.shape[:-1])
+    gstar_on = np.array([np.diagonal(Gs[n])[mask[n]].mean() for n in range(N)])
+    out["Gamma_on_support"] = (gd + ["task"], gon)
+    out["Gamma_off_support_max"] = (gd + ["task"], goff)
+    serves = np.abs(mu) > C.ACTIVE_MU_FRAC * np.abs(mu).max(axis=2, keepdims=True)  # (H, seed, head, N)
+    out["serves"] = (gd + ["head", "task"], serves, {"description": f"|mu_(h,n)| > {C.ACTIVE_MU_FRAC} max_h |mu_(h,n)|"})
+
+    Hs = [int(h) for h in ds["H"].values]
+    seeds = [int(s) for s in ds["seed"].values]
+    steps = ds["step"].values
+    val_t = ds["val_mse"].values / tv  # (H, seed, step, N)
+    z, zs = z_family(len(Hs) * len(seeds) * N)
+    claims = []
+    for i, H in enumerate(Hs):
+        for j, s in enumerate(seeds):
+            gates = [C.settled(steps, val_t[i, j, :, n], z * nse[i, j, n] + C.MODEL_ALLOWANCE,
+                               what=f"validation MSE / variance of task {n + 1}") for n in range(N)]
+            ok = all(g[0] for g in gates)
+            why = next((g[2] for g in gates if not g[0]), "")
+            if ok:  # per task, the heads must have split into positive and negative groups
+                splits = [C.split_gate(mu[i, j, :, n], exists[i, j], what=f"the heads of task {n + 1}")
+                          for n in range(N)]
+                ok = all(g[0] for g in splits)
+                why = next((g[1] for g in splits if not g[0]), "")
+            if H < N + 1:  # zero-sum combinations of H heads span H - 1 < N preconditioners
+                ok, why = False, (f"no theory value: with H = {H} heads the zero-sum combinations sum_h mu_(h,n) W_h "
+                                  f"span at most H - 1 = {H - 1} < N = {N} preconditioners, so the first-order theory "
+                                  "cannot realise every task's debiased GD (it needs H >= N + 1)")
+            for n in range(N):
+                wh = C.where(H=H, seed=s, task=n + 1)
+                otxt = f"{Rs[n]:.4g} (debiased GD with Gamma*_{n + 1})"
+                stxt = f"{gstar_on[n]:.3f} on the support, 0 off"
+                if not ok:
+                    claims += [OPT.not_tested(why, where=wh, prediction=Rs[n], prediction_text=otxt),
+                               ZS.not_tested(why, where=wh, prediction_text="0 (|sum mu| / sum |mu|)"),
+                               SUPPORT.not_tested(why, where=wh, prediction_text=stxt)]
+                    continue
+                claims.append(OPT.equal(norm[i, j, n], nse[i, j, n], Rs[n], z=z, z_source=zs,
+                                        allowance=C.MODEL_ALLOWANCE,
+                                        allowance_source=C.MODEL_ALLOWANCE_SOURCE + " (on the task-variance scale)",
+                                        where=wh, prediction_text=otxt))
+                claims.append(ZS.at_most(float(zsr[i, j, n]), math.nan, 0.0, z=0.0, z_source="",
+                                         allowance=C.ZERO_SUM_FRAC, allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.9"),
+                                         where=wh, prediction_text="0 (|sum mu| / sum |mu|)"))
+                dev = max(abs(gon[i, j, n] - gstar_on[n]), float(goff[i, j, n]))
+                claims.append(SUPPORT.at_most(dev, math.nan, 0.0, z=0.0, z_source="", allowance=SUPPORT_TOL,
+                                              allowance_source=C.spec(SUPPORT_TOL, "§13.9"), where=wh,
+                                              prediction_text=stxt + " (max deviation)"))
+            wh = C.where(H=H, seed=s)
+            both = int(np.sum(serves[i, j, :H].all(axis=-1)))
+            if H < N + 1:
+                claims.append(SUPER.not_tested(why, where=wh, prediction_text="no prediction for H <= N"))
+            elif H < 2 * N:
+                need = 2 * N - H
+                ptxt = f">= {need} shared head(s)"
+                if not ok:
+                    claims.append(SUPER.not_tested(why, where=wh, prediction=need, prediction_text=ptxt))
+                else:
+                    claims.append(SUPER.decided(both >= need, test="heads serving both tasks >= 2N - H",
+                                                tolerance_source="exact count (pigeonhole: a zero-sum pair per task)",
+                                                where=wh, prediction=need, prediction_text=ptxt, measured=both,
+                                                reason="" if both >= need else f"{both} shared head(s) < {need}"))
+            else:
+                own = [int(np.sum(serves[i, j, :H, n] & ~np.delete(serves[i, j, :H], n, axis=-1).any(axis=-1)))
+                       for n in range(N)]
+                ptxt = ">= 2 heads of its own per task"
+                if int(steps[-1]) < C.SPLIT_STEPS:
+                    claims.append(SPLIT.not_tested(f"the split needs >= {C.SPLIT_STEPS:,} Adam steps (spec §9, §13.9); "
+                                                   f"this run stopped at {int(steps[-1]):,}", where=wh,
+                                                   prediction_text=ptxt, measured=min(own)))
+                elif not ok:
+                    claims.append(SPLIT.not_tested(why, where=wh, prediction_text=ptxt))
+                else:
+                    claims.append(SPLIT.decided(min(own) >= 2, test="min over tasks of heads serving only it >= 2",
+                                                tolerance_source="exact count", where=wh, prediction=2,
+                                                prediction_text=ptxt, measured=min(own),
+                                                reason="" if min(own) >= 2 else f"a task has {min(own)} head(s) "
+                                                                                "of its own"))
+    return out, claims
+
+
+def summary_multitask(a):
+    rows = [f"{'H':>3} {'seed':>4} {'MSE/var t1':>10} {'MSE/var t2':>10} {'zero-sum t1,t2':>15} "
+            f"{'Γ on-support':>14} {'Γ off max':>11}  mu_h (task1, task2)"]
+    for i, H in enumerate(a["H"].values):
+        for j, s in enumerate(a["seed"].values):
+            mu = a["mu"].values[i, j][:H]
+            rows.append(f"{H:>3} {s:>4} {a['final_val_mse_per_task'].values[i, j, 0]:>10.4f} "
+                        f"{a['final_val_mse_per_task'].values[i, j, 1]:>10.4f} "
+                        f"{a['zero_sum_ratio'].values[i, j, 0]:>7.3f},{a['zero_sum_ratio'].values[i, j, 1]:<7.3f} "
+                        f"{a['Gamma_on_support'].values[i, j, 0]:>6.3f},{a['Gamma_on_support'].values[i, j, 1]:<7.3f} "
+                        f"{a['Gamma_off_support_max'].values[i, j].max():>11.3f}  "
+                        + " ".join(f"({m[0]:+.2f},{m[1]:+.2f})" for m in mu))
+    rows.append(f"theory (debiased GD with Gamma*_n): MSE/var {', '.join(f'{r:.4f}' for r in a['theory_task_risk'].values)}; "
+                f"Gamma*_n on the support {float(a['theory_Gamma_star_diag'].values[0].max()):.3f}")
+    return "\n".join(rows)

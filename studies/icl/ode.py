@@ -1,0 +1,236 @@
+"""``python -m studies.icl ode``: the reduced (omega, mu) gradient flow (spec icl_regression §5,
+§11 figure 9, §13.4; sweep S5).
+
+Two initialisations: ``antisymmetric`` (H = 2 from omega = mu = (a, -a), at the run's sigma2)
+and ``random4`` (H = 4, omega, mu ~ N(0, 0.1^2), at ``--random-sigma2``). The flow is
+integrated numerically (scipy, or the authors' Euler) and set against closed-form predictions
+of :mod:`theory.icl_regression` for the run's d, L, sigma2 and a:
+
+* ``plateau_exit``: the loss leaves its plateau (falls 5% below its start) at the time the
+  linearised flow predicts, :func:`theory.icl_regression.plateau_exit_time` (second order;
+  tolerance: the declared size of the next order plus the time grid's interpolation error);
+* ``drop``: by the end the loss has dropped from the plateau (1+sigma2)/2 to the floor
+  sigma2/2 + dc/(2(1 + dc)) (:func:`~theory.icl_regression.multihead_loss_limit`, c =
+  (1+sigma2)/L), up to the valley's remaining gap at the reached omega (tolerance: 1% of the
+  plateau-floor gap, spec §13.4);
+* ``drift_limit``: 2 mu omega at the end is the valley's 1/(1 + c sinh(d omega^2)/omega^2)
+  at the reached omega (-> 1/(1 + d(1+sigma2)/L)); 1% (spec §13.4);
+* ``drift_direction``: after the drop omega decreases and mu grows (the profiled loss
+  increases with omega); "not tested" when the run ends before the drift stage;
+* ``symmetry``: mu_1 = -mu_2, omega_1 = -omega_2 are preserved (exact symmetry of the flow);
+* ``random_zero_sum``: from the random 4-head start the value weights end zero-sum (the floor is
+  reached only by zero-sum heads; 0.05, spec §13.5).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import xarray as xr
+
+from studies.claims import ClaimSpec
+from studies.cli import Part, UsageError
+from studies.icl import _common as C
+from studies.sweep import Sweep, str_coord
+from theory import icl_regression as th
+
+INITS = ("antisymmetric", "random4")
+DEFAULTS = {"t_max": 1e4}
+QUICK = {"t_max": 1e3}
+DROP = 0.05  # the plateau is left when the loss is 5% below its start
+
+S = C.SOURCE
+EXIT = ClaimSpec("icl_ode.plateau_exit", f"{S}: stage 1, the plateau (spec §5, §13.4)",
+                 "The loss leaves the plateau when the linearised flow from the small start says it does.")
+DROP_C = ClaimSpec("icl_ode.drop", f"{S}: stage 2, the fast drop (spec §5, §13.4)",
+                   "The loss drops from the plateau (1+sigma2)/2 to the floor sigma2/2 + dc/(2(1+dc)), "
+                   "up to the valley's remaining gap at the reached omega.")
+LIMIT = ClaimSpec("icl_ode.drift_limit", f"{S}: stage 3, 2 mu omega -> 1/(1 + d(1+sigma2)/L) (spec §5, §13.4)",
+                  "Along the slow drift 2 mu omega sits on the valley 1/(1 + c sinh(d omega^2)/omega^2) of the "
+                  "reached omega, which tends to the debiased-GD optimal step.")
+DIRECTION = ClaimSpec("icl_ode.drift_direction", f"{S}: stage 3, the slow drift (spec §5, §11 figure 9)",
+                      "After the drop omega decreases and mu grows.")
+SYMMETRY = ClaimSpec("icl_ode.symmetry", f"{S}: antisymmetric heads (spec §5, §13.4)",
+                     "mu_1 = -mu_2 and omega_1 = -omega_2 are preserved by the flow.")
+RAND_ZS = ClaimSpec("icl_ode.random_zero_sum", f"{S}: zero-sum heads from a random start (spec §5, §11 figure 9)",
+                    "From a random 4-head start the value weights end zero-sum.")
+
+
+def add_parser(sub, add_common):
+    sp = sub.add_parser("ode", help="the reduced (omega, mu) gradient flow: plateau, drop, drift",
+                        description="The reduced (omega, mu) gradient flow against its closed-form stages.",
+                        epilog="example: python -m studies.icl ode --t-max 1e4 --method euler")
+    C.data_args(sp)
+    sp.add_argument("--t-max", type=float, default=None, help="end time (default 1e4; --quick 1e3)")
+    sp.add_argument("--init", type=float, default=1e-3,
+                    help="antisymmetric start omega = mu = (+a, -a) (default 1e-3)")
+    sp.add_argument("--method", choices=("LSODA", "DOP853", "RK45", "euler"), default="LSODA",
+                    help="integrator: adaptive LSODA (default), DOP853, RK45, or the authors' Euler with dt = 0.01 "
+                         "(slow)")
+    sp.add_argument("--random-sigma2", type=float, default=0.01,
+                    help="noise variance of the second, random-init 4-head experiment (default 0.01)")
+    add_common(sp, "icl_ode")
+    return sp
+
+
+def validate(args):
+    if not (math.isfinite(args.t_max) and 10 <= args.t_max <= 1e7):
+        raise UsageError("--t-max must be in [10, 1e7]")
+    if not (math.isfinite(args.init) and 0 < abs(args.init) < 1):
+        raise UsageError("--init must be a small non-zero number")
+    if args.method == "euler" and args.t_max > 1e5:
+        raise UsageError("--method euler: t-max above 1e5 would take hours (1e7 Euler steps); use DOP853")
+    if not (math.isfinite(args.random_sigma2) and args.random_sigma2 >= 0):
+        raise UsageError("--random-sigma2 must be >= 0")
+
+
+def ode_times(t_max):
+    early = np.arange(0.0, 20.0 + 1e-9, 0.05)
+    late = np.geomspace(20.0, t_max, 400)[1:]
+    return np.concatenate([early, late])
+
+
+def _cell(cell, *, d, L, sigma2, sigma2_random, a0, t, method):
+    init = INITS[int(cell.index[0])]
+    if init == "antisymmetric":
+        w0 = np.array([a0, -a0])
+        m0 = np.array([a0, -a0])
+        s2 = sigma2
+    else:
+        rng = np.random.Generator(np.random.Philox(cell.seed))
+        w0 = rng.normal(0.0, 0.1, 4)
+        m0 = rng.normal(0.0, 0.1, 4)
+        s2 = sigma2_random
+    om, mu, loss = th.integrate_reduced_ode(w0, m0, t, d, L, s2, method=method)
+    H = w0.size
+    pad = lambda a: np.concatenate([a, np.zeros((a.shape[0], 4 - H))], axis=1)  # noqa: E731
+    return {"omega": pad(om), "mu": pad(mu), "loss": loss}
+
+
+def make_sweep(args) -> Sweep:
+    t = ode_times(args.t_max)
+    params = {"d": args.d, "L": args.L, "sigma2": args.sigma2, "sigma2_random": args.random_sigma2,
+              "init": args.init, "t_max": args.t_max, "method": args.method, "times": len(t)}
+    return Sweep(
+        study="icl_ode", cell_dims={"init": np.arange(len(INITS))},  # (Sweep cells need numeric dims)
+        variables={"omega": ("init", "time", "head"), "mu": ("init", "time", "head"), "loss": ("init", "time")},
+        coords={"time": t, "head": np.arange(4)}, params=params,
+        run_cell=functools.partial(_cell, d=args.d, L=args.L, sigma2=args.sigma2,
+                                   sigma2_random=args.random_sigma2, a0=args.init, t=t, method=args.method),
+        root_seed=args.seed,
+        attrs={"substudy": "ode", "figure_kind": "ode", "device": "cpu", "init_names": list(INITS),
+               "convention": "gradient flow on L̃/2 (the authors' Euler step 0.01 = time 0.01); loss = L̃/2; "
+                             "antisymmetric: H = 2 from omega = mu = (+a, -a) at sigma2; random4: H = 4, "
+                             "omega, mu ~ N(0, 0.1^2) at sigma2_random; heads >= H are zero padding",
+               "integrator": args.method},
+        var_attrs={"loss": {"long_name": "L̃/2"}})
+
+
+def part(args) -> Part:
+    return Part("", functools.partial(analyze_ode, d=args.d, L=args.L, sigma2=args.sigma2, a0=args.init,
+                                      sigma2_random=args.random_sigma2),
+                sweep=make_sweep(args), summary=summary_ode)
+
+
+def _crossing(t, y, level):
+    """First time y falls below level (linear interpolation), and the local grid step."""
+    below = np.nonzero(y < level)[0]
+    if below.size == 0 or below[0] == 0:
+        return math.nan, math.nan
+    k = int(below[0])
+    t0, t1, y0, y1 = t[k - 1], t[k], y[k - 1], y[k]
+    return float(t0 + (y0 - level) / (y0 - y1) * (t1 - t0)), float(t1 - t0)
+
+
+def analyze_ode(ds, d, L, sigma2, a0=1e-3, sigma2_random=0.01):
+    t = ds["time"].values
+    i = INITS.index("antisymmetric")
+    om = ds["omega"].values[i, :, :2]
+    mu = ds["mu"].values[i, :, :2]
+    loss = ds["loss"].values[i]
+    out = xr.Dataset(coords={"init": ds["init"], "time": ds["time"]})
+    out["init_name"] = (("init",), str_coord(INITS[k] for k in ds["init"].values))
+    prod = 2 * mu[:, 0] * om[:, 0]
+    out["two_mu_omega"] = (("time",), prod, {"long_name": "2 mu_1 omega_1 (antisymmetric pair)"})
+    c = (1.0 + sigma2) / L
+    limit = 1.0 / (1.0 + d * c)
+    plateau = (1.0 + sigma2) / 2
+    floor = th.multihead_loss_limit(d, L, sigma2) / 2
+    out["theory_two_mu_omega_limit"] = ((), limit, {"long_name": "1/(1 + d(1+sigma2)/L) = the DGD optimal step"})
+    out["theory_loss_limit"] = ((), floor, {"long_name": "the floor of L̃/2 over all H: sigma2/2 + dc/(2(1+dc))"})
+    out["theory_loss_plateau"] = ((), plateau)
+    out["mu_star"] = (("time",), np.array([th.mu_star(w, d, L, sigma2)[0] for w in om]),
+                      {"long_name": "mu*(omega(t))_1 = (A^-1 omega)_1"})
+    out["theory_valley_two_mu_omega"] = (("time",), th.valley_eta(om[:, 0], d, L, sigma2),
+                                         {"long_name": "2 mu* omega on the valley at omega(t)"})
+    out["theory_valley_loss"] = (("time",), th.two_head_profiled_loss(om[:, 0], d, L, sigma2) / 2,
+                                 {"long_name": "profiled L̃/2 of the pair at omega(t)"})
+    t_exit, h = _crossing(t, loss, (1.0 - DROP) * loss[0])
+    t1, t2, rem = th.plateau_exit_time(a0, d, L, sigma2, drop=DROP)
+    out["theory_plateau_exit"] = ((), t2, {"long_name": "second-order prediction of the plateau exit"})
+    out["theory_plateau_exit_first_order"] = ((), t1)
+    out["stage1_end"] = ((), t_exit if math.isfinite(t_exit) else float(t[-1]),
+                         {"long_name": f"first time the loss is {DROP:.0%} below its start (interpolated)"})
+    ipk = int(np.argmax(om[:, 0]))
+    out["stage2_end"] = ((), float(t[ipk]), {"long_name": "time of the peak of omega_1 (fast drop ends)"})
+    iT = len(t) - 1
+    out["omega_end"] = ((), float(om[iT, 0]))
+    out["mu_end"] = ((), float(mu[iT, 0]))
+    out["time_end"] = ((), float(t[iT]))
+    asym = max(np.abs(mu.sum(1)).max() / np.abs(mu).max(), np.abs(om.sum(1)).max() / np.abs(om).max())
+    out["antisymmetry_error"] = ((), float(asym), {"long_name": "max |x_1 + x_2| / max |x| over time, x = mu, omega"})
+
+    claims = []
+    if math.isfinite(t_exit):
+        grid_err = h * h / 4
+        claims.append(EXIT.equal(t_exit, math.nan, t2, z=0.0, z_source="", allowance=rem + grid_err,
+                                 allowance_source=f"declared: the next order of the plateau expansion ({rem:.2g}) + "
+                                                  f"linear interpolation on the time grid (h^2/4 = {grid_err:.2g})",
+                                 prediction_text=f"{t2:.4g} (second order; first order {t1:.4g})"))
+    else:
+        claims.append(EXIT.not_tested(f"the loss never fell {DROP:.0%} below its start by t = {t[-1]:g}",
+                                      prediction=t2, prediction_text=f"{t2:.4g} (second order)"))
+    w_end = float(om[iT, 0])
+    valley_loss = float(th.two_head_profiled_loss(w_end, d, L, sigma2)) / 2
+    gap_tol = 0.01 * (plateau - floor)
+    claims.append(DROP_C.at_most(float(loss[iT]), math.nan, valley_loss, z=0.0, z_source="", allowance=gap_tol,
+                                 allowance_source="1% of the plateau-floor gap (spec §13.4's 1% precision of the "
+                                                  "drift stage)",
+                                 prediction_text=f"floor {floor:.4g} + valley gap {valley_loss - floor:.3g} at omega "
+                                                 f"{w_end:.3g} (plateau {plateau:.4g})"))
+    v_eta = float(th.valley_eta(w_end, d, L, sigma2))
+    claims.append(LIMIT.equal(float(prod[iT]), math.nan, v_eta, z=0.0, z_source="", allowance=0.01 * v_eta,
+                              allowance_source=C.spec("1% (relative)", "§13.4"),
+                              prediction_text=f"{v_eta:.4g} (valley at omega {w_end:.3g}; limit {limit:.4g})"))
+    if ipk < iT - 5 and t[iT] > 2 * t[ipk]:
+        ok = bool(om[iT, 0] < om[ipk, 0] and mu[iT, 0] >= mu[:, 0].max() - 1e-12)
+        claims.append(DIRECTION.decided(ok, test="omega(t_end) < max omega and mu(t_end) = max mu",
+                                        tolerance_source="exact monotone condition (1e-12: rounding)",
+                                        prediction_text="omega falls, mu grows", measured=float(om[iT, 0] / om[ipk, 0]),
+                                        reason="" if ok else "omega or mu moved the other way after the drop"))
+    else:
+        claims.append(DIRECTION.not_tested(f"the run ends (t = {t[iT]:g}) before the drift stage: omega peaks at "
+                                           f"t = {t[ipk]:g}", prediction_text="omega falls, mu grows"))
+    claims.append(SYMMETRY.at_most(asym, math.nan, 0.0, z=0.0, z_source="", allowance=1e-12,
+                                   allowance_source="exact symmetry of the flow; 1e-12 for floating-point rounding",
+                                   prediction_text="0 (max |x_1 + x_2| / max |x|)"))
+    if "random4" in INITS and ds.sizes["init"] > 1:
+        j = INITS.index("random4")
+        mu4 = ds["mu"].values[j, iT]
+        zsr = abs(mu4.sum()) / max(np.abs(mu4).sum(), 1e-300)
+        out["random4_zero_sum_ratio"] = ((), zsr)
+        claims.append(RAND_ZS.at_most(zsr, math.nan, 0.0, z=0.0, z_source="", allowance=C.ZERO_SUM_FRAC,
+                                      allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.5"), where="init=random4",
+                                      prediction_text="0 (|sum mu| / sum |mu| at the end)"))
+    return out, claims
+
+
+def summary_ode(a):
+    return "\n".join([
+        f"stages: plateau until t ≈ {float(a['stage1_end']):.3f} (predicted {float(a['theory_plateau_exit']):.3f}), "
+        f"fast drop until t ≈ {float(a['stage2_end']):.2f}, then slow drift",
+        f"at t = {float(a['time_end']):g}: omega = {float(a['omega_end']):.4f}, mu = {float(a['mu_end']):.4f}, "
+        f"2 mu omega = {float(a['two_mu_omega'][-1]):.4f} (valley {float(a['theory_valley_two_mu_omega'][-1]):.4f}, "
+        f"limit {float(a['theory_two_mu_omega_limit']):.4f}); loss {float(a['theory_valley_loss'][-1]):.4f} on the "
+        f"valley, floor {float(a['theory_loss_limit']):.4f}; antisymmetry error {float(a['antisymmetry_error']):.1e}"])
