@@ -14,7 +14,7 @@ from studies import convergence, report
 from studies.catalog import STUDIES
 from studies.claims import read_claims
 
-ONLY = "convergence"
+ONLY = "convergence,icl_ode"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
