@@ -82,8 +82,9 @@ def test_report_has_one_row_per_claim_and_embeds_every_figure(quick_report):
         assert (results / "logs" / f"{name}.log").stat().st_size > 0
 
 
-def test_second_report_reuses_the_stores(quick_report, capsys):
-    results, _ = quick_report
+def test_second_report_reuses_the_stores(quick_report, tmp_path, capsys):
+    results = tmp_path / "again"
+    shutil.copytree(quick_report[0], results)
     before = {p: p.stat().st_mtime for p in (results / "convergence.zarr").rglob("sup_err/c/*")}
     assert run(["--quick", "--only", "convergence", "--results", str(results), "--no-progress"]) == 0
     assert "convergence: reused" in capsys.readouterr().out
