@@ -38,7 +38,6 @@ error.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from studies.cli import (StudyParser, UsageError, add_common_arguments, apply_defaults, run_main, run_study,
@@ -101,8 +100,6 @@ def validate(args) -> None:
     mod = MODULES[args.sub]
     defaults, quick = _defaults(mod, args.sub)
     apply_defaults(args, defaults, quick, {"H": C.ints, "L": C.ints, "L_test": C.ints, "rho": C.floats})
-    if hasattr(args, "sigma2") and not (math.isfinite(args.sigma2) and args.sigma2 >= 0):
-        raise UsageError("--sigma2 must be a finite number >= 0")
     if args.sub == "ode" and args.device == "gpu":
         raise UsageError("ode: the reduced (omega, mu) ODE is integrated by scipy on the CPU; --device gpu does "
                          "not apply")

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from studies.cli import parse_range
+from studies.cli import nonnegative_float, parse_range
 
 PROG = "python -m studies.icl"
 SOURCE = "He, Pan, Chen, Yang (ICML 2025)"
@@ -35,7 +35,7 @@ def data_args(sp, d=5, L=40):
 
     sp.add_argument("--d", type=positive_int, default=d, help=f"covariate dimension (default {d})")
     sp.add_argument("--L", type=positive_int, default=L, help=f"prompt length for training (default {L})")
-    sp.add_argument("--sigma2", type=float, default=0.1, help="label-noise variance (default 0.1)")
+    sp.add_argument("--sigma2", type=nonnegative_float, default=0.1, help="label-noise variance (default 0.1)")
 
 
 def floats(text):

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from sim import icl_regression as sim
-from studies.cli import Part, UsageError, positive_int
+from studies.cli import PAIR_RATE, Part, UsageError, check_resources, float_type, positive_int
 from studies.icl._common import device_attr, device_params, seed_seqs
 from studies.sweep import StoreSpec, open_group, open_result, open_store, replace_group, store_attrs
 
@@ -52,7 +52,7 @@ def add_training_args(sp, defaults: dict, quick: dict) -> None:
                     help=f"Adam steps (default {defaults['steps']}; --quick {quick['steps']}); raising it on an "
                          "existing run continues it")
     sp.add_argument("--batch", type=positive_int, default=None, help="fresh prompts per step (default 256)")
-    sp.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    sp.add_argument("--lr", type=float_type(0.0, 1.0, lo_open=True, hi_open=True), default=None, help="Adam learning rate (default 1e-3)")
     sp.add_argument("--log-every", type=positive_int, default=None,
                     help="steps between logged weights / validation (default 1000; --quick 100)")
     sp.add_argument("--checkpoint-every", type=positive_int, default=None,
@@ -65,7 +65,6 @@ def add_training_args(sp, defaults: dict, quick: dict) -> None:
 
 def validate_training(args, D: int) -> None:
     """Checks of the training options (after apply_defaults), D = the token dimension."""
-    import math
 
     if args.checkpoint_every is None:
         args.checkpoint_every = 5 * args.log_every
@@ -78,16 +77,19 @@ def validate_training(args, D: int) -> None:
         raise UsageError(f"--steps ({args.steps}) must be a multiple of --log-every ({args.log_every})")
     if args.checkpoint_every % args.log_every:
         raise UsageError("--checkpoint-every must be a multiple of --log-every")
-    if not (math.isfinite(args.lr) and 0 < args.lr < 1):
-        raise UsageError("--lr must be in (0, 1)")
     if args.L < 2:
         raise UsageError("--L: prompts need at least 2 examples")
     if args.final_prompts < 20:
         raise UsageError("--final-prompts: at least 20 (the SE uses 20 blocks)")
     n_logs = args.steps // args.log_every + 1
     R = len(args.H) * args.seeds * (len(args.rho) if getattr(args, "rho", None) else 1)
-    if n_logs * R * max(args.H) * D * D * 8 > 2e9:
-        raise UsageError("--log-every: the logged weights would exceed 2 GB; log less often")
+    N = max(1, D - args.d)
+    per_prompt = args.L * D * max(args.H) * (D + N + 2)  # multiply-adds of one prompt's forward pass
+    check_resources(f"{R} runs x {max(args.H)} heads, batches of {args.batch} prompts of length {args.L}",
+                    memory=8.0 * (n_logs * R * max(args.H) * D * (D + N) * 2 + 6 * R * max(args.batch, 1) * args.L * D
+                                  + 2 * R * max(args.val_prompts, args.final_prompts // 20) * args.L * D),
+                    work_s=3.0 * R * per_prompt * (args.steps * args.batch + (n_logs + 1) * args.val_prompts
+                                                   + args.final_prompts) / PAIR_RATE)
 
 
 def validate_training_device(args, D: int, N: int) -> None:

@@ -36,7 +36,7 @@ import xarray as xr
 
 from sim import icl_regression as sim
 from studies.claims import ClaimSpec, worst_of, z_family
-from studies.cli import Part, UsageError, positive_int
+from studies.cli import PAIR_RATE, Part, UsageError, check_resources, check_scores, finite_float, positive_float, positive_int
 from studies.icl import _common as C
 from studies.sweep import Sweep, str_coord
 from theory import icl_regression as th
@@ -66,14 +66,14 @@ def add_parser(sub, add_common):
                     help=f"prompt lengths, 10..100:5 (inclusive) or a list (default {DEFAULTS['L']}; "
                          f"--quick {QUICK['L']})")
     sp.add_argument("--d", type=positive_int, default=5, help="covariate dimension (default 5)")
-    sp.add_argument("--sigma2", type=float, default=0.1, help="label-noise variance (default 0.1)")
+    sp.add_argument("--sigma2", type=positive_float, default=0.1, help="label-noise variance (default 0.1)")
     sp.add_argument("--prompts", type=positive_int, default=None,
                     help=f"Monte Carlo prompts per L (default {DEFAULTS['prompts']}; --quick {QUICK['prompts']})")
     sp.add_argument("--reps", type=positive_int, default=None,
                     help=f"replicate blocks the prompts are split into (default {DEFAULTS['reps']}; "
                          f"--quick {QUICK['reps']})")
-    sp.add_argument("--omega", type=float, default=0.13, help="multi-head kernel |omega| (default 0.13)")
-    sp.add_argument("--mu", type=float, default=3.45, help="multi-head kernel |mu| (default 3.45)")
+    sp.add_argument("--omega", type=positive_float, default=0.13, help="multi-head kernel |omega| (default 0.13)")
+    sp.add_argument("--mu", type=finite_float, default=3.45, help="multi-head kernel |mu| (default 3.45)")
     add_common(sp, "icl_estimators")
     return sp
 
@@ -83,10 +83,11 @@ def validate(args):
         raise UsageError("--L: prompt lengths must be in 2..10000")
     if args.reps < 2 or args.prompts % args.reps:
         raise UsageError("--reps must be >= 2 and divide --prompts")
-    if args.sigma2 <= 0:
-        raise UsageError("--sigma2: the Bayes (ridge) predictor needs sigma2 > 0")
-    if not (math.isfinite(args.omega) and math.isfinite(args.mu) and args.omega > 0):
-        raise UsageError("--omega must be a positive number and --mu finite")
+    check_scores(args.omega * max(args.L) * args.d * (1 + args.sigma2), "--omega x --L x --d")
+    n_per = args.prompts // args.reps
+    check_resources(f"{args.prompts} prompts of length up to {max(args.L)} in d = {args.d}",
+                    memory=8.0 * 8 * n_per * max(args.L) * (args.d + 1),
+                    work_s=args.prompts * sum(args.L) * (args.d + 1) ** 2 * 8 / PAIR_RATE)
 
 
 def single_head_params(d, L, sigma2):

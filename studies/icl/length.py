@@ -36,7 +36,7 @@ import xarray as xr
 
 from sim import icl_regression as sim
 from studies.claims import ClaimSpec, worst_of, z_family
-from studies.cli import Part, UsageError, positive_int, run_study_sweep
+from studies.cli import PAIR_RATE, Part, UsageError, check_resources, positive_int, run_study_sweep
 from studies.icl import _common as C
 from studies.icl._training import train_runs
 from studies.icl.train import pair_parameters
@@ -92,6 +92,10 @@ def validate(args):
         raise UsageError("--reps must be >= 2 and divide --prompts")
     if args.linear_steps % 100:
         raise UsageError("--linear-steps must be a multiple of 100")
+    n_per = args.prompts // args.reps
+    check_resources(f"{args.prompts} test prompts of length up to {max(args.L_test)}",
+                    memory=8.0 * 8 * n_per * max(args.L_test) * 8,
+                    work_s=args.prompts * sum(args.L_test) * 8 * 8 * 16 / PAIR_RATE)
     models = Path(args.models)
     if not (models / "zarr.json").exists():
         raise UsageError(f"--models {models}: no trained models there; run 'python -m studies.icl train' first "

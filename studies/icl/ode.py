@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from studies.claims import ClaimSpec
-from studies.cli import Part, UsageError
+from studies.cli import Part, UsageError, finite_float, float_type, nonnegative_float
 from studies.icl import _common as C
 from studies.sweep import Sweep, str_coord
 from theory import icl_regression as th
@@ -62,13 +62,13 @@ def add_parser(sub, add_common):
                         description="The reduced (omega, mu) gradient flow against its closed-form stages.",
                         epilog="example: python -m studies.icl ode --t-max 1e4 --method euler")
     C.data_args(sp)
-    sp.add_argument("--t-max", type=float, default=None, help="end time (default 1e4; --quick 1e3)")
-    sp.add_argument("--init", type=float, default=1e-3,
+    sp.add_argument("--t-max", type=float_type(10.0, 1e7), default=None, help="end time (default 1e4; --quick 1e3)")
+    sp.add_argument("--init", type=finite_float, default=1e-3,
                     help="antisymmetric start omega = mu = (+a, -a) (default 1e-3)")
     sp.add_argument("--method", choices=("LSODA", "DOP853", "RK45", "euler"), default="LSODA",
                     help="integrator: adaptive LSODA (default), DOP853, RK45, or the authors' Euler with dt = 0.01 "
                          "(slow)")
-    sp.add_argument("--random-sigma2", type=float, default=0.01,
+    sp.add_argument("--random-sigma2", type=nonnegative_float, default=0.01,
                     help="noise variance of the second, random-init 4-head experiment (default 0.01)")
     add_common(sp, "icl_ode")
     return sp
