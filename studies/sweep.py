@@ -611,6 +611,12 @@ def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: in
     """
     threads = max(1, (os.cpu_count() or 1) // max(1, dask_local or workers))
     if scheduler is not None or dask_local:
+        import logging
+
+        # Dask's shutdown after an error or Ctrl-C logs "Task was destroyed but it is pending"
+        # and connection chatter: nothing the user must act on (the error itself is reported)
+        for name in ("distributed", "asyncio", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             from distributed import Client, LocalCluster
         except ImportError as e:  # pragma: no cover - depends on the dist extra
