@@ -24,6 +24,12 @@ def open_store(path, group: str | None = None, *, study: str | None = None, need
     import json
 
     where = f"{path}" + (f" (group {group})" if group else "")
+    if study is not None:
+        owner = _root_study(path).split("/")[0]
+        if owner and owner != study and not owner.startswith(study + "_"):
+            figure = owner.split("_")[0] if owner.startswith("icl") else owner
+            raise ValueError(f"{path} is a store of the {owner} study, not of {study}: draw it with "
+                             f"python -m paper_figs.{figure}")
     try:
         ds = xr.open_zarr(str(path), group=group, consolidated=False)
     except FileNotFoundError:
@@ -32,21 +38,18 @@ def open_store(path, group: str | None = None, *, study: str | None = None, need
         raise ValueError(f"{where}: the store's metadata is unreadable ({type(e).__name__}); rerun the study "
                          "with --overwrite") from None
     with ds:
-        if study is not None:
-            owner = str(ds.attrs.get("study", "")).split("/")[0] or _root_study(path)
-            if owner and owner != study and not owner.startswith(study + "_"):
-                raise ValueError(f"{path} is a {owner} store, not a {study} one: draw it with "
-                                 f"python -m paper_figs.{owner.split('_')[0] if owner.startswith('icl') else owner}")
         if needs is not None and needs not in ds:
             raise ValueError(f"{where} has no analysis yet (its run did not finish); rerun the same command")
-        out = {}
-        for name in list(ds.variables):
-            try:
-                out[name] = ds[name].load()
-            except Exception as e:  # noqa: BLE001 - any decoding error is a damaged chunk
-                raise ValueError(f"{where}: variable {name} is damaged ({type(e).__name__}); rerun the study "
-                                 "with --repair to recompute the damaged cells, or --overwrite") from None
-        return ds.load()
+        try:
+            return ds.load()
+        except Exception:  # noqa: BLE001 - a decoding error: find which variable is damaged
+            for name in list(ds.variables):
+                try:
+                    ds[name].load()
+                except Exception as e:  # noqa: BLE001
+                    raise ValueError(f"{where}: variable {name} is damaged ({type(e).__name__}); rerun the study "
+                                     "with --repair to recompute the damaged cells, or --overwrite") from None
+            raise
 
 
 def _root_study(path) -> str:

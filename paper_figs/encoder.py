@@ -35,9 +35,7 @@ def _curve(ax, H):
 
 
 def draw(store, out=None, dpi: int = 150) -> list[Path]:
-    ds = open_store(store)
-    if "beta_mean" not in ds:
-        raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
+    ds = open_store(store, study="encoder", needs="beta_mean")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     layers = ds["layer"].values
     n = ds["n"].values.astype(float)

@@ -39,9 +39,7 @@ def _claims(ds) -> dict:
 
 
 def draw(store, out=None, dpi: int = 150) -> list[Path]:
-    ds = open_store(store)
-    if "bias" not in ds:
-        raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
+    ds = open_store(store, study="hardmax", needs="bias")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     params = json.loads(ds.attrs.get("params_json", "{}"))
     d, c = params.get("d", "?"), params.get("c", "?")

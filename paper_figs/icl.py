@@ -66,7 +66,7 @@ def _paths(store, out, names):
 
 def draw(store, out=None, dpi: int = 150) -> list[Path]:
     """Draw the figure(s) of a study store; returns the written paths."""
-    ds = _open(store)
+    ds = _open(store, study="icl")
     kind = ds.attrs.get("figure_kind")
     if kind not in KINDS:
         raise ValueError(f"{store} is not an icl study store (figure_kind={kind!r})")

@@ -51,9 +51,7 @@ def _claims_text(ds) -> tuple[str, str]:
 
 
 def draw(store, out=None, dpi: int = 150) -> list[Path]:
-    ds = open_store(store)
-    if "beta_mean" not in ds:
-        raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
+    ds = open_store(store, study="moments", needs="beta_mean")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     refs = [str(r) for r in ds["ref"].values]
     ex = refs.index("exact")

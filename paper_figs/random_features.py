@@ -338,6 +338,7 @@ def draw(store, out=None, groups=None, dpi: int = 150) -> list[Path]:
     ``out`` defaults to the store path without its suffix. Returns the paths."""
     store = Path(store)
     prefix = Path(out) if out is not None else store.with_suffix("")
+    _open(store, study="random_features")  # whose store it is, and readable
     groups = list(groups) if groups is not None else available_groups(store)
     if not groups:
         raise ValueError(f"{store} holds no random_features groups")

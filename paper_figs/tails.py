@@ -46,15 +46,10 @@ def _claims(ds) -> dict:
 
 
 def draw(store, out=None, dpi: int = 150) -> list[Path]:
-    try:
-        sup = open_store(store, "sup")
-    except (FileNotFoundError, KeyError, OSError):
-        raise ValueError(f"{store} has no sup group: not a tails store, or the sweep did not finish") from None
-    if "C" not in sup:
-        raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
+    sup = open_store(store, "sup", study="tails", needs="C")
     try:
         mom = open_store(store, "moments")
-    except (FileNotFoundError, KeyError, OSError):
+    except ValueError:
         mom = None
     if mom is not None and "Cprime_mean" not in mom:
         mom = None

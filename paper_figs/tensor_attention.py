@@ -189,9 +189,7 @@ def _match3_panel(ax, ds):
 
 
 def draw(store, out=None, dpi: int = 130) -> list[Path]:
-    ds = open_store(store)
-    if not any(v in ds for v in ("err_max", "fit_slope", "match3_accuracy")):
-        raise ValueError(f"{store} has no analysis yet (the sweep did not finish); rerun the study")
+    ds = open_store(store, study="tensor_attention", needs="claim_outcome")
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     sns.set_theme(style="whitegrid", context="paper")
     panels = []
