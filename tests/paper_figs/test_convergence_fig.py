@@ -11,7 +11,7 @@ def test_figure_from_store(tmp_path, capsys):
     png = tmp_path / "fig.png"
     assert fig.main([str(out), "--out", str(png)]) == 0
     assert png.stat().st_size > 10_000
-    pdf = fig.draw(out, tmp_path / "fig.pdf")
+    [pdf] = fig.draw(out, tmp_path / "fig.pdf")
     assert pdf.read_bytes()[:4] == b"%PDF"
     import matplotlib.image as mpimg
 
