@@ -480,7 +480,8 @@ def apply_defaults(args, defaults: Mapping, quick: Mapping | None = None,
 
 
 def check_out_path(path: Path) -> Path:
-    """Fail early (UsageError) if ``path`` cannot become a Zarr store; creates nothing."""
+    """Fail early (UsageError) if ``path`` cannot become a Zarr store; leaves nothing behind
+    (a temporary directory is made and removed where the store would go)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {path} exists and is not a directory")
@@ -494,6 +495,14 @@ def check_out_path(path: Path) -> Path:
         raise UsageError(f"--out {path}: {probe} is not writable")
     if path.exists() and not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"--out {path} is not writable")
+    # permission bits do not tell everything (root on /proc or a read-only mount): try it
+    import tempfile
+
+    try:
+        tempfile.TemporaryDirectory(dir=path if path.exists() else probe).cleanup()
+    except OSError as e:
+        raise UsageError(f"--out {path}: {probe if not path.exists() else path} is not writable "
+                         f"({e.strerror or type(e).__name__})") from None
     return path
 
 
