@@ -276,16 +276,19 @@ def _validate(args):
                      "--B / --timing-B (logit range |s| d B^k)")
     g_max = max(max(args.degrees), args.timing_degree)
     r = float(th.rank(args.d, g_max))
-    n_feat = max(args.n_error, max(args.n_approx) if "runtime" in args.parts else 0)
+    r_time = float(th.rank(args.d, args.timing_degree))
+    n_time = max(args.n_approx) if "runtime" in args.parts else 0
+    features = max(args.n_error * r if "error" in args.parts else 0.0, n_time * r_time)
     work = 0.0
     if "error" in args.parts:
         work += (args.reps * len(args.methods) * len(args.B) * len(args.degrees) * 2
                  * sum(float(args.n_error) ** k for k in args.k) * args.d)
     if "runtime" in args.parts:
-        work += args.reps * 3 * (sum(args.n_approx) * r * args.d * 2 + sum(float(n) ** 2 for n in args.n_matrix) * args.d
+        work += args.reps * 3 * (sum(args.n_approx) * r_time * args.d * 2
+                                 + sum(float(n) ** 2 for n in args.n_matrix) * args.d
                                  + sum(float(n) ** 3 for n in args.n_tensor) * args.d)
-    check_resources(f"polynomial features of rank {r:.3g} (d = {args.d}, g = {g_max}) on {n_feat} tokens",
-                    memory=8.0 * (4 * n_feat * r + 4 * r * args.d), work_s=work / PAIR_RATE)
+    check_resources(f"polynomial features of rank up to {r:.3g} (d = {args.d}, g <= {g_max})",
+                    memory=8.0 * (4 * features + 4 * r * args.d), work_s=work / PAIR_RATE)
     if "error" in args.parts:
         s = scale
         for method in args.methods:
