@@ -36,6 +36,7 @@ table { border-collapse: collapse; width: 100%; font-size: 0.86em; margin: 0.8em
 th, td { border: 1px solid #c8c8c8; padding: 4px 6px; vertical-align: top; text-align: left; }
 th { background: #ececec; position: sticky; top: 0; }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+td.outcome { min-width: 16em; } td.small, td .small { max-width: 22em; }
 tr.holds td.outcome { background: #d7f0d2; } tr.fails td.outcome { background: #f6c9c4; font-weight: bold; }
 tr.not-tested td.outcome { background: #f1e7c3; }
 tr.fails { background: #fdf0ee; }
