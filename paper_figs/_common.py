@@ -10,7 +10,25 @@ from pathlib import Path
 
 import xarray as xr
 
-__all__ = ["open_store", "save_figure", "figure_main"]
+__all__ = ["open_store", "save_figure", "figure_main", "claim_outcomes", "claims_count"]
+
+
+def claim_outcomes(ds, short: bool = False) -> dict:
+    """``{claim key: outcome}`` of the claims stored with a study's analysis (``claim_*``
+    variables over the ``claim`` dimension; empty if there are none). ``short`` drops the
+    study prefix of the keys (``clt_rate[R=1]`` instead of ``convergence.clt_rate[R=1]``)."""
+    if "claim_outcome" not in ds:
+        return {}
+    keys = [str(k) for k in ds["claim"].values]
+    if short:
+        keys = [k.split(".", 1)[-1] for k in keys]
+    return dict(zip(keys, (str(v) for v in ds["claim_outcome"].values)))
+
+
+def claims_count(ds) -> str:
+    """'N holds, M fails, K not tested' for a figure's caption ('' without claims)."""
+    outs = list(claim_outcomes(ds).values())
+    return ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested")) if outs else ""
 
 
 def open_store(path, group: str | None = None, *, study: str | None = None, needs: str | None = None) -> xr.Dataset:

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+from paper_figs._common import claims_count, figure_main, open_store, save_figure  # noqa: E402
 
 
 REGIMES = ("clt", "transition", "saturated")
@@ -94,10 +94,7 @@ def draw(store, out=None, dpi: int = 150) -> Path:
         law_txt = ", ".join(f"{k}={v}" for k, v in law.items())
     except ValueError:
         law_txt = ds.attrs.get("token_law", "")
-    outcome = ""
-    if "claim_outcome" in ds:
-        vals = [str(v) for v in ds["claim_outcome"].values]
-        outcome = "; claims: " + ", ".join(f"{vals.count(k)} {k}" for k in ("holds", "fails", "not tested"))
+    outcome = f"; claims: {claims_count(ds)}" if claims_count(ds) else ""
     fig.suptitle(f"Token sample complexity of attention, uniform rate — tokens: {law_txt}; "
                  f"{ds.sizes['rep']} samples per n{outcome}", fontsize=9)
     fig.tight_layout()

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+from paper_figs._common import claims_count, figure_main, open_store, save_figure  # noqa: E402
 
 
 def _curve(ax, H):
@@ -86,10 +86,7 @@ def draw(store, out=None, dpi: int = 150) -> list[Path]:
         model = json.loads(ds.attrs.get("model", "{}")).get("model", "?")
     except ValueError:
         model = "?"
-    outcome = ""
-    if "claim_outcome" in ds:
-        vals = [str(v) for v in ds["claim_outcome"].values]
-        outcome = "; claims: " + ", ".join(f"{vals.count(k)} {k}" for k in ("holds", "fails", "not tested"))
+    outcome = f"; claims: {claims_count(ds)}" if claims_count(ds) else ""
     fig.suptitle(f"Token sample complexity on a pretrained encoder ({model}) — text: {ds.attrs.get('text', '?')}; "
                  f"{S} sequences x {ds.sizes['draw']} draws per n{outcome}", fontsize=9)
     fig.tight_layout()

@@ -27,15 +27,13 @@ import seaborn as sns  # noqa: E402
 
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+from paper_figs._common import claim_outcomes, figure_main, open_store, save_figure  # noqa: E402
 
 
 
 
 def _claims(ds) -> dict:
-    if "claim_outcome" not in ds:
-        return {}
-    return {str(k).split(".", 1)[-1]: str(v) for k, v in zip(ds["claim"].values, ds["claim_outcome"].values)}
+    return claim_outcomes(ds, short=True)
 
 
 def draw(store, out=None, dpi: int = 150) -> list[Path]:

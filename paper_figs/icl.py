@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
-from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+from paper_figs._common import claims_count, figure_main, open_store, save_figure  # noqa: E402
 
 CMAP = LinearSegmentedColormap.from_list("icl", ["#0D2758", "#FFFFFF", "#A32015"])
 KINDS = ("train", "estimators", "ode", "length", "noniso", "multitask")
@@ -48,11 +48,8 @@ _save = save_figure
 
 def _claims_line(ds) -> str:
     """'claims: N hold, M fail, K not tested' from the stored claims (empty if none)."""
-    if "claim_outcome" not in ds:
-        return ""
-    out = [str(o) for o in ds["claim_outcome"].values]
-    return (f"claims: {out.count('holds')} hold, {out.count('fails')} fail, {out.count('not tested')} not tested "
-            "(see the store's claim_* variables)")
+    count = claims_count(ds)
+    return f"claims: {count} (see the store's claim_* variables)" if count else ""
 
 
 def _paths(store, out, names):

@@ -27,7 +27,7 @@ import seaborn as sns  # noqa: E402
 
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+from paper_figs._common import claim_outcomes, claims_count, figure_main, open_store, save_figure  # noqa: E402
 
 
 
@@ -42,12 +42,10 @@ def _law_text(ds) -> str:
 
 def _claims_text(ds) -> tuple[str, str]:
     """(count line, one line per claim) from the stored ``claim_*`` variables."""
-    if "claim_outcome" not in ds:
+    outcomes = claim_outcomes(ds, short=True)
+    if not outcomes:
         return "", ""
-    keys = [str(k).split(".", 1)[-1] for k in ds["claim"].values]
-    outs = [str(v) for v in ds["claim_outcome"].values]
-    count = ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))
-    return f"; claims: {count}", "\n".join(f"{k}: {o}" for k, o in zip(keys, outs))
+    return f"; claims: {claims_count(ds)}", "\n".join(f"{k}: {o}" for k, o in outcomes.items())
 
 
 def draw(store, out=None, dpi: int = 150) -> list[Path]:

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from paper_figs._common import open_store, save_figure  # noqa: E402
+from paper_figs._common import claim_outcomes, open_store, save_figure  # noqa: E402
 
 GROUPS = ("kernel", "rate", "families", "N", "bias")
 MODEL_COLORS = {"rfa": "C0", "brfa": "C2", "rfmlp": "C3"}
@@ -58,11 +58,7 @@ def _conv_text(ds) -> str:
     return c if isinstance(c, str) else str(c)
 
 
-def _outcomes(ds) -> dict:
-    """``{claim key: outcome}`` of the claims stored with a group's analysis."""
-    if "claim" not in ds.dims:
-        return {}
-    return {str(k): str(o) for k, o in zip(ds["claim"].values, ds["claim_outcome"].values)}
+_outcomes = claim_outcomes
 
 
 def _outcome(ds, name, **where) -> str:

@@ -31,16 +31,14 @@ import seaborn as sns  # noqa: E402
 
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+from paper_figs._common import claim_outcomes, figure_main, open_store, save_figure  # noqa: E402
 
 COLORS = {"gaussian": "C0", "sphere": "C2", "atom": "C3"}
 LABELS = {"gaussian": "Gaussian", "sphere": "uniform sphere", "atom": "bounded + tiny atom"}
 
 
 def _claims(ds) -> dict:
-    if "claim_outcome" not in ds:
-        return {}
-    return {str(k).split(".", 1)[-1]: str(v) for k, v in zip(ds["claim"].values, ds["claim_outcome"].values)}
+    return claim_outcomes(ds, short=True)
 
 
 

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from paper_figs._common import figure_main, open_store, save_figure  # noqa: E402
+from paper_figs._common import claim_outcomes, figure_main, open_store, save_figure  # noqa: E402
 
 
 FLOOR = 1e-17  # errors are drawn no lower than this on log axes
@@ -46,11 +46,7 @@ MODEL_LABEL = {"tensor_exact": "tensor (exact)", "tensor_poly": "tensor (poly. a
 
 
 
-def _claims(ds) -> dict:
-    """``{claim key: outcome}`` of the claims stored in the dataset (empty if none)."""
-    if "claim_outcome" not in ds:
-        return {}
-    return {str(key): str(v) for key, v in zip(ds["claim"].values, ds["claim_outcome"].values)}
+_claims = claim_outcomes
 
 
 def _error_panel(ax, ds, family, k, colors):

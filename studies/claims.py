@@ -46,7 +46,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import math
 import os
 import re
@@ -46,6 +45,7 @@ __all__ = [
     "parse_n_grid",
     "positive_int",
     "nonnegative_int",
+    "choice_list",
     "float_type",
     "finite_float",
     "positive_float",
@@ -159,6 +159,24 @@ def parse_n_grid(text: str) -> tuple[int, ...]:
     if vals[0] < 1:
         raise argparse.ArgumentTypeError("sample sizes must be >= 1")
     return vals
+
+
+def choice_list(allowed, what: str, *, in_allowed_order: bool = False):
+    """An argparse ``type=`` for a comma list of names from ``allowed`` (``--sweeps a,b``):
+    duplicates dropped, the order given (or the order of ``allowed``); an empty list or an
+    unknown name is a one-line usage error naming the choices."""
+    allowed = tuple(allowed)
+
+    def parse(text: str) -> tuple:
+        items = [t.strip() for t in str(text).split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or repr(text)}; "
+                                             f"choose from {', '.join(allowed)}")
+        return tuple(t for t in allowed if t in items) if in_allowed_order else tuple(dict.fromkeys(items))
+
+    parse.__name__ = what.replace(" ", "_")
+    return parse
 
 
 def positive_int(text: str) -> int:

@@ -66,7 +66,7 @@ from studies.benchmarks._timing import best_time
 from studies.claims import ClaimSpec, z_family
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, nonnegative_int,
                          parse_n_grid, parse_range, positive_int, run_main, run_study, validate_run_options,
-                         PAIR_RATE, check_resources, check_scores, positive_float)
+                         PAIR_RATE, check_resources, check_scores, positive_float, choice_list)
 from studies.fits import loglog_rate
 from studies.sweep import Sweep, str_coord
 from theory import tensor_attention as th
@@ -203,38 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_list(text, allowed, what):
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if not items or bad:
-        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or repr(text)}; "
-                                         f"choose from {', '.join(allowed)}")
-    return tuple(t for t in allowed if t in items)
-
-
-def _parse_parts(text):
-    return _parse_list(text, PARTS, "part(s)")
-
-
-def _parse_methods(text):
-    return _parse_list(text, METHODS, "method(s)")
-
-
-def _parse_list(text, allowed, what):
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if not items or bad:
-        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or repr(text)}; "
-                                         f"choose from {', '.join(allowed)}")
-    return tuple(t for t in allowed if t in items)
-
-
-def _parse_parts(text):
-    return _parse_list(text, PARTS, "part(s)")
-
-
-def _parse_methods(text):
-    return _parse_list(text, METHODS, "method(s)")
+_parse_parts = choice_list(PARTS, "part(s)", in_allowed_order=True)
+_parse_methods = choice_list(METHODS, "method(s)", in_allowed_order=True)
 
 
 # ------------------------------------------------------------------------ validation

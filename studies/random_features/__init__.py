@@ -83,7 +83,7 @@ from gpu import gpu_available
 from sim import random_features as rs
 from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
                          parse_range, positive_int, run_main, run_study, validate_run_options,
-                         check_resources, finite_float, nonnegative_float, positive_float)
+                         check_resources, finite_float, nonnegative_float, positive_float, choice_list)
 from studies.random_features.analysis import (CLAIMS, analyze, analyze_bias, analyze_families, analyze_kernel,
                                               analyze_N, analyze_rate, summary)
 from studies.random_features.cells import (DATA_KEY, DEFAULTS, KERNEL_KEY, KERNEL_MODELS, MODELS,  # noqa: F401
@@ -113,16 +113,7 @@ targets: keys<p> = mean_i P_p(<beta,x_i>), query<p> = P_p(<beta,x_0>), pair<p> =
 
 # --------------------------------------------------------------------------- CLI
 
-def _list_of(allowed, what):
-    def parse(text):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"empty {what} list")
-        bad = [t for t in items if t not in allowed]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed)}")
-        return tuple(dict.fromkeys(items))
-    return parse
+_list_of = choice_list
 
 
 def _targets(text):

@@ -159,8 +159,10 @@ def _top_right_singular_dirs(Sigma, A, k: int = 2):
     return vt[:k]
 
 
-def log_fluctuation_trace(law, x, A, V=None, lam: float = 1.0):
-    """log tr V M(x) V^T, computed in log space (finite even where M overflows)."""
+def _log_fluctuation(law, x, A, V, lam):
+    """``(log r, K)`` with V M(x) V^T = r K: the prefactor n*(x) = E w^2/(E w)^2 in log space
+    and the covariance-like factor K = V (Cov_{2a} + (m_{2a} - gamma)(...)^T) V^T, so that M can
+    be used where it overflows."""
     a = _scores(x, A, lam)
     log_ratio = law.log_partition(2 * a) - 2 * law.log_partition(a)
     shift = law.tilted_mean(2 * a) - law.tilted_mean(a)
@@ -168,6 +170,12 @@ def log_fluctuation_trace(law, x, A, V=None, lam: float = 1.0):
     if V is not None:
         V = np.asarray(V, dtype=float)
         inner = V @ inner @ V.T
+    return log_ratio, inner
+
+
+def log_fluctuation_trace(law, x, A, V=None, lam: float = 1.0):
+    """log tr V M(x) V^T, computed in log space (finite even where M overflows)."""
+    log_ratio, inner = _log_fluctuation(law, x, A, V, lam)
     return log_ratio + np.log(np.trace(inner, axis1=-2, axis2=-1))
 
 
@@ -252,13 +260,7 @@ def log_limit_norm_mean(law, x, A, V=None, lam: float = 1.0):
     """log E ||G(x)|| for the delta-method limit G(x) ~ N(0, V M(x) V^T) of
     sqrt(n) (Gamma_{mu_n}(x) - Gamma_mu(x)), computed in log space like
     :func:`log_fluctuation_trace` (finite even where M overflows)."""
-    a = _scores(x, A, lam)
-    log_ratio = law.log_partition(2 * a) - 2 * law.log_partition(a)
-    shift = law.tilted_mean(2 * a) - law.tilted_mean(a)
-    inner = law.tilted_cov(2 * a) + _outer(shift)
-    if V is not None:
-        V = np.asarray(V, dtype=float)
-        inner = V @ inner @ V.T
+    log_ratio, inner = _log_fluctuation(law, x, A, V, lam)
     return 0.5 * log_ratio + np.log(gaussian_norm_mean(inner))
 
 
