@@ -32,15 +32,17 @@ from theory.token_sample import sphere_directions
 __all__ = ["empirical_attention", "SupResult", "sup_errors", "search_directions"]
 
 
-def empirical_attention(x, tokens, A, V=None, lam: float = 1.0, *, method="auto", chunk=DEFAULT_CHUNK):
-    """Gamma_{mu_n}(x) for queries ``x`` (q, d) over ``tokens`` (n, d); NumPy result (q, d_v)."""
+def empirical_attention(x, tokens, A, V=None, lam: float = 1.0, *, method="auto", chunk=DEFAULT_CHUNK,
+                        precision: str = "float64"):
+    """Gamma_{mu_n}(x) for queries ``x`` (q, d) over ``tokens`` (an (n, d) array, or a
+    :class:`sim.attention.TokenStream` generated in the kernel); NumPy result (q, d_v)."""
     x = np.asarray(x, dtype=float)
     a = lam * x @ np.asarray(A, dtype=float).T
-    if not isinstance(tokens, np.ndarray):  # GPU tokens: move the small query block over
-        from sim.backend import namespace
+    if not isinstance(tokens, np.ndarray) and type(tokens).__name__ != "TokenStream":
+        from sim.backend import namespace  # GPU tokens: move the small query block over
 
         a = namespace(tokens).asarray(a)
-    out, _ = softmax_attention(a, tokens, method=method, chunk=chunk)
+    out, _ = softmax_attention(a, tokens, method=method, chunk=chunk, precision=precision)
     out = to_numpy(out)
     return out if V is None else out @ np.asarray(V, dtype=float).T
 
@@ -66,8 +68,9 @@ def search_directions(dist, A, n_dirs: int) -> np.ndarray:
 
 def sup_errors(tokens, dist, A, V=None, radii=(1.0,), *, lam: float = 1.0, n_dirs: int = 64,
                n_shells: int = 4, n_refine: int = 6, refine_iters: int = 6,
-               method: str = "auto", chunk: int = DEFAULT_CHUNK) -> SupResult:
-    """Search sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)| for every R in ``radii``."""
+               method: str = "auto", chunk: int = DEFAULT_CHUNK, precision: str = "float64") -> SupResult:
+    """Search sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)| for every R in ``radii`` (``tokens``:
+    an (n, d) array or a :class:`sim.attention.TokenStream`)."""
     radii = np.asarray(radii, dtype=float).ravel()
     if np.any(radii <= 0):
         raise ValueError("radii must be positive")
@@ -77,7 +80,7 @@ def sup_errors(tokens, dist, A, V=None, radii=(1.0,), *, lam: float = 1.0, n_dir
     A = np.asarray(A, dtype=float)
 
     def err(X):
-        emp = empirical_attention(X, tokens, A, V, lam, method=method, chunk=chunk)
+        emp = empirical_attention(X, tokens, A, V, lam, method=method, chunk=chunk, precision=precision)
         lim = dist.limit(X, A, V, lam)
         return np.linalg.norm(emp - lim, axis=1)
 

@@ -597,6 +597,20 @@ def _init_worker(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+def numba_features() -> str:
+    """The CPU feature string this process's Numba compiles for. Worker processes are given it
+    (``NUMBA_CPU_FEATURES``), so they compile exactly the code the driver does -- same vector
+    width, same summation order, the same bits -- whichever of numba and :mod:`sim` each
+    process imported first (``sim`` widens the vectors only when it comes first)."""
+    import numba
+
+    if numba.config.CPU_FEATURES:
+        return numba.config.CPU_FEATURES
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_features().flatten()
+
+
 @contextlib.contextmanager
 def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: int | None = None):
     """Yield an executor with the ``concurrent.futures`` interface:
@@ -626,6 +640,7 @@ def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: in
                 yield client.get_executor()
             return
         env = {k: str(threads) for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+        env["NUMBA_CPU_FEATURES"] = numba_features()
         with LocalCluster(n_workers=dask_local, threads_per_worker=1, processes=True,
                           dashboard_address=None, env=env) as cluster, \
                 Client(cluster) as client:
@@ -636,6 +651,7 @@ def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: in
         return
     import multiprocessing as mp
 
+    os.environ["NUMBA_CPU_FEATURES"] = numba_features()  # spawned workers inherit it
     ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                 initializer=_init_worker, initargs=(threads,))
     try:

@@ -33,6 +33,12 @@ Implementations (``method=``):
               ``"cuda"`` when the dimensions fit the kernel, else ``"stream"``; ``"stream"`` for
               any other array-API namespace.
 
+``precision="float32"`` (numba path only): tokens and score vectors rounded to float32, scores
+and weights computed in float32 with the float32 exp of :mod:`sim.kernels_cpu` (twice the SIMD
+lanes), each chunk's sums accumulated in float32 and added into float64 accumulators; outputs
+agree with float64 to ~1e-7 relative (tests/sim/test_attention.py). ``keys`` may also be a
+:class:`sim.attention.stream.TokenStream` (tokens generated inside the kernel).
+
 All three agree to ~1e-14 relative to ``max |y|`` in float64 (tests/sim/test_attention.py).
 """
 from __future__ import annotations
@@ -43,21 +49,33 @@ import numpy as np
 from numba import njit
 
 from sim.backend import is_numpy, namespace
-from sim.kernels_cpu import FASTMATH, cpu_threads, exp_fast, run_threads
+from sim.kernels_cpu import FASTMATH, cpu_threads, exp_fast, exp_fast32, run_threads
 
-__all__ = ["softmax_attention", "METHODS", "DEFAULT_CHUNK"]
+__all__ = ["softmax_attention", "METHODS", "PRECISIONS", "DEFAULT_CHUNK"]
 
 METHODS = ("auto", "numba", "stream", "naive", "cuda")
+PRECISIONS = ("float64", "float32")
 DEFAULT_CHUNK = 2048
 _RESCALE_AT = math.exp(300.0)
 _EXP_CAP = 400.0  # keeps every chunk sum finite (L * e^400 << 1.8e308) before the rescale check
 _SERIAL_BELOW = 1 << 18  # multiply-adds below which a call runs on one thread
 
 
-def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int = DEFAULT_CHUNK):
+def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int = DEFAULT_CHUNK,
+                      precision: str = "float64"):
     """Streaming softmax attention; returns ``(out, lse)`` (see module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown attention method {method!r}; choose one of {METHODS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if type(keys).__name__ == "TokenStream":  # tokens generated in the kernel (sim.attention.stream)
+        if values is not None or method not in ("auto", "numba"):
+            raise ValueError("a token stream is attended with method 'numba' and its tokens as values")
+        from sim.attention.stream import stream_attention
+
+        return stream_attention(a, keys, precision=precision)
+    if precision == "float32" and method not in ("auto", "numba"):
+        raise ValueError("precision='float32' is the numba path's; the other methods are float64")
     values = keys if values is None else values
     if a.ndim != 2 or keys.ndim != 2 or values.ndim != 2:
         raise ValueError("a, keys and values must be 2-D (rows are samples)")
@@ -92,19 +110,23 @@ def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int 
         return _stream(a, keys, values, xp, chunk)
     if not (is_numpy(a) and is_numpy(keys) and is_numpy(values)):
         raise TypeError("method='numba' needs NumPy arrays")
-    a64 = np.ascontiguousarray(a, dtype=np.float64)
-    kt = np.ascontiguousarray(keys.T, dtype=np.float64)
-    vt = kt if values is keys else np.ascontiguousarray(values.T, dtype=np.float64)
+    dt = np.float32 if precision == "float32" else np.float64
+    a_c = np.ascontiguousarray(a, dtype=dt)
+    kt = np.ascontiguousarray(keys.T, dtype=dt)
+    vt = kt if values is keys else np.ascontiguousarray(values.T, dtype=dt)
     out = np.empty((a.shape[0], values.shape[1]))
     lse = np.empty(a.shape[0])
     # tiny problems run on one thread: handing out work costs more than the work itself
     serial = a.shape[0] * keys.shape[0] * (keys.shape[1] + values.shape[1]) < _SERIAL_BELOW
+    f32 = precision == "float32"
     if kt.shape[0] == 2 and vt is kt:
-        run_threads(_attend_d2, a64, kt, out, lse, int(chunk), n_tasks=1 if serial else a.shape[0])
+        run_threads(_attend_d2_f32 if f32 else _attend_d2, a_c, kt, out, lse, int(chunk),
+                    n_tasks=1 if serial else a.shape[0])
         return out, lse
     qblock = max(1, min(8, a.shape[0] // (4 * cpu_threads())))
     nblocks = -(-a.shape[0] // qblock)
-    run_threads(_attend, a64, kt, vt, out, lse, int(chunk), qblock, n_tasks=1 if serial else nblocks)
+    run_threads(_attend_f32 if f32 else _attend, a_c, kt, vt, out, lse, int(chunk), qblock,
+                n_tasks=1 if serial else nblocks)
     return out, lse
 
 
@@ -278,3 +300,140 @@ def _attend_d2(start, stride, a, kt, out, lse, chunk):
         out[i, 0] = s0 / z
         out[i, 1] = s1 / z
         lse[i] = m + math.log(z)
+
+
+# ------------------------------------------------------------------ float32 fast path
+# precision="float32": tokens and score vectors rounded to float32, scores and weights computed
+# in float32 with the float32 exp (twice the SIMD lanes of float64), each tile's sums (z, the
+# weighted values) accumulated in float32 over at most ``chunk`` tokens and added into float64
+# accumulators. The reference score and its rescale work as in the float64 kernels, with a
+# float32 cap: weights are capped at e^_EXP_CAP32 and a tile whose sum passes e^_RESCALE32
+# is redone against the tile's maximum, so nothing overflows float32.
+_EXP_CAP32 = np.float32(80.0)
+_RESCALE32 = math.exp(60.0)
+_F32 = np.float32
+
+
+@njit(fastmath=FASTMATH, inline="always", cache=True)
+def _chunk_d2_f32(a0, a1, t0, t1, m):
+    z = _F32(0.0)
+    s0 = _F32(0.0)
+    s1 = _F32(0.0)
+    for j in range(t0.shape[0]):
+        x0 = t0[j]
+        x1 = t1[j]
+        w = exp_fast32(min(a0 * x0 + a1 * x1 - m, _EXP_CAP32))
+        z += w
+        s0 += w * x0
+        s1 += w * x1
+    return z, s0, s1
+
+
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _attend_d2_f32(start, stride, a, kt, out, lse, chunk):
+    """:func:`_attend_d2` with float32 scores, weights and tile sums (``a``, ``kt`` float32);
+    tile sums added into float64."""
+    q = a.shape[0]
+    n = kt.shape[1]
+    for i in range(start, q, stride):
+        a0 = a[i, 0]
+        a1 = a[i, 1]
+        m = a0 * kt[0, 0] + a1 * kt[1, 0]
+        z = 0.0
+        s0 = 0.0
+        s1 = 0.0
+        for c in range(0, n, chunk):
+            t0 = kt[0, c:c + chunk]
+            t1 = kt[1, c:c + chunk]
+            zc, c0, c1 = _chunk_d2_f32(a0, a1, t0, t1, m)
+            if zc > _RESCALE32:
+                mx = a0 * t0[0] + a1 * t1[0]
+                for j in range(t0.shape[0]):
+                    mx = max(mx, a0 * t0[j] + a1 * t1[j])
+                r = math.exp(np.float64(m) - np.float64(mx))
+                z *= r
+                s0 *= r
+                s1 *= r
+                m = mx
+                zc, c0, c1 = _chunk_d2_f32(a0, a1, t0, t1, m)
+            z += np.float64(zc)
+            s0 += np.float64(c0)
+            s1 += np.float64(c1)
+        out[i, 0] = s0 / z
+        out[i, 1] = s1 / z
+        lse[i] = np.float64(m) + math.log(z)
+
+
+@njit(fastmath=FASTMATH, inline="always", cache=True)
+def _scores_f32(ai, kt, c, L, s):
+    t = kt[0, c:c + L]
+    a0 = ai[0]
+    for j in range(L):
+        s[j] = a0 * t[j]
+    for k in range(1, kt.shape[0]):
+        ak = ai[k]
+        t = kt[k, c:c + L]
+        for j in range(L):
+            s[j] += ak * t[j]
+
+
+@njit(fastmath=FASTMATH, inline="always", cache=True)
+def _exp_shifted_sum_f32(s, L, m):
+    total = _F32(0.0)
+    for j in range(L):
+        w = exp_fast32(min(s[j] - m, _EXP_CAP32))
+        s[j] = w
+        total += w
+    return total
+
+
+@njit(fastmath=FASTMATH, inline="always", cache=True)
+def _dot_f32(s, t, L):
+    acc = _F32(0.0)
+    for j in range(L):
+        acc += s[j] * t[j]
+    return acc
+
+
+@njit(fastmath=FASTMATH, nogil=True, cache=True)
+def _attend_f32(start, stride, a, kt, vt, out, lse, chunk, qblock):
+    """:func:`_attend` with float32 scores, weights and tile sums (``a``, ``kt``, ``vt``
+    float32); tile sums added into float64 accumulators."""
+    q = a.shape[0]
+    n = kt.shape[1]
+    dv = vt.shape[0]
+    chunk = min(chunk, n)
+    nblocks = (q + qblock - 1) // qblock
+    for b in range(start, nblocks, stride):
+        i0 = b * qblock
+        nb = min(q, i0 + qblock) - i0
+        s = np.empty(chunk, dtype=np.float32)
+        acc = np.zeros((nb, dv))
+        m = np.zeros(nb, dtype=np.float32)
+        z = np.zeros(nb)
+        for c in range(0, n, chunk):
+            L = min(chunk, n - c)
+            for ii in range(nb):
+                ai = a[i0 + ii]
+                _scores_f32(ai, kt, c, L, s)
+                if c == 0:
+                    m[ii] = s[0]
+                zc = _exp_shifted_sum_f32(s, L, m[ii])
+                if zc > _RESCALE32:
+                    _scores_f32(ai, kt, c, L, s)
+                    mx = s[0]
+                    for j in range(L):
+                        mx = max(mx, s[j])
+                    r = math.exp(np.float64(m[ii]) - np.float64(mx))
+                    z[ii] *= r
+                    for k in range(dv):
+                        acc[ii, k] *= r
+                    m[ii] = mx
+                    zc = _exp_shifted_sum_f32(s, L, mx)
+                z[ii] += np.float64(zc)
+                for k in range(dv):
+                    acc[ii, k] += np.float64(_dot_f32(s, vt[k, c:c + L], L))
+        for ii in range(nb):
+            for k in range(dv):
+                out[i0 + ii, k] = acc[ii, k] / z[ii]
+            lse[i0 + ii] = np.float64(m[ii]) + math.log(z[ii])
