@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 
 import numpy as np
 import xarray as xr
 
-from sim.attention import DEFAULT_CHUNK
+from sim.attention import DEFAULT_CHUNK, TokenStream
+from sim.attention.stream import BLOCK, LAWS, stream_key
 from sim.backend import make_rng
 from sim.distributions import DISTRIBUTIONS, make_distribution
 from sim.token_sample import sup_errors
@@ -45,9 +47,20 @@ from studies.sweep import Sweep
 from theory import token_sample as ts
 
 STUDY = "convergence"
-DEFAULTS = {"n": "2^8..2^16", "reps": 64, "queries": 64}
-QUICK = {"n": "2^8..2^12", "reps": 10, "queries": 24}
 SEARCH = {"n_shells": 4, "n_refine": 6, "refine_iters": 6}
+PRESETS = {
+    # the default study: materialised tokens, float64, n up to 2^16 (about half a minute)
+    "default": {"R": "1..8", "n": "2^8..2^16", "reps": 64, "queries": 64, "tokens": "array",
+                "precision": "float64", "search": SEARCH},
+    # n up to 10^8 on a radius grid that maps the transition: tokens generated inside the
+    # kernel (O(block) memory) and float32 scores (about 20 minutes on 2 cores)
+    "scale": {"R": "1..3:0.25", "n": "1e3..1e8/11", "reps": 10, "queries": 16, "tokens": "stream",
+              "precision": "float32", "search": {"n_shells": 2, "n_refine": 2, "refine_iters": 5}},
+}
+QUICKS = {"default": {"n": "2^8..2^12", "reps": 10, "queries": 24},
+          "scale": {"n": "1e3..1e6/7", "reps": 6, "queries": 12}}
+DEFAULTS, QUICK = PRESETS["default"], QUICKS["default"]
+TOKEN_MODES = ("array", "stream")
 
 CLT_FACTOR = 10.0  # the CLT window is n >= CLT_FACTOR * n_3(R) (Berry-Esseen scale)
 LOCAL_POINTS = 4  # outside the CLT regime, the local slope uses the last points of the grid
@@ -89,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Uniform convergence of attention on n i.i.d. tokens: sup over the ball "
                     "|x| <= R of |Gamma_{mu_n}(x) - Gamma_mu(x)| against n, per radius R.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--R", type=lambda t: parse_range(t, float), default=parse_range("1..8", float),
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                   help="default (n = 2^8..2^16, R = 1..8: about half a minute) or scale (n = 1e3..1e8, "
+                        "R = 1..3:0.25, tokens generated in the kernel, float32: about 20 minutes on 2 cores); "
+                        "options given explicitly override the preset")
+    p.add_argument("--R", type=lambda t: parse_range(t, float), default=None,
                    metavar="RANGE", help="radii of the query balls: 1..8 (inclusive), 0.5..2:0.5, 1,2,4 "
                                          "(default 1..8)")
     p.add_argument("--n", type=parse_n_grid, default=None, metavar="GRID",
@@ -105,16 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
                         f"--quick {QUICK['queries']})")
     p.add_argument("--A-scale", dest="a_scale", type=positive_float, default=1.0,
                    help="score matrix A = A_SCALE * I (default 1); V = I")
+    p.add_argument("--tokens", choices=TOKEN_MODES, default=None,
+                   help="array: draw each sample's tokens as an array (default); stream: generate them "
+                        "inside the attention kernel from a counter-based Philox stream, O(block) memory "
+                        "(gaussian and sphere laws; the scale preset)")
+    p.add_argument("--precision", choices=("float64", "float32"), default=None,
+                   help="scores and weights in float64 (default) or float32 with float64 sums (about twice "
+                        "as fast; outputs within ~1e-7 relative; the scale preset)")
     add_common_arguments(p, STUDY)
     return p
 
 
-def _cell(cell, *, dist_name, d, dist_params, A, V, radii, n_dirs, search, device):
-    """One sweep cell: draw n tokens, search the sup error for every radius."""
+def _cell(cell, *, dist_name, d, dist_params, A, V, radii, n_dirs, search, device, tokens="array",
+          precision="float64"):
+    """One sweep cell: draw n tokens (or a stream that generates them in the kernel), search
+    the sup error for every radius."""
     dist = make_distribution(dist_name, d, **dist_params)
-    rng = make_rng(cell.seed, device)
-    tokens = dist.sample(rng, int(cell.coords["n"]))
-    res = sup_errors(tokens, dist, A, V, radii, n_dirs=n_dirs, **search)
+    n = int(cell.coords["n"])
+    if tokens == "stream":
+        scale = dist_params.get("scale", dist_params.get("radius", 1.0))
+        sample = TokenStream(stream_key(cell.seed), n, d, law=dist_name, scale=float(scale))
+    else:
+        sample = dist.sample(make_rng(cell.seed, device), n)
+    res = sup_errors(sample, dist, A, V, radii, n_dirs=n_dirs, precision=precision, **search)
     return {"sup_err": res.value, "argmax_radius": np.linalg.norm(res.argmax, axis=1)}
 
 
@@ -128,11 +158,14 @@ def make_sweep(args) -> Sweep:
     params = {
         "R": radii.tolist(), "n": n.tolist(), "reps": args.reps, "d": d,
         "dist": {"name": args.dist, **dist.params}, "A": A.tolist(), "V": V.tolist(), "lam": 1.0,
-        "search": {"n_dirs": args.queries, **SEARCH}, "device": args.device,
-        "attention": {"method": "auto", "chunk": DEFAULT_CHUNK},
+        "search": {"n_dirs": args.queries, **args.search}, "device": args.device,
+        "attention": {"method": "auto", "chunk": DEFAULT_CHUNK, "precision": args.precision},
+        "tokens": args.tokens if args.tokens == "array" else {"mode": "stream", "block": BLOCK,
+                                                              "generator": "Philox4x64-10 + Box-Muller"},
     }
     run_cell = functools.partial(_cell, dist_name=args.dist, d=d, dist_params=dist.params, A=A, V=V,
-                                 radii=radii, n_dirs=args.queries, search=SEARCH, device=args.device)
+                                 radii=radii, n_dirs=args.queries, search=args.search, device=args.device,
+                                 tokens=args.tokens, precision=args.precision)
     return Sweep(
         study=STUDY,
         cell_dims={"n": n, "rep": np.arange(args.reps)},
@@ -291,7 +324,14 @@ def summary_table(ds: xr.Dataset) -> str:
 
 
 def _validate(args):
-    apply_defaults(args, DEFAULTS, QUICK, {"n": parse_n_grid})
+    apply_defaults(args, PRESETS[args.preset], QUICKS[args.preset],
+                   {"n": parse_n_grid, "R": lambda t: parse_range(t, float)})
+    if args.tokens == "stream":
+        if args.dist not in LAWS:
+            raise UsageError(f"--tokens stream generates {' and '.join(LAWS)} tokens; --dist {args.dist} needs "
+                             "--tokens array")
+        if args.device == "gpu":
+            raise UsageError("--tokens stream is the CPU kernel's; on the GPU use --tokens array")
     if min(args.R) <= 0:
         raise UsageError(f"--R: radii must be positive (got {min(args.R):g})")
     if len(args.n) < 3:
@@ -300,10 +340,12 @@ def _validate(args):
         raise UsageError("--reps: standard errors need at least 2 replicates")
     n_max, d = max(args.n), args.d
     check_scores(args.a_scale * max(args.R) * (1.0 + np.sqrt(2 * np.log(n_max))), "--A-scale x --R")
-    queries = len(args.R) * (1 + SEARCH["n_shells"] * (args.queries + 4)
-                             + SEARCH["refine_iters"] * SEARCH["n_refine"] * (2 * d + 2))
+    search = args.search
+    queries = len(args.R) * (1 + search["n_shells"] * (args.queries + 4)
+                             + search["refine_iters"] * search["n_refine"] * (2 * d + 2))
+    held = 12 * (os.cpu_count() or 1) * d * BLOCK + 2**28 if args.tokens == "stream" else 3 * n_max * d * 8
     check_resources(f"--n up to {n_max} tokens in d = {d}",
-                    memory=8.0 * (3 * n_max * d + 8 * d * d + 4 * queries * d),
+                    memory=held + 8.0 * (8 * d * d + 4 * queries * d),
                     work_s=args.reps * sum(args.n) * queries * d / PAIR_RATE)
     validate_run_options(args)
 

@@ -226,3 +226,31 @@ def test_help_mentions_inclusive_ranges(capsys):
     assert run(["--help"]) == 0
     text = capsys.readouterr().out
     assert "1..8 (inclusive)" in text and "examples:" in text
+
+
+STREAM = ["--R", "1,2,6", "--n", "2^9..2^13", "--reps", "4", "--queries", "12", "--no-progress", "--tokens", "stream"]
+
+
+def test_tokens_generated_in_the_kernel_same_numbers_whatever_workers(tmp_path, claims):
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    assert run(STREAM + ["--out", str(a)]) == 0
+    assert run(STREAM + ["--out", str(b), "--workers", "2"]) == 0
+    np.testing.assert_array_equal(open_result(a)["sup_err"].values, open_result(b)["sup_err"].values)
+    claims.none_fail(a)
+
+
+def test_float32_changes_the_sup_errors_by_far_less_than_their_standard_error(tmp_path):
+    """The same generated tokens at float64 and float32: every sup error moves by < 1e-5
+    relative, thousands of times below the replicates' standard error of the mean."""
+    a, b = tmp_path / "f64.zarr", tmp_path / "f32.zarr"
+    assert run(STREAM + ["--out", str(a), "--precision", "float64"]) == 0
+    assert run(STREAM + ["--out", str(b), "--precision", "float32"]) == 0
+    x, y = open_result(a), open_result(b)
+    diff = np.abs(x["sup_err"].values - y["sup_err"].values)
+    assert diff.max() <= 1e-5 * x["sup_err"].values.max()
+    assert np.all(diff.max(axis=-1) <= 1e-3 * x["sem_sup_err"].values)
+    np.testing.assert_array_equal(x["claim_outcome"].values, y["claim_outcome"].values)
+
+
+def test_stream_tokens_need_a_law_the_kernel_generates(usage_error):
+    usage_error(convergence.main, ["--quick", "--tokens", "stream", "--dist", "mixture"], "--tokens array")
