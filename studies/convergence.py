@@ -249,8 +249,12 @@ def analyze(ds: xr.Dataset, law, A, V) -> tuple[xr.Dataset, list]:
         for tag, xvals in (("R", R), ("R2", R**2)):
             f = ols(xvals[clt], np.log(C[clt]))
             out[f"logC_vs_{tag}_slope"] = ((), f.slope)
+            out[f"logC_vs_{tag}_slope_se"] = ((), f.se)
             out[f"logC_vs_{tag}_intercept"] = ((), f.intercept)
             out[f"logC_vs_{tag}_r2"] = ((), f.r2)
+        out["theory_logC_vs_R2_slope"] = ((), ols(R[clt] ** 2, log_C_th[clt]).slope,
+                                          {"long_name": "slope of the delta-method log C(R) against R^2 over the same "
+                                                        "radii (the leading 1/2 ||Sigma^1/2 A||^2 plus its log term)"})
     if isinstance(law, ts.GaussianLaw):
         out["theory_logC_R2_coefficient"] = ((), ts.log_C_quadratic_coefficient(law.cov, A),
                                              {"long_name": "1/2 ||Sigma^{1/2} A||^2, the predicted slope of log C vs R^2"})
@@ -316,9 +320,10 @@ def summary_table(ds: xr.Dataset) -> str:
     if "logC_vs_R2_slope" in ds:
         line = (f"log C(R) over the CLT-regime radii: vs R slope {float(ds['logC_vs_R_slope']):.3f} "
                 f"(R²={float(ds['logC_vs_R_r2']):.3f}); vs R² slope {float(ds['logC_vs_R2_slope']):.3f} "
-                f"(R²={float(ds['logC_vs_R2_r2']):.3f})")
+                f"± {float(ds['logC_vs_R2_slope_se']):.3f} (R²={float(ds['logC_vs_R2_r2']):.3f}); the delta-method "
+                f"curve's over the same radii {float(ds['theory_logC_vs_R2_slope']):.3f}")
         if "theory_logC_R2_coefficient" in ds:
-            line += f"; theory R² coefficient {float(ds['theory_logC_R2_coefficient']):.3f}"
+            line += f", its leading coefficient 1/2 |Σ^1/2 A|² = {float(ds['theory_logC_R2_coefficient']):.3f}"
         rows.append(line)
     return "\n".join(rows)
 
