@@ -14,11 +14,13 @@ into an array -- the reference the tests hold the streamed kernel to.
 :func:`stream_attention(a, stream) <stream_attention>` returns what
 :func:`sim.attention.softmax_attention` returns for keys = values = the stream's tokens:
 ``out_i = sum_j softmax_j(<a_i, y_j>) y_j`` and ``lse_i``. The tokens are generated block by
-block (``BLOCK`` tokens, a fixed constant): each block's contribution to every query -- a
-reference score, the sum of weights and the weighted sum of tokens -- is computed in a fixed
-order and stored, and the blocks are merged in block order afterwards (the online-softmax
-merge). Threads take whole blocks, so the result is the same bit for bit whatever the number
-of threads; the block size is not a parameter, so it cannot change the numbers either. Memory:
+block (``BLOCK`` tokens, a fixed constant): each block is attended by the array kernels of
+:mod:`sim.attention.softmax`, whose ``(out, lse)`` per query is the block's state (reference
+score ``lse``, weight sum 1, weighted token sum ``out``); the states are stored and the blocks
+merged in block order afterwards (the online-softmax merge). Every (block, query) state is
+computed the same way whichever thread computes it, so the result is the same bit for bit
+whatever the number of threads; the block size is not a parameter, so it cannot change the
+numbers either. Memory:
 one block of tokens per thread plus ``(2 + d)`` numbers per block and query
 (queries are taken in groups so that this stays under ``PARTIAL_BYTES``).
 
@@ -34,8 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from sim.attention.softmax import (_RESCALE32, _RESCALE_AT, _chunk_d2, _chunk_d2_f32, _dot, _dot_f32,
-                                   _exp_shifted_sum, _exp_shifted_sum_f32, _scores, _scores_f32)
+from sim.attention.softmax import _attend, _attend_d2, _attend_d2_f32, _attend_f32
 from sim.kernels_cpu import FASTMATH, cpu_threads, run_threads
 from sim.philox import box_muller, philox4x64
 
@@ -90,8 +91,8 @@ class TokenStream:
 
 
 # ------------------------------------------------------------------------------ generation
-@njit(fastmath=FASTMATH, cache=True, inline="always")
-def _generate(k0, k1, j0, L, d, sphere, scale, kt):
+@njit(fastmath=FASTMATH, cache=True, nogil=True)
+def _materialise(k0, k1, j0, L, d, sphere, scale, kt):
     """Tokens j0..j0+L-1 into ``kt[:, :L]`` (d, L): normals j d + t from counters 4c + k."""
     i0 = j0 * d
     i1 = (j0 + L) * d
@@ -145,156 +146,38 @@ def _generate(k0, k1, j0, L, d, sphere, scale, kt):
                 kt[t, jj] *= scale
 
 
-@njit(fastmath=FASTMATH, cache=True, nogil=True)
-def _materialise(k0, k1, j0, L, d, sphere, scale, kt):
-    _generate(k0, k1, j0, L, d, sphere, scale, kt)
-
-
 # ------------------------------------------------------------------------- block partials
-@njit(fastmath=FASTMATH, cache=True, inline="always")
-def _block_state(a, kt, L, pm, pz, ps, f32, kt32, a32):
-    """Each query's (reference score, sum of weights, weighted token sum) over one block."""
-    q = a.shape[0]
-    d = kt.shape[0]
-    s = np.empty(TILE)
-    s32 = np.empty(TILE, dtype=np.float32)
-    for i in range(q):
-        if d == 2:
-            if f32:
-                b0 = a32[i, 0]
-                b1 = a32[i, 1]
-                mm = b0 * kt32[0, 0] + b1 * kt32[1, 0]
-                z = 0.0
-                x0 = 0.0
-                x1 = 0.0
-                for c in range(0, L, TILE):
-                    e = min(L, c + TILE)
-                    u0 = kt32[0, c:e]
-                    u1 = kt32[1, c:e]
-                    zf, cf0, cf1 = _chunk_d2_f32(b0, b1, u0, u1, mm)
-                    if zf > _RESCALE32:
-                        mx32 = b0 * u0[0] + b1 * u1[0]
-                        for j in range(u0.shape[0]):
-                            mx32 = max(mx32, b0 * u0[j] + b1 * u1[j])
-                        r = math.exp(np.float64(mm) - np.float64(mx32))
-                        z *= r
-                        x0 *= r
-                        x1 *= r
-                        mm = mx32
-                        zf, cf0, cf1 = _chunk_d2_f32(b0, b1, u0, u1, mm)
-                    z += np.float64(zf)
-                    x0 += np.float64(cf0)
-                    x1 += np.float64(cf1)
-                pm[i] = np.float64(mm)
-            else:
-                a0 = a[i, 0]
-                a1 = a[i, 1]
-                m = a0 * kt[0, 0] + a1 * kt[1, 0]
-                z = 0.0
-                x0 = 0.0
-                x1 = 0.0
-                for c in range(0, L, TILE):
-                    e = min(L, c + TILE)
-                    t0 = kt[0, c:e]
-                    t1 = kt[1, c:e]
-                    zc, c0, c1 = _chunk_d2(a0, a1, t0, t1, m)
-                    if zc > _RESCALE_AT:
-                        mx = a0 * t0[0] + a1 * t1[0]
-                        for j in range(t0.shape[0]):
-                            mx = max(mx, a0 * t0[j] + a1 * t1[j])
-                        r = math.exp(m - mx)
-                        z *= r
-                        x0 *= r
-                        x1 *= r
-                        m = mx
-                        zc, c0, c1 = _chunk_d2(a0, a1, t0, t1, m)
-                    z += zc
-                    x0 += c0
-                    x1 += c1
-                pm[i] = m
-            pz[i] = z
-            ps[i, 0] = x0
-            ps[i, 1] = x1
-            continue
-        # any d: scores into a tile buffer, then weights and weighted sums
-        z = 0.0
-        for k in range(d):
-            ps[i, k] = 0.0
-        if f32:
-            ai32 = a32[i]
-            m32 = np.float32(0.0)
-            for c in range(0, L, TILE):
-                Lc = min(TILE, L - c)
-                _scores_f32(ai32, kt32, c, Lc, s32)
-                if c == 0:
-                    m32 = s32[0]
-                zg = _exp_shifted_sum_f32(s32, Lc, m32)
-                if zg > _RESCALE32:
-                    _scores_f32(ai32, kt32, c, Lc, s32)
-                    mg32 = s32[0]
-                    for j in range(Lc):
-                        mg32 = max(mg32, s32[j])
-                    r = math.exp(np.float64(m32) - np.float64(mg32))
-                    z *= r
-                    for k in range(d):
-                        ps[i, k] *= r
-                    m32 = mg32
-                    zg = _exp_shifted_sum_f32(s32, Lc, m32)
-                z += np.float64(zg)
-                for k in range(d):
-                    ps[i, k] += np.float64(_dot_f32(s32, kt32[k, c:c + Lc], Lc))
-            pm[i] = np.float64(m32)
-        else:
-            ai = a[i]
-            m = 0.0
-            for c in range(0, L, TILE):
-                Lc = min(TILE, L - c)
-                _scores(ai, kt, c, Lc, s)
-                if c == 0:
-                    m = s[0]
-                zc = _exp_shifted_sum(s, Lc, m)
-                if zc > _RESCALE_AT:
-                    _scores(ai, kt, c, Lc, s)
-                    mx = s[0]
-                    for j in range(Lc):
-                        mx = max(mx, s[j])
-                    r = math.exp(m - mx)
-                    z *= r
-                    for k in range(d):
-                        ps[i, k] *= r
-                    m = mx
-                    zc = _exp_shifted_sum(s, Lc, m)
-                z += zc
-                for k in range(d):
-                    ps[i, k] += _dot(s, kt[k, c:c + Lc], Lc)
-            pm[i] = m
-        pz[i] = z
-
-
-@njit(fastmath=FASTMATH, cache=True, nogil=True)
-def _stream_blocks(start, stride, a, a32, k0, k1, n, d, sphere, scale, f32, nq, pm, pz, ps):
+def _stream_tasks(start, stride, a, a32, k0, k1, n, d, sphere, scale, f32, nq, pm, pz, ps):
     """Tasks start, start + stride, ... (:func:`run_threads`): task t is block t // nq and the
-    t % nq-th of nq equal groups of queries -- generate the block's tokens, then reduce them for
-    those queries. Each (block, query) state is computed the same way whatever the grouping."""
-    nblocks = pm.shape[0]
-    q = a.shape[0]
-    per = (q + nq - 1) // nq
-    kt = np.empty((d, BLOCK))
-    kt32 = np.empty((d, BLOCK), dtype=np.float32)
+    t % nq-th of nq equal groups of queries. The block's tokens are generated, then attended by
+    the array kernels of :mod:`sim.attention.softmax` (GIL released), whose (out, lse) is the
+    block's state for each query: reference score lse, weight sum 1, weighted token sum out --
+    the same numbers whichever task, thread or grouping computes them."""
+    nblocks, q = pm.shape
+    per = -(-q // nq)
+    chunk = min(TILE, BLOCK)
     for t in range(start, nblocks * nq, stride):
-        b = t // nq
-        q0 = (t % nq) * per
-        q1 = min(q, q0 + per)
+        b, g = divmod(t, nq)
+        q0, q1 = g * per, min(q, (g + 1) * per)
         if q0 >= q1:
             continue
-        j0 = b * BLOCK
-        L = min(BLOCK, n - j0)
-        _generate(k0, k1, j0, L, d, sphere, scale, kt)
+        L = min(BLOCK, n - b * BLOCK)
+        kt = np.empty((d, L))
+        _materialise(k0, k1, b * BLOCK, L, d, sphere, scale, kt)
+        out = np.empty((q1 - q0, d))
+        lse = np.empty(q1 - q0)
         if f32:
-            for k in range(d):
-                for j in range(L):
-                    kt32[k, j] = np.float32(kt[k, j])
-        _block_state(a[q0:q1], kt, L, pm[b, q0:q1], pz[b, q0:q1], ps[b, q0:q1], f32, kt32, a32[q0:q1])
+            kt = kt.astype(np.float32)
+            aq = a32[q0:q1]
+        else:
+            aq = a[q0:q1]
+        if d == 2:
+            (_attend_d2_f32 if f32 else _attend_d2)(0, 1, aq, kt, out, lse, chunk)
+        else:
+            (_attend_f32 if f32 else _attend)(0, 1, aq, kt, kt, out, lse, chunk, 8)
+        pm[b, q0:q1] = lse
+        pz[b, q0:q1] = 1.0
+        ps[b, q0:q1] = out
 
 
 @njit(fastmath=FASTMATH, cache=True, nogil=True)
@@ -353,7 +236,7 @@ def stream_attention(a, stream: TokenStream, *, precision: str = "float64"):
         # few blocks: split the queries too, so every thread has work (the numbers do not
         # depend on the split: each (block, query) state is computed on its own)
         nq = max(1, min(qg, -(-2 * cpu_threads() // nblocks)))
-        run_threads(_stream_blocks, ag, a32, k0, k1, int(stream.n), int(d), stream.law == "sphere",
+        run_threads(_stream_tasks, ag, a32, k0, k1, int(stream.n), int(d), stream.law == "sphere",
                     float(stream.scale), f32, nq, pm, pz, ps, n_tasks=nblocks * nq)
         run_threads(_merge, pm, pz, ps, out[g0:g0 + qg], lse[g0:g0 + qg], n_tasks=qg)
     return out, lse
