@@ -53,7 +53,7 @@ PRESETS = {
     "default": {"R": "1..8", "n": "2^8..2^16", "reps": 64, "queries": 64, "tokens": "array",
                 "precision": "float64", "search": SEARCH},
     # n up to 10^8 on a radius grid that maps the transition: tokens generated inside the
-    # kernel (O(block) memory) and float32 scores (about 20 minutes on 2 cores)
+    # kernel (O(block) memory) and float32 scores (about 6 minutes on 2 cores, 350 MB)
     "scale": {"R": "1..3:0.25", "n": "1e3..1e8/11", "reps": 10, "queries": 16, "tokens": "stream",
               "precision": "float32", "search": {"n_shells": 2, "n_refine": 2, "refine_iters": 5}},
 }
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=tuple(PRESETS), default="default",
                    help="default (n = 2^8..2^16, R = 1..8: about half a minute) or scale (n = 1e3..1e8, "
-                        "R = 1..3:0.25, tokens generated in the kernel, float32: about 20 minutes on 2 cores); "
+                        "R = 1..3:0.25, tokens generated in the kernel, float32: about 6 minutes on 2 cores); "
                         "options given explicitly override the preset")
     p.add_argument("--R", type=lambda t: parse_range(t, float), default=None,
                    metavar="RANGE", help="radii of the query balls: 1..8 (inclusive), 0.5..2:0.5, 1,2,4 "
