@@ -9,6 +9,17 @@ import math
 import numpy as np
 from numba import config, cuda, float64, int64, uint64
 
+# the CPU engine's own constants: one source for both targets
+from sim.kernels_cpu import (  # exp_fast's
+    EXP_CLAMP as _EXP_CLAMP, _LOG2E, _LN2_HI, _LN2_LO,
+    _C2 as _E2, _C3 as _E3, _C4 as _E4, _C5 as _E5, _C6 as _E6, _C7 as _E7, _C8 as _E8,
+    _C9 as _E9, _C10 as _E10, _C11 as _E11)
+from sim.philox import (  # Philox4x64-10, Box-Muller
+    _U64, _M0, _M1, _W0, _W1, _MASK32, _S32, _SH12, _SQRT_HALF_BITS, _LN2, _TWO_PI,
+    _L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10,
+    _S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7,
+    _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8)
+
 TPB = 64  # threads per block of the prompt kernels (real GPU)
 TPB_RUN = 256  # threads per block of the per-run kernels
 PPB_TRAIN = 2  # prompts per work item in training (fixes the gradient summation order)
@@ -17,30 +28,11 @@ SHARED_LIMIT = 48 * 1024  # dynamic shared memory a block may use without opting
 GLOBAL_BLOCKS = 1024  # grid size (and scratch rows) of the global-workspace variant
 
 _SIM = bool(config.ENABLE_CUDASIM)
-
-# ------------------------------------------------------------------------- constants (as sim/)
-_U64 = np.uint64
-_M0, _M1 = _U64(0xD2E7470EE14C6C93), _U64(0xCA5A826395121157)
-_W0, _W1 = _U64(0x9E3779B97F4A7C15), _U64(0xBB67AE8584CAA73B)
-_SH12 = _U64(12)
 _TWO_M52 = 2.0 ** -52
-_SQRT_HALF_BITS = np.int64(0x3FE6A09E667F3BCD)  # bits of sqrt(1/2)
-_LN2 = math.log(2.0)
-_TWO_PI = 2.0 * math.pi
-_L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10 = [2.0 / (2 * k + 1) for k in range(11)]
-_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7 = [(-1) ** k / math.factorial(2 * k + 1) for k in range(8)]
-_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8 = [(-1) ** k / math.factorial(2 * k) for k in range(9)]
-# exp: sim.kernels_cpu.exp_fast (Cody-Waite reduction, degree-11 Taylor, clamp to +-708)
-_EXP_CLAMP = 708.0
-_LOG2E = 1.4426950408889634
-_LN2_HI = 6.93145751953125e-1
-_LN2_LO = 1.42860682030941723212e-6
-_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11 = [1.0 / math.factorial(i) for i in range(2, 12)]
 _I1023 = np.int64(1023)
 
 # ---------------------------------------------- target-specific primitives (GPU / simulator)
 if _SIM:  # the simulator runs device functions as Python on NumPy scalars
-    _MASK32, _S32 = _U64(0xFFFFFFFF), _U64(32)
 
     @cuda.jit(device=True, inline="always")
     def _umulhi(a, b):
