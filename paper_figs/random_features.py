@@ -53,11 +53,6 @@ def available_groups(store) -> list[str]:
 _save = save_figure
 
 
-def _conv_text(ds) -> str:
-    c = ds.attrs.get("conventions", "")
-    return c if isinstance(c, str) else str(c)
-
-
 _outcomes = claim_outcomes
 
 

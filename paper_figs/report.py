@@ -26,7 +26,6 @@ __all__ = ["COLUMNS", "OUTCOME_ORDER", "render_html", "render_markdown"]
 COLUMNS = ("paper", "study", "claim", "where", "source", "statement", "prediction", "measured", "se", "lo",
            "hi", "test", "tolerance", "tolerance_source", "outcome", "reason")
 OUTCOME_ORDER = {"fails": 0, "not tested": 1, "holds": 2}
-COLOURS = {"holds": "#d7f0d2", "fails": "#f6c9c4", "not tested": "#f1e7c3"}
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;

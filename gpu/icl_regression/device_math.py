@@ -14,7 +14,7 @@ from sim.kernels_cpu import (  # exp_fast's
     EXP_CLAMP as _EXP_CLAMP, _LOG2E, _LN2_HI, _LN2_LO,
     _C2 as _E2, _C3 as _E3, _C4 as _E4, _C5 as _E5, _C6 as _E6, _C7 as _E7, _C8 as _E8,
     _C9 as _E9, _C10 as _E10, _C11 as _E11)
-from sim.philox import (  # Philox4x64-10, Box-Muller
+from sim.philox import (  # noqa: F401 (_U64: host.py) Philox4x64-10, Box-Muller
     _U64, _M0, _M1, _W0, _W1, _MASK32, _S32, _SH12, _SQRT_HALF_BITS, _LN2, _TWO_PI,
     _L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10,
     _S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7,

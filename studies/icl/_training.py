@@ -25,7 +25,7 @@ import xarray as xr
 
 from sim import icl_regression as sim
 from studies.cli import PAIR_RATE, Part, UsageError, check_resources, float_type, positive_int
-from studies.icl._common import device_attr, device_params, seed_seqs
+from studies.icl._common import device_attr, device_params
 from studies.sweep import StoreSpec, open_group, open_result, open_store, replace_group, store_attrs
 
 RAW_VARS = ("W", "U", "train_loss", "val_mse", "final_val_blocks", "n_heads", "head_exists")
@@ -319,13 +319,3 @@ def training_part(args, *, study: str, grid: dict, make_run, task_attrs: dict, a
         return raw, {"cells": args.steps, "computed": args.steps - res, "resumed": res, "unit": f"steps of {R} runs"}
 
     return Part("", analyze, run=runner, summary=summary)
-
-
-def make_runs_factory(args, task_of):
-    """``make_run(**point)`` for a grid with dims among (rho, H, seed); ``task_of(point)`` gives
-    the run's data law."""
-    def make_run(**pt):
-        ds_, is_ = seed_seqs(args.seed, pt["seed"], pt["H"])
-        return sim.RunSpec(int(pt["H"]), task_of(pt), ds_, is_)
-
-    return make_run

@@ -479,13 +479,6 @@ def _sample_ratio(n, e_att, e_mlp):
     return est, se, "measured"
 
 
-def _exact_B(targets, params, model, N):
-    """Exact complexity B per target (None when some target has no exact value)."""
-    if not all(_exact(t, params) for t in targets):
-        return None
-    return np.asarray([_B(t, params, model, N) for t in targets])
-
-
 def analyze_families(ds: xr.Dataset):
     params = _params(ds)
     targets = [str(t) for t in ds["target"].values]
