@@ -1,35 +1,16 @@
-"""Shared command-line machinery of the studies.
+"""Shared command-line machinery of the studies: the parser class, the shared run-control
+options, defaults and ``--quick`` tables, and the runner every study goes through.
 
-Range syntax (``parse_range``), always *inclusive* of the upper bound:
-
-=================  =======================================
-``1..8``           1, 2, ..., 8
-``1..8:2``         1, 3, 5, 7         (step 2)
-``0.5..2:0.5``     0.5, 1, 1.5, 2     (with ``kind=float``; the default step is 1)
-``1,2,5``          a comma list
-``1..4,8``         pieces combine; the result is sorted and de-duplicated
-=================  =======================================
-
-Sample-size grids (``parse_n_grid``) also accept geometric forms:
-
-=================  =======================================
-``2^8..2^16``      every power of two from 256 to 65536
-``2^8..2^16:2``    every other power: 256, 1024, ..., 65536
-``1e3..1e5/9``     9 geometrically spaced integers from 1000 to 100000
-``1000,3000,1e4``  a comma list (``1e4`` and ``2^10`` are numbers too)
-=================  =======================================
-
-Errors raise :class:`argparse.ArgumentTypeError` with a message meant for the user;
-:class:`StudyParser` prints any usage error as a single line and exits with status 2.
+Option values are parsed by :mod:`studies.parsing` (ranges such as ``1..8``, sample-size grids
+such as ``2^8..2^16``, bounded numbers); everything that must be checked before a run creates
+anything (resources, score ranges, the output path, executor options) is in
+:mod:`studies.guards`. Both are re-exported here, so a study imports its plumbing from one place.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import errno
-import math
-import os
-import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -37,6 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from studies.guards import (MAX_SCORE, PAIR_RATE, UsageError, available_memory, check_out_path, check_resources,
+                            check_scheduler, check_scores, executor_options)
+from studies.parsing import (choice_list, finite_float, float_type, nonnegative_float, nonnegative_int, parse_n_grid,
+                             parse_range, positive_float, positive_int)
 
 __all__ = [
     "UsageError",
@@ -54,6 +40,8 @@ __all__ = [
     "check_scores",
     "available_memory",
     "PAIR_RATE",
+    "MAX_SCORE",
+    "check_scheduler",
     "add_common_arguments",
     "check_out_path",
     "executor_options",
@@ -67,207 +55,11 @@ __all__ = [
 ]
 
 
-class UsageError(Exception):
-    """A user error found after parsing (bad combination, unwritable path...): exit 2."""
-
-
 class StudyParser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit status 2."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-
-
-def _number(tok: str, kind):
-    tok = tok.strip()
-    m = re.fullmatch(r"(\d+)\^(\d+)", tok)
-    if m:
-        val = int(m.group(1)) ** int(m.group(2))
-        return val if kind is int else float(val)
-    if not re.fullmatch(_NUM, tok):
-        raise argparse.ArgumentTypeError(f"not a number: {tok!r}")
-    val = float(tok)
-    if kind is int:
-        if not val.is_integer():
-            raise argparse.ArgumentTypeError(f"not an integer: {tok!r}")
-        return int(val)
-    return val
-
-
-def _arith(lo, hi, step, kind, piece):
-    if hi < lo:
-        raise argparse.ArgumentTypeError(f"descending range {piece!r}: write the smaller bound first")
-    if step <= 0:
-        raise argparse.ArgumentTypeError(f"range step must be positive in {piece!r}")
-    count = int(math.floor((hi - lo) / step + 1e-9)) + 1
-    vals = [lo + k * step for k in range(count)]
-    if kind is int:
-        return [int(v) for v in vals]
-    return [round(v, 12) for v in vals]
-
-
-def parse_range(text: str, kind=int) -> tuple:
-    """Parse ``1..8``, ``1..8:2``, ``1,2,5`` (and combinations); inclusive upper bounds."""
-    if not isinstance(text, str) or not text.strip():
-        raise argparse.ArgumentTypeError("empty range")
-    out = []
-    for piece in text.split(","):
-        piece = piece.strip()
-        if not piece:
-            raise argparse.ArgumentTypeError(f"empty item in {text!r}")
-        if ".." in piece:
-            body, _, step_txt = piece.partition(":")
-            lo_txt, _, hi_txt = body.partition("..")
-            lo, hi = _number(lo_txt, kind), _number(hi_txt, kind)
-            step = _number(step_txt, kind) if step_txt else kind(1)
-            out.extend(_arith(lo, hi, step, kind, piece))
-        else:
-            if ":" in piece:
-                raise argparse.ArgumentTypeError(f"a step needs a range: {piece!r}")
-            out.append(_number(piece, kind))
-    return tuple(sorted(set(out)))
-
-
-def parse_n_grid(text: str) -> tuple[int, ...]:
-    """Parse a sample-size grid: the forms of :func:`parse_range` plus ``2^a..2^b[:s]`` and
-    ``A..B/K`` (K geometric points). All values must be integers >= 1."""
-    if not isinstance(text, str) or not text.strip():
-        raise argparse.ArgumentTypeError("empty grid")
-    out = []
-    for piece in text.split(","):
-        piece = piece.strip()
-        m_pow = re.fullmatch(r"(\d+)\^(\d+)\.\.(\d+)\^(\d+)(?::(\d+))?", piece)
-        m_geo = re.fullmatch(rf"({_NUM}|\d+\^\d+)\.\.({_NUM}|\d+\^\d+)/(\d+)", piece)
-        if m_pow:
-            b1, e1, b2, e2 = (int(m_pow.group(i)) for i in range(1, 5))
-            if b1 != b2 or b1 < 2:
-                raise argparse.ArgumentTypeError(f"power range {piece!r} needs one base >= 2 on both sides")
-            step = int(m_pow.group(5) or 1)
-            out.extend(b1**e for e in _arith(e1, e2, step, int, piece))
-        elif m_geo:
-            lo, hi = _number(m_geo.group(1), int), _number(m_geo.group(2), int)
-            k = int(m_geo.group(3))
-            if lo < 1 or hi < lo or k < 1:
-                raise argparse.ArgumentTypeError(f"geometric grid {piece!r} needs 1 <= A <= B and K >= 1")
-            out.extend(int(round(v)) for v in np.geomspace(lo, hi, k))
-        else:
-            out.extend(parse_range(piece, int))
-    vals = tuple(sorted(set(out)))
-    if vals[0] < 1:
-        raise argparse.ArgumentTypeError("sample sizes must be >= 1")
-    return vals
-
-
-def choice_list(allowed, what: str, *, in_allowed_order: bool = False):
-    """An argparse ``type=`` for a comma list of names from ``allowed`` (``--sweeps a,b``):
-    duplicates dropped, the order given (or the order of ``allowed``); an empty list or an
-    unknown name is a one-line usage error naming the choices."""
-    allowed = tuple(allowed)
-
-    def parse(text: str) -> tuple:
-        items = [t.strip() for t in str(text).split(",") if t.strip()]
-        bad = [t for t in items if t not in allowed]
-        if not items or bad:
-            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or repr(text)}; "
-                                             f"choose from {', '.join(allowed)}")
-        return tuple(t for t in allowed if t in items) if in_allowed_order else tuple(dict.fromkeys(items))
-
-    parse.__name__ = what.replace(" ", "_")
-    return parse
-
-
-def positive_int(text: str) -> int:
-    val = _number(text, int)
-    if val < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return val
-
-
-def nonnegative_int(text: str) -> int:
-    val = _number(text, int)
-    if val < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return val
-
-
-def float_type(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-               hi_open: bool = False):
-    """An argparse ``type=`` for a float option: finite (no nan, inf or overflow such as 1e999)
-    and inside ``[lo, hi]`` (``lo_open``/``hi_open`` exclude the bound); a value outside is a
-    one-line usage error at parse time, before anything is created."""
-    def parse(text: str) -> float:
-        val = _number(text, float)
-        if not math.isfinite(val):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        if lo is not None and (val < lo or (lo_open and val == lo)):
-            if lo == 0:
-                raise argparse.ArgumentTypeError(f"must be a {'positive' if lo_open else 'non-negative'} number, "
-                                                 f"got {text!r}")
-            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo:g}, got {text!r}")
-        if hi is not None and (val > hi or (hi_open and val == hi)):
-            raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi:g}, got {text!r}")
-        return val
-
-    parse.__name__ = "number"
-    return parse
-
-
-finite_float = float_type()
-positive_float = float_type(0.0, lo_open=True)
-nonnegative_float = float_type(0.0)
-
-
-def available_memory() -> int:
-    """Bytes of memory this machine can still give a process (MemAvailable), or its total."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 1 << 40
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n / 1024:.3g} KiB"
-
-
-def check_resources(what: str, *, memory: float = 0.0, work_s: float = 0.0, max_work_s: float = 30 * 86400.0,
-                    fraction: float = 0.8) -> None:
-    """Refuse, before anything is created, a run whose estimated peak ``memory`` (bytes)
-    exceeds ``fraction`` of the memory available here, or whose estimated ``work_s`` (seconds
-    on this machine) is absurd (more than ``max_work_s``): one line that says what it would
-    need and what this machine has (:class:`UsageError`)."""
-    avail = available_memory()
-    if memory > fraction * avail:
-        raise UsageError(f"{what} needs about {_bytes(memory)} of memory at its peak; this machine has "
-                         f"{_bytes(avail)} available")
-    if work_s > max_work_s:
-        years = work_s / (365.25 * 86400)
-        span = f"{years:.3g} years" if years >= 1 else f"{work_s / 86400:.3g} days"
-        raise UsageError(f"{what} would take about {span} here; reduce it")
-
-
-MAX_SCORE = 1e100  # largest |score| the closed forms keep inside float64 (they square and exponentiate it)
-PAIR_RATE = 2e9  # token-query multiply-adds per second on this class of machine, for work estimates
-
-
-def check_scores(max_score: float, what: str) -> None:
-    """Refuse parameters whose attention scores leave the range where the theory's closed forms
-    (which square and exponentiate them) stay finite in float64."""
-    if not (math.isfinite(max_score) and max_score <= MAX_SCORE):
-        raise UsageError(f"{what}: scores as large as {max_score:.3g} leave float64's range in the closed forms "
-                         f"(at most {MAX_SCORE:g})")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
@@ -295,41 +87,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
     g.add_argument("--quick", action="store_true", help="a small, fast version of the run (seconds)")
     g.add_argument("--plot", action="store_true", help="draw the study's figure next to the store")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def executor_options(args) -> dict:
-    """The run_sweep keywords selected by --workers / --dask-local / --scheduler (validated)."""
-    if args.scheduler and args.dask_local:
-        raise UsageError("choose one of --scheduler and --dask-local")
-    if args.scheduler or args.dask_local:
-        import importlib.util
-
-        if importlib.util.find_spec("distributed") is None:
-            raise UsageError("Dask execution needs the 'dist' extra: pip install -e '.[dist]'")
-    if args.scheduler:
-        check_scheduler(args.scheduler)
-    return {"workers": args.workers, "scheduler": args.scheduler, "dask_local": args.dask_local}
-
-
-_SCHEDULER = re.compile(r"(?:(tcp|tls|ws|wss)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})/?")
-
-
-def check_scheduler(address: str, timeout: float = 3.0) -> None:
-    """``--scheduler`` must be ``[tcp|tls|ws|wss://]HOST:PORT`` and accept a connection, checked
-    before any store is created (a one-line :class:`UsageError` naming ``--scheduler``)."""
-    import socket
-
-    m = _SCHEDULER.fullmatch(address.strip())
-    if not m or not 0 < int(m.group(3)) < 65536:
-        raise UsageError(f"--scheduler {address!r}: expected an address like tcp://10.0.0.5:8786")
-    host, port = m.group(2).strip("[]"), int(m.group(3))
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as e:
-        why = e.strerror or type(e).__name__
-        raise UsageError(f"--scheduler {address}: cannot connect ({why}); is the Dask scheduler running "
-                         "and reachable from here?") from None
 
 
 def validate_run_options(args) -> None:
@@ -495,33 +252,6 @@ def apply_defaults(args, defaults: Mapping, quick: Mapping | None = None,
         if isinstance(value, str) and name in parse:
             value = parse[name](value)
         setattr(args, name, value)
-
-
-def check_out_path(path: Path) -> Path:
-    """Fail early (UsageError) if ``path`` cannot become a Zarr store; leaves nothing behind
-    (a temporary directory is made and removed where the store would go)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path} exists and is not a directory")
-    parent = path.parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"--out {path}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: {probe} is not writable")
-    if path.exists() and not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path} is not writable")
-    # permission bits do not tell everything (root on /proc or a read-only mount): try it
-    import tempfile
-
-    try:
-        tempfile.TemporaryDirectory(dir=path if path.exists() else probe).cleanup()
-    except OSError as e:
-        raise UsageError(f"--out {path}: {probe if not path.exists() else path} is not writable "
-                         f"({e.strerror or type(e).__name__})") from None
-    return path
 
 
 def run_main(main_impl, argv=None, prog: str | None = None) -> int:
