@@ -1,19 +1,46 @@
-"""The catalogue of every study: what to run, where it stores, which paper it tests.
+"""The catalogue: the only list of the workbench's studies, each with its capabilities as data.
 
-One :class:`Entry` per study (a subcommand of ``studies.icl`` is a study of its own):
-``name`` (also the store's file name, ``<results>/<name>.zarr``), the module and the arguments
-that run it, the paper (thread) whose claims it tests, the figure module, whether it takes the
-shared executor options (``--workers``/``--dask-local``/``--scheduler``), the study whose
-trained models it reads (``models_from``) and its measured default wall time on a quiet 2-core machine
-(README table), used to estimate how long a report still has to run.
+One :class:`Entry` per study (a subcommand of ``studies.icl`` is a study of its own). Everything
+that iterates over studies iterates this tuple: ``python -m studies.report`` (which runs them and
+gathers their claims), ``python -m studies.reanalyze`` (which finds a store's study by its
+stored name), the shared run flow (:func:`studies.cli.prepare` reads ``devices``,
+:func:`studies.cli.add_common_arguments` adds ``--parts`` when a study has ``groups``), the
+contract checks (:mod:`studies.checks`, which decide what applies from the capabilities, never
+from a name), the bad-input table and the report's tests.
 
-Used by ``python -m studies.report`` and by the study-contract test.
+Fields of an entry:
+
+==================  ===========================================================================
+``name``            the study's name: its store is ``<results>/<name>.zarr``; equal to the
+                    module's ``STUDY``
+``module``          the module that has the study shape (:mod:`studies`): ``DEFAULTS``,
+                    ``parts``, ``analyze``, ...
+``thread``          the paper (thread) whose claims it tests (:data:`PAPERS`)
+``figure``          the module whose ``draw(store, out) -> list[Path]`` draws it
+``command``         the module run by ``python -m`` (``studies.icl`` for its subcommands;
+                    default ``module``), with ``args`` before the options
+``quick_args``      extra arguments of its ``--quick`` run in the report
+``groups``          the store groups of a study of several parts, selected by ``--parts``
+``executor``        takes the shared ``--workers``/``--dask-local``/``--scheduler`` options
+``trains``          trains a model (checkpoints inside the store; ``--steps`` may grow)
+``reads``           the study whose store it reads (``--models``), run first by the report
+``needs``           optional requirements (:data:`REQUIREMENTS`), e.g. the encoder's weights
+``devices``         the devices it runs on (``cpu``, ``gpu``)
+``quick``           has a ``--quick`` mode
+``default_s``,      measured wall time of the default / quick run on a quiet 2-core machine
+``quick_s``         (README table), used by the report to estimate how long it has left
+==================  ===========================================================================
+
+Adding a study is its module in ``studies/``, its figure module in ``paper_figs/`` and one line
+here.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["Entry", "PAPERS", "STUDIES", "by_name"]
+__all__ = ["Entry", "PAPERS", "REQUIREMENTS", "STUDIES", "by_name", "requirement_met"]
 
 PAPERS = {
     "token_sample": "Bohbot, Letrouit, Peyré, Vialard — Token Sample Complexity of Attention (ICML 2026)",
@@ -21,7 +48,11 @@ PAPERS = {
     "icl_regression": "He, Pan, Chen, Yang — In-context linear regression demystified (ICML 2025)",
     "tensor_attention": "Alman & Song — Fast attention requires bounded entries (2023); "
                         "How to capture higher-order correlations? (ICLR 2024)",
+    "token_selection": "Attention over m of n keys (sampling, top-k, hybrids) against the token-sample theory",
 }
+
+# requirement -> "module:function" returning (available, why not)
+REQUIREMENTS = {"encoder": "sim.encoder:encoder_available"}
 
 
 @dataclass(frozen=True)
@@ -30,10 +61,16 @@ class Entry:
     module: str
     thread: str
     figure: str
+    command: str = ""
     args: tuple = ()
     quick_args: tuple = ()
+    groups: tuple = ()
     executor: bool = True
-    models_from: str | None = None
+    trains: bool = False
+    reads: str | None = None
+    needs: tuple = ()
+    devices: tuple = ("cpu", "gpu")
+    quick: bool = True
     default_s: float = 60.0
     quick_s: float = 10.0
 
@@ -41,16 +78,31 @@ class Entry:
     def paper(self) -> str:
         return PAPERS[self.thread]
 
-    def argv(self, results, *, quick: bool) -> list[str]:
-        """The command line (after ``python -m MODULE``) that writes this study's store in the
-        folder ``results`` (and reads there the store it needs)."""
-        from pathlib import Path
+    @property
+    def runner(self) -> str:
+        """The module ``python -m`` runs."""
+        return self.command or self.module
 
+    @property
+    def models_from(self) -> str | None:
+        return self.reads
+
+    def load(self):
+        """The study module (the study shape)."""
+        return importlib.import_module(self.module)
+
+    def main(self, argv) -> int:
+        """Run the study in this process: ``python -m RUNNER ARGS argv``."""
+        return importlib.import_module(self.runner).main([*self.args, *argv])
+
+    def argv(self, results, *, quick: bool) -> list[str]:
+        """The command line (after ``python -m RUNNER``) that writes this study's store in the
+        folder ``results`` (and reads there the store it needs)."""
         argv = [*self.args, *(self.quick_args if quick else ())]
         if quick:
             argv.append("--quick")
-        if self.models_from:
-            argv += ["--models", str(Path(results) / f"{self.models_from}.zarr")]
+        if self.reads:
+            argv += ["--models", str(Path(results) / f"{self.reads}.zarr")]
         return argv + ["--out", str(Path(results) / f"{self.name}.zarr")]
 
 
@@ -59,28 +111,44 @@ STUDIES: tuple[Entry, ...] = (
           default_s=18, quick_s=3),
     Entry("moments", "studies.moments", "token_sample", "paper_figs.moments", default_s=75, quick_s=1),
     Entry("hardmax", "studies.hardmax", "token_sample", "paper_figs.hardmax", default_s=18, quick_s=1),
-    Entry("tails", "studies.tails", "token_sample", "paper_figs.tails", default_s=30, quick_s=2),
+    Entry("tails", "studies.tails", "token_sample", "paper_figs.tails", groups=("sup", "moments"),
+          default_s=30, quick_s=2),
     Entry("random_features", "studies.random_features", "random_features", "paper_figs.random_features",
-          default_s=18, quick_s=2),
+          groups=("kernel", "rate", "families", "N", "bias"), default_s=18, quick_s=2),
     Entry("tensor_attention", "studies.tensor_attention", "tensor_attention", "paper_figs.tensor_attention",
-          default_s=67, quick_s=1),
-    Entry("icl_train", "studies.icl", "icl_regression", "paper_figs.icl", args=("train",), executor=False,
-          default_s=162, quick_s=1),
-    Entry("icl_estimators", "studies.icl", "icl_regression", "paper_figs.icl", args=("estimators",),
-          default_s=16, quick_s=1),
-    Entry("icl_ode", "studies.icl", "icl_regression", "paper_figs.icl", args=("ode",), default_s=1, quick_s=1),
-    Entry("icl_length", "studies.icl", "icl_regression", "paper_figs.icl", args=("length",),
-          models_from="icl_train", default_s=21, quick_s=1),
-    Entry("icl_noniso", "studies.icl", "icl_regression", "paper_figs.icl", args=("noniso",), executor=False,
-          default_s=81, quick_s=1),
-    Entry("icl_multitask", "studies.icl", "icl_regression", "paper_figs.icl", args=("multitask",), executor=False,
-          default_s=29, quick_s=1),
-    Entry("encoder", "studies.encoder", "token_sample", "paper_figs.encoder", default_s=32, quick_s=4),
+          groups=("error", "runtime", "match3"), default_s=67, quick_s=1),
+    Entry("icl_train", "studies.icl.train", "icl_regression", "paper_figs.icl", command="studies.icl",
+          args=("train",), executor=False, trains=True, default_s=162, quick_s=1),
+    Entry("icl_estimators", "studies.icl.estimators", "icl_regression", "paper_figs.icl", command="studies.icl",
+          args=("estimators",), default_s=16, quick_s=1),
+    Entry("icl_ode", "studies.icl.ode", "icl_regression", "paper_figs.icl", command="studies.icl", args=("ode",),
+          devices=("cpu",), default_s=1, quick_s=1),
+    Entry("icl_length", "studies.icl.length", "icl_regression", "paper_figs.icl", command="studies.icl",
+          args=("length",), reads="icl_train", default_s=21, quick_s=1),
+    Entry("icl_noniso", "studies.icl.noniso", "icl_regression", "paper_figs.icl", command="studies.icl",
+          args=("noniso",), executor=False, trains=True, default_s=81, quick_s=1),
+    Entry("icl_multitask", "studies.icl.multitask", "icl_regression", "paper_figs.icl", command="studies.icl",
+          args=("multitask",), executor=False, trains=True, default_s=29, quick_s=1),
+    Entry("encoder", "studies.encoder", "token_sample", "paper_figs.encoder", needs=("encoder",),
+          default_s=32, quick_s=4),
 )
 
 
 def by_name(name: str) -> Entry:
+    """The catalogue entry of the study ``name`` (its store's ``study`` attribute; a group's
+    ``study/group`` names its study too)."""
+    name = str(name).partition("/")[0]
     for e in STUDIES:
         if e.name == name:
             return e
     raise KeyError(name)
+
+
+def requirement_met(entry: Entry) -> tuple[bool, str]:
+    """Whether this machine has what ``entry.needs`` (``(True, "")``, or ``(False, why)``)."""
+    for need in entry.needs:
+        module, _, func = REQUIREMENTS[need].partition(":")
+        ok, why = getattr(importlib.import_module(module), func)()
+        if not ok:
+            return False, why
+    return True, ""

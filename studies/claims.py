@@ -16,6 +16,12 @@ field               meaning
 ``tolerance``       the allowed gap, and ``tolerance_source``: where it comes from
 ``outcome``         ``holds``, ``fails`` or ``not tested``
 ``reason``          why it was not tested, or what failed
+``kind``            the comparison, as data: ``equal``, ``at least``, ``at most``, ``exceeds``,
+                    ``form``, ``decided`` (a comparison the study made itself, e.g. an exact
+                    sign condition) or ``not tested``; how close a claim is to failing
+                    (:func:`slack`) follows from it
+``role``            ``evidence`` (a simulation or a trained model against a theory prediction)
+                    or ``consistency`` (the theory or the code against itself, an identity)
 ==================  ==========================================================================
 
 Rules (``shared/ARCHITECTURE.md``, "Claims"):
@@ -56,6 +62,11 @@ __all__ = [
     "FAILS",
     "NOT_TESTED",
     "OUTCOMES",
+    "KINDS",
+    "ROLES",
+    "EVIDENCE",
+    "CONSISTENCY",
+    "slack",
     "Claim",
     "ClaimSpec",
     "z_family",
@@ -74,6 +85,10 @@ HOLDS = "holds"
 FAILS = "fails"
 NOT_TESTED = "not tested"
 OUTCOMES = (HOLDS, FAILS, NOT_TESTED)
+EQUAL, AT_LEAST, AT_MOST, EXCEEDS, FORM, DECIDED = "equal", "at least", "at most", "exceeds", "form", "decided"
+KINDS = (EQUAL, AT_LEAST, AT_MOST, EXCEEDS, FORM, DECIDED, NOT_TESTED)
+EVIDENCE, CONSISTENCY = "evidence", "consistency"
+ROLES = (EVIDENCE, CONSISTENCY)
 CLAIM_DIM = "claim"
 FAMILY_ALPHA = 0.01  # family-wise two-sided false-alarm rate of a claim's statistical tests
 
@@ -119,10 +134,18 @@ class Claim:
     tolerance: float = math.nan
     tolerance_source: str = ""
     reason: str = ""
+    kind: str = ""
+    role: str = EVIDENCE
 
     def __post_init__(self):
         if self.outcome not in OUTCOMES:
             raise ValueError(f"claim {self.id}: outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        if not self.kind:
+            object.__setattr__(self, "kind", NOT_TESTED if self.outcome == NOT_TESTED else DECIDED)
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.id}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"claim {self.id}: role must be one of {ROLES}, got {self.role!r}")
         if self.outcome == NOT_TESTED and not self.reason:
             raise ValueError(f"claim {self.id}: 'not tested' needs a reason")
         if self.outcome != NOT_TESTED and not self.tolerance_source:
@@ -143,27 +166,32 @@ class Claim:
 
 @dataclass(frozen=True)
 class ClaimSpec:
-    """What a claim is about (id, source, statement), declared once per study module; its
-    methods evaluate it on one measurement and return a :class:`Claim`."""
+    """What a claim is about (id, source, statement, role), declared once per study module; its
+    methods evaluate it on one measurement and return a :class:`Claim`. ``role`` is
+    ``evidence`` unless the claim checks the theory or the code against itself
+    (``consistency``)."""
 
     id: str
     source: str
     statement: str
+    role: str = EVIDENCE
 
     def _claim(self, **kw) -> Claim:
-        return Claim(id=self.id, source=self.source, statement=self.statement, **kw)
+        return Claim(id=self.id, source=self.source, statement=self.statement, role=self.role, **kw)
 
     # ------------------------------------------------------------------------------ outcomes
     def not_tested(self, reason: str, *, where: str = "", prediction=math.nan, prediction_text: str = "",
                    measured=math.nan, se=math.nan) -> Claim:
-        return self._claim(outcome=NOT_TESTED, reason=reason, where=where, prediction=_f(prediction),
-                           prediction_text=prediction_text, measured=_f(measured), se=_f(se))
+        return self._claim(outcome=NOT_TESTED, kind=NOT_TESTED, reason=reason, where=where,
+                           prediction=_f(prediction), prediction_text=prediction_text, measured=_f(measured),
+                           se=_f(se))
 
     def decided(self, holds: bool, *, test: str, tolerance=math.nan, tolerance_source: str, where: str = "",
                 prediction=math.nan, prediction_text: str = "", measured=math.nan, se=math.nan,
-                lo=math.nan, hi=math.nan, reason: str = "") -> Claim:
-        """A claim whose comparison the caller made (``holds`` true or false)."""
-        return self._claim(outcome=HOLDS if bool(holds) else FAILS, test=test, tolerance=_f(tolerance),
+                lo=math.nan, hi=math.nan, reason: str = "", kind: str = DECIDED) -> Claim:
+        """A claim whose comparison the caller made (``holds`` true or false); ``kind`` says
+        which comparison it was (``decided`` when it is none of the standard ones)."""
+        return self._claim(outcome=HOLDS if bool(holds) else FAILS, kind=kind, test=test, tolerance=_f(tolerance),
                            tolerance_source=tolerance_source, where=where, prediction=_f(prediction),
                            prediction_text=prediction_text, measured=_f(measured), se=_f(se), lo=_f(lo),
                            hi=_f(hi), reason=reason)
@@ -200,7 +228,7 @@ class ClaimSpec:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
         gap = abs(_f(measured) - _f(predicted))
-        return self.decided(gap <= tol, test="|measured - predicted| <= tolerance", tolerance=tol,
+        return self.decided(gap <= tol, kind=EQUAL, test="|measured - predicted| <= tolerance", tolerance=tol,
                             tolerance_source=src, where=where, prediction=predicted,
                             prediction_text=prediction_text or f"{_f(predicted):.4g}", measured=measured, se=se,
                             lo=_f(measured) - tol, hi=_f(measured) + tol,
@@ -216,7 +244,8 @@ class ClaimSpec:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
         ok = _f(measured) + tol >= _f(bound)
-        return self.decided(ok, test="measured >= predicted bound - tolerance", tolerance=tol, tolerance_source=src,
+        return self.decided(ok, kind=AT_LEAST, test="measured >= predicted bound - tolerance", tolerance=tol,
+                            tolerance_source=src,
                             where=where, prediction=bound, prediction_text=prediction_text or f">= {_f(bound):.4g}",
                             measured=measured, se=se, lo=_f(measured) - tol, hi=_f(measured) + tol,
                             reason="" if ok else f"{_f(measured):.4g} + {tol:.3g} < {_f(bound):.4g}")
@@ -230,7 +259,8 @@ class ClaimSpec:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
         ok = _f(measured) - tol <= _f(bound)
-        return self.decided(ok, test="measured <= predicted bound + tolerance", tolerance=tol, tolerance_source=src,
+        return self.decided(ok, kind=AT_MOST, test="measured <= predicted bound + tolerance", tolerance=tol,
+                            tolerance_source=src,
                             where=where, prediction=bound, prediction_text=prediction_text or f"<= {_f(bound):.4g}",
                             measured=measured, se=se, lo=_f(measured) - tol, hi=_f(measured) + tol,
                             reason="" if ok else f"{_f(measured):.4g} - {tol:.3g} > {_f(bound):.4g}")
@@ -250,11 +280,13 @@ class ClaimSpec:
         rel = "<" if below else ">"
         text = prediction_text or f"{rel} {b:.4g}"
         if sign * (m - b) > tol:
-            return self.decided(True, test=f"measured {rel} bound by more than the tolerance", tolerance=tol,
+            return self.decided(True, kind=EXCEEDS, test=f"measured {rel} bound by more than the tolerance",
+                                tolerance=tol,
                                 tolerance_source=src, where=where, prediction=b, prediction_text=text, measured=m,
                                 se=se, lo=m - tol, hi=m + tol)
         if sign * (b - m) > tol:
-            return self.decided(False, test=f"measured {rel} bound by more than the tolerance", tolerance=tol,
+            return self.decided(False, kind=EXCEEDS, test=f"measured {rel} bound by more than the tolerance",
+                                tolerance=tol,
                                 tolerance_source=src, where=where, prediction=b, prediction_text=text, measured=m,
                                 se=se, lo=m - tol, hi=m + tol,
                                 reason=f"{m:.4g} is on the wrong side of {b:.4g} by more than {tol:.3g}")
@@ -296,10 +328,10 @@ class ClaimSpec:
         src = f"{z_source}; threshold z^2 = {margin:.3g}"
         text = ", ".join(f"{k}: {v:.3g}" for k, v in chi2.items())
         if measured >= margin:
-            return self.decided(True, test=test, tolerance=margin, tolerance_source=src, where=where,
+            return self.decided(True, kind=FORM, test=test, tolerance=margin, tolerance_source=src, where=where,
                                 prediction_text=ptxt, measured=measured, reason=f"chi^2 {text}")
         if -measured >= margin:
-            return self.decided(False, test=test, tolerance=margin, tolerance_source=src, where=where,
+            return self.decided(False, kind=FORM, test=test, tolerance=margin, tolerance_source=src, where=where,
                                 prediction_text=ptxt, measured=measured,
                                 reason=f"{best} fits better than {predicted}: chi^2 {text}")
         return self.not_tested(f"the forms are indistinguishable on this grid (|Delta chi^2| = {abs(measured):.3g} "
@@ -307,16 +339,40 @@ class ClaimSpec:
                                measured=measured)
 
 
-def _slack(c: Claim) -> float:
-    """How far a tested claim is from failing, in units of its tolerance (< 0: it fails)."""
-    tol = c.tolerance if c.tolerance > 0 else 1.0
-    if c.test.startswith("|measured - predicted|"):
-        return (tol - abs(c.measured - c.prediction)) / tol
-    if c.test.startswith("measured >= "):
-        return (c.measured + c.tolerance - c.prediction) / tol
-    if c.test.startswith("measured <= "):
-        return (c.prediction - c.measured + c.tolerance) / tol
-    return 1.0 if c.outcome == HOLDS else -1.0
+def slack(c: Claim) -> float:
+    """How far a tested claim is from failing, in units of its tolerance: positive when it
+    holds (the larger, the safer), negative when it fails (the more negative, the farther past
+    its tolerance). It follows from the claim's ``kind``:
+
+    ==============  =====================================================================
+    ``equal``       (tol - |measured - predicted|) / tol
+    ``at least``    (measured + tol - bound) / tol
+    ``at most``     (bound + tol - measured) / tol
+    ``exceeds``     (|measured - bound| - tol) / tol, with the sign of the outcome (the
+                    measured interval lies wholly on one side of the bound)
+    ``form``        (|Delta chi^2| - z^2) / z^2, with the sign of the outcome
+    ``decided``     +1 when it holds, -1 when it fails (no scale to compare on)
+    ==============  =====================================================================
+
+    A claim that was not tested has no slack (NaN)."""
+    if c.outcome == NOT_TESTED:
+        return math.nan
+    sign = 1.0 if c.outcome == HOLDS else -1.0
+    tol = c.tolerance if (np.isfinite(c.tolerance) and c.tolerance > 0) else math.nan
+    m, p = c.measured, c.prediction
+    if c.kind == EQUAL:
+        val = (c.tolerance - abs(m - p)) / tol
+    elif c.kind == AT_LEAST:
+        val = (m + c.tolerance - p) / tol
+    elif c.kind == AT_MOST:
+        val = (p + c.tolerance - m) / tol
+    elif c.kind == EXCEEDS:
+        val = sign * (abs(m - p) - c.tolerance) / tol
+    elif c.kind == FORM:
+        val = sign * (abs(m) - c.tolerance) / tol
+    else:
+        val = math.nan
+    return float(val) if np.isfinite(val) else sign
 
 
 def worst_of(claims: Sequence[Claim], *, where: str = "", every: str = "") -> Claim:
@@ -333,7 +389,7 @@ def worst_of(claims: Sequence[Claim], *, where: str = "", every: str = "") -> Cl
     if not tested:
         reasons = sorted({c.reason for c in claims})
         return replace(claims[0], where=where, reason="; ".join(reasons))
-    shown = min(tested, key=_slack)
+    shown = min(tested, key=slack)
     suffix = f" at every {every} tested ({len(tested)} of {len(claims)}; shown: {shown.where})" if every else ""
     return replace(shown, where=where, prediction_text=(shown.prediction_text or _num(shown.prediction)) + suffix)
 
@@ -422,12 +478,27 @@ def from_dataset(ds) -> list[Claim]:
     for i in range(ds.sizes[CLAIM_DIM]):
         kw = {}
         for name in _STR_FIELDS:
+            if f"claim_{name}" not in ds:  # a store written before the field existed
+                continue
             v = ds[f"claim_{name}"].values[i]
             kw[name] = "" if v is None else str(v)
         for name in _NUM_FIELDS:
             kw[name] = float(ds[f"claim_{name}"].values[i])
+        if not kw.get("kind"):
+            kw["kind"] = _legacy_kind(kw.get("test", ""), kw["outcome"])
         out.append(Claim(**kw))
     return out
+
+
+def _legacy_kind(test: str, outcome: str) -> str:
+    """The kind of a claim stored before kinds were data, from its test's wording."""
+    if outcome == NOT_TESTED:
+        return NOT_TESTED
+    for start, kind in (("|measured - predicted|", EQUAL), ("measured >= ", AT_LEAST), ("measured <= ", AT_MOST),
+                        ("measured > bound", EXCEEDS), ("measured < bound", EXCEEDS), ("Delta chi^2", FORM)):
+        if test.startswith(start):
+            return kind
+    return DECIDED
 
 
 # ------------------------------------------------------------------------------ printing

@@ -51,6 +51,15 @@ __all__ = [
     "Part",
     "run_study",
     "apply_defaults",
+    "option_types",
+    "build_parser",
+    "prepare",
+    "study_main",
+    "run_params",
+    "group_of",
+    "analyze_quietly",
+    "Params",
+    "StoreParamsError",
     "run_main",
 ]
 
@@ -136,43 +145,108 @@ def store_errors(out):
 
 @dataclass
 class Part:
-    """One part of a study's store (the whole store for most studies, one group for studies
-    with several sub-sweeps):
+    """One part of a study's store: the whole store for most studies, one group for studies
+    with several (selected by the shared ``--parts`` flag):
 
     * ``group`` -- the group's name ("" = the store itself);
     * ``sweep`` -- a :class:`studies.sweep.Sweep` run by the shared runner, or ``run`` -- a
       callable ``run(path, args, executor) -> (dataset, info)`` for parts that are not a grid
-      of independent cells (training runs); ``info`` has ``cells``, ``computed``, ``resumed``;
-    * ``analyze(ds) -> (analysis, claims)`` -- fits and ``theory_*`` variables (an
-      ``xr.Dataset``) and the :class:`studies.claims.Claim` list, a pure function of the data;
-    * ``summary(analysis) -> str`` -- the part's own table, printed before the claims.
-    """
+      of independent cells (training runs); ``info`` has ``cells``, ``computed``, ``resumed``.
+
+    The analysis and the summary are the study's own ``analyze(ds)`` and ``summary(analysis)``
+    (:mod:`studies`), the same functions for every part: a study of several parts tells its
+    groups apart by the stored name (:func:`group_of`)."""
 
     group: str
-    analyze: Callable
     sweep: Any = None
     run: Callable | None = None
-    summary: Callable | None = None
 
 
-def run_study(args, parts, draw=None, *, study: str | None = None):
-    """The body of every study: run each part (resuming what is stored), analyse it, store
-    the analysis and the claims next to its data, print each part's table, then the claims in
-    the one format of :func:`studies.claims.format_claims`, the closing line and (with
-    ``--plot``) the figure ``draw(store, figure_path) -> list[Path]``. Returns the claims.
+class StoreParamsError(UsageError):
+    """A store whose stored parameters cannot be read by this version of its study."""
 
-    ``parts`` is a list of :class:`Part`, or one :class:`Part`. A study of several parts
-    writes each into its own group of the store (the root carries the study's name and the
-    list of its groups); each part's claims are stored with its analysis, and
-    :func:`studies.claims.read_claims` gathers them from any store. Every part shares one
+
+class Params(dict):
+    """A run's stored parameters (``params_json``); a missing one is a
+    :class:`StoreParamsError` that says the store comes from another version."""
+
+    store = ""
+
+    def __missing__(self, key):
+        raise StoreParamsError(f"{self.store or 'the store'}: no stored parameter {key!r}: it was written by "
+                               "another version of the study; rerun the study (with --overwrite) to analyse it")
+
+
+def run_params(ds) -> Params:
+    """The parameters a run stored with its data (the ``params_json`` attribute of its store or
+    group): what every ``analyze(ds)`` reads instead of the command line."""
+    import json
+
+    text = ds.attrs.get("params_json")
+    try:
+        out = Params(json.loads(text))
+    except (TypeError, ValueError):
+        raise StoreParamsError("the store's parameters (params_json) are missing or unreadable: it was written by "
+                               "another version of the study; rerun the study (with --overwrite)") from None
+    out.store = str(ds.attrs.get("study", ""))
+    return out
+
+
+def group_of(ds) -> str:
+    """The group a dataset (or its analysis) belongs to in a study of several parts: the part of
+    its stored ``study`` name after the slash (``"tails/sup"`` -> ``"sup"``), "" otherwise."""
+    return str(ds.attrs.get("study", "")).partition("/")[2]
+
+
+def analyze_quietly(analyze: Callable, ds):
+    """``analyze(ds)`` with overflow warnings silenced: an exp that overflows in a prediction far
+    outside the grid's regime is not something the user must act on (the claims say what could
+    not be tested). The analysis carries the dataset's ``study`` name (:func:`group_of`)."""
+    ds = stored_data(ds)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        analysis, claims = analyze(ds)
+    if "study" in ds.attrs:
+        analysis.attrs["study"] = ds.attrs["study"]
+    return analysis, list(claims)
+
+
+def stored_data(ds):
+    """``ds`` without the analysis a previous run stored in it (the variables listed in its
+    ``analysis_vars`` attribute, and the claims): what an analysis sees is the same on a first
+    run, a resumed run and a re-analysis."""
+    import json
+
+    names = json.loads(ds.attrs.get("analysis_vars", "[]") or "[]")
+    out = ds.drop_vars([n for n in names if n in ds.variables])
+    from studies.claims import CLAIM_DIM
+
+    return out.drop_dims(CLAIM_DIM) if CLAIM_DIM in out.dims else out
+
+
+def run_study(args, study, draw=None):
+    """The body of every study: run each of ``study.parts(args)`` (resuming what is stored),
+    analyse it with ``study.analyze``, store the analysis and the claims next to its data, print
+    each part's table (``study.summary``), then the claims in the one format of
+    :func:`studies.claims.format_claims`, the closing line and (with ``--plot``) the figure of
+    the study's catalogue entry, ``draw(store, figure_path) -> list[Path]``. Returns the claims.
+
+    A study of several parts writes each into its own group of the store (the root carries the
+    study's name and the list of its groups); each part's claims are stored with its analysis,
+    and :func:`studies.claims.read_claims` gathers them from any store. Every part shares one
     executor (workers start once)."""
+    import importlib
     import time
 
     from studies import claims as cl
     from studies.sweep import make_executor, write_analysis
 
     t0 = time.perf_counter()
-    parts = [parts] if isinstance(parts, Part) else list(parts)
+    parts = list(study.parts(args))
+    if draw is None and getattr(args, "plot", False):
+        from studies.catalog import by_name
+
+        draw = importlib.import_module(by_name(study.STUDY).figure).draw
     root = Path(args.out)
     multi = len(parts) > 1 or bool(parts[0].group)
     every: list = []
@@ -180,8 +254,7 @@ def run_study(args, parts, draw=None, *, study: str | None = None):
     with contextlib.ExitStack() as stack:
         if multi:
             with store_errors(root):
-                _open_root(root, study or parts[0].sweep.study.split("/")[0], getattr(args, "seed", 0),
-                           [p.group for p in parts], args.overwrite)
+                _open_root(root, study.STUDY, getattr(args, "seed", 0), [p.group for p in parts], args.overwrite)
         opts = getattr(args, "executor", None) or {"workers": 1, "scheduler": None, "dask_local": None}
         executor = None
         if len(parts) > 1 and (opts["workers"] > 1 or opts["scheduler"] or opts["dask_local"]):
@@ -198,16 +271,11 @@ def run_study(args, parts, draw=None, *, study: str | None = None):
                     ds, info = run_study_sweep(part.sweep, args, path, **kw)
             except UsageError as e:
                 raise UsageError(f"group {part.group}: {e}" if part.group else str(e)) from None
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                # an exp that overflows in a prediction far outside the grid's regime is not
-                # something the user must act on; the claims say what could not be tested
-                warnings.simplefilter("ignore", RuntimeWarning)
-                analysis, claims = part.analyze(ds)
+            analysis, claims = analyze_quietly(study.analyze, ds)
             write_analysis(path, analysis.merge(cl.to_dataset(claims)))
             every.extend(claims)
             infos.append(info)
-            if part.summary is not None:
-                print((f"== {part.group}\n" if part.group else "") + part.summary(analysis), flush=True)
+            print((f"== {part.group}\n" if part.group else "") + study.summary(analysis), flush=True)
             if part.group:
                 print(f"   ({info['cells']} cells, {info['computed']} computed, {info['resumed']} already done; "
                       f"{time.perf_counter() - t1:.1f} s)", flush=True)
@@ -239,19 +307,99 @@ def _open_root(root: Path, study: str, seed: int, groups, overwrite: bool) -> No
 
 
 def apply_defaults(args, defaults: Mapping, quick: Mapping | None = None,
-                   parse: Mapping[str, Callable] | None = None) -> None:
+                   parse: Mapping[str, Callable] | argparse.ArgumentParser | None = None) -> None:
     """The one way studies fill their options: every option in ``defaults`` left at None takes
     its ``--quick`` value (from ``quick``) when ``--quick`` was given, else its default; string
-    values are parsed by ``parse[name]`` (the option's own parser), so defaults are written in
-    the command-line syntax shown by ``--help``."""
+    values are parsed by the option's own parser (the ``type`` of its argparse action when
+    ``parse`` is the parser, or ``parse[name]``), so defaults are written in the command-line
+    syntax shown by ``--help``."""
+    if isinstance(parse, argparse.ArgumentParser):
+        parse = option_types(parse)
     parse = parse or {}
     source = {**defaults, **(quick or {})} if getattr(args, "quick", False) else dict(defaults)
     for name, value in source.items():
         if getattr(args, name, None) is not None:
             continue
-        if isinstance(value, str) and name in parse:
+        if isinstance(value, str) and parse.get(name) is not None:
             value = parse[name](value)
         setattr(args, name, value)
+
+
+def option_types(parser: argparse.ArgumentParser) -> dict[str, Callable]:
+    """``dest -> type`` of every option of ``parser`` that has a parser of its own."""
+    return {a.dest: a.type for a in parser._actions if callable(a.type)}
+
+
+def build_parser(study, prog: str | None = None) -> StudyParser:
+    """The command line of a study module: its ``DESCRIPTION`` and ``EXAMPLES``, its own options
+    (``study.add_arguments``), ``--preset`` when it has ``PRESETS`` (name -> (defaults,
+    quick values, description); a preset's defaults override ``DEFAULTS`` and its quick values
+    replace ``QUICK``) and the shared run-control options."""
+    p = StudyParser(prog=prog or _prog(study), description=study.DESCRIPTION,
+                    epilog=study.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    study.add_arguments(p)
+    if study.PRESETS:
+        p.add_argument("--preset", choices=("default", *study.PRESETS), default="default",
+                       help="a named set of defaults: default, " + "; ".join(
+                           f"{name} ({text})" for name, (_, _, text) in study.PRESETS.items())
+                       + "; options given explicitly override the preset")
+    add_common_arguments(p, study.STUDY)
+    return p
+
+
+def prepare(study, parser: argparse.ArgumentParser, args) -> None:
+    """Everything between parsing and running, the same for every study: the defaults and
+    ``--quick`` values (:func:`apply_defaults`, parsed by the options' own parsers), the device
+    (one of the study's catalogue ``devices``), the study's own checks (``study.validate``,
+    which sees the resolved device) and the shared output and executor checks. Raises
+    :class:`UsageError`."""
+    from studies.catalog import by_name
+
+    defaults, quick = study.DEFAULTS, study.QUICK
+    if getattr(args, "preset", "default") != "default":
+        over, quick, _ = study.PRESETS[args.preset]
+        defaults = {**defaults, **over}
+    apply_defaults(args, defaults, quick, parser)
+    devices = by_name(study.STUDY).devices
+    if args.device == "gpu" and "gpu" not in devices:
+        raise UsageError(f"{study.STUDY} runs on the CPU only; --device gpu does not apply")
+    args.device = use_device(args.device if "gpu" in devices else "cpu")
+    study.validate(args)
+    validate_run_options(args)
+
+
+def use_device(device: str) -> str:
+    """``cpu | gpu | auto`` -> ``cpu | gpu``: the device a run uses. A GPU asked for (``gpu`` or
+    ``auto``) imports :mod:`gpu`, which registers its engines with :mod:`sim.backend`; without
+    a usable one, ``gpu`` is a one-line :class:`UsageError` and ``auto`` is the CPU."""
+    from sim.backend import DeviceUnavailable, resolve_device
+
+    if device in ("gpu", "auto"):
+        import gpu  # noqa: F401 - registers the device engines
+
+    try:
+        return resolve_device(device)
+    except DeviceUnavailable as e:
+        raise UsageError(str(e)) from None
+
+
+def study_main(study, argv=None, prog: str | None = None) -> int:
+    """``main(argv)`` of a study module: parse, :func:`prepare`, :func:`run_study`; usage
+    errors are one line and exit status 2 (:func:`run_main`)."""
+    def impl(argv):
+        parser = build_parser(study, prog)
+        args = parser.parse_args(argv)
+        prepare(study, parser, args)
+        run_study(args, study)
+        return 0
+
+    return run_main(impl, argv, prog=prog or _prog(study))
+
+
+def _prog(study) -> str:
+    """``python -m MODULE`` of a study module (its spec's name when it runs as ``__main__``)."""
+    spec = getattr(study, "__spec__", None)
+    return f"python -m {spec.name if spec is not None else study.__name__}"
 
 
 def run_main(main_impl, argv=None, prog: str | None = None) -> int:

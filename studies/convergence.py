@@ -25,7 +25,6 @@ over the CLT-regime radii, and the claims (``claim_*`` over the ``claim`` dimens
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -39,27 +38,26 @@ from sim.backend import make_rng
 from sim.distributions import DISTRIBUTIONS, make_distribution
 from sim.token_sample import sup_errors
 from studies.claims import ClaimSpec, predicted_form, z_family
-from studies.cli import (PAIR_RATE, Part, StudyParser, UsageError, add_common_arguments, apply_defaults,
-                         check_resources, check_scores, parse_n_grid, parse_range, positive_float, positive_int,
-                         run_main, run_study, validate_run_options)
+from studies.cli import (PAIR_RATE, Part, UsageError, check_resources, check_scores, parse_n_grid, parse_range,
+                         positive_float, positive_int, run_params, study_main)
 from studies.fits import loglog_rate, ols
 from studies.sweep import Sweep
 from theory import token_sample as ts
 
 STUDY = "convergence"
 SEARCH = {"n_shells": 4, "n_refine": 6, "refine_iters": 6}
+# the default study: materialised tokens, float64, n up to 2^16 (about half a minute)
+DEFAULTS = {"R": "1..8", "n": "2^8..2^16", "reps": 64, "queries": 64, "tokens": "array", "precision": "float64",
+            "search": SEARCH}
+QUICK = {"n": "2^8..2^12", "reps": 10, "queries": 24}
 PRESETS = {
-    # the default study: materialised tokens, float64, n up to 2^16 (about half a minute)
-    "default": {"R": "1..8", "n": "2^8..2^16", "reps": 64, "queries": 64, "tokens": "array",
-                "precision": "float64", "search": SEARCH},
     # n up to 10^8 on a radius grid that maps the transition: tokens generated inside the
     # kernel (O(block) memory) and float32 scores (about 6 minutes on 2 cores, 350 MB)
-    "scale": {"R": "1..3:0.25", "n": "1e3..1e8/11", "reps": 10, "queries": 16, "tokens": "stream",
-              "precision": "float32", "search": {"n_shells": 2, "n_refine": 2, "refine_iters": 5}},
+    "scale": ({"R": "1..3:0.25", "n": "1e3..1e8/11", "reps": 10, "queries": 16, "tokens": "stream",
+               "precision": "float32", "search": {"n_shells": 2, "n_refine": 2, "refine_iters": 5}},
+              {"n": "1e3..1e6/7", "reps": 6, "queries": 12},
+              "n = 1e3..1e8, R = 1..3:0.25, tokens generated in the kernel, float32: about 6 minutes on 2 cores"),
 }
-QUICKS = {"default": {"n": "2^8..2^12", "reps": 10, "queries": 24},
-          "scale": {"n": "1e3..1e6/7", "reps": 6, "queries": 12}}
-DEFAULTS, QUICK = PRESETS["default"], QUICKS["default"]
 TOKEN_MODES = ("array", "stream")
 
 CLT_FACTOR = 10.0  # the CLT window is n >= CLT_FACTOR * n_3(R) (Berry-Esseen scale)
@@ -96,16 +94,11 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = StudyParser(
-        prog="python -m studies.convergence",
-        description="Uniform convergence of attention on n i.i.d. tokens: sup over the ball "
-                    "|x| <= R of |Gamma_{mu_n}(x) - Gamma_mu(x)| against n, per radius R.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                   help="default (n = 2^8..2^16, R = 1..8: about half a minute) or scale (n = 1e3..1e8, "
-                        "R = 1..3:0.25, tokens generated in the kernel, float32: about 6 minutes on 2 cores); "
-                        "options given explicitly override the preset")
+DESCRIPTION = ("Uniform convergence of attention on n i.i.d. tokens: sup over the ball |x| <= R of "
+               "|Gamma_{mu_n}(x) - Gamma_mu(x)| against n, per radius R.")
+
+
+def add_arguments(p) -> None:
     p.add_argument("--R", type=lambda t: parse_range(t, float), default=None,
                    metavar="RANGE", help="radii of the query balls: 1..8 (inclusive), 0.5..2:0.5, 1,2,4 "
                                          "(default 1..8)")
@@ -129,8 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("float64", "float32"), default=None,
                    help="scores and weights in float64 (default) or float32 with float64 sums (about twice "
                         "as fast; outputs within ~1e-7 relative; the scale preset)")
-    add_common_arguments(p, STUDY)
-    return p
 
 
 def _cell(cell, *, dist_name, d, dist_params, A, V, radii, n_dirs, search, device, tokens="array",
@@ -184,9 +175,15 @@ def make_sweep(args) -> Sweep:
     )
 
 
-def analyze(ds: xr.Dataset, law, A, V) -> tuple[xr.Dataset, list]:
-    """Fits, theory and claims from the raw sweep (a pure function of the dataset and the
-    run's law, A and V). Every prediction is the theory's for this law, A and grid."""
+def analyze(ds: xr.Dataset) -> tuple[xr.Dataset, list]:
+    """Fits, theory and claims from the stored sweep (a pure function of the dataset: the law, A
+    and V are the run's stored parameters). Every prediction is the theory's for this law, A and
+    grid."""
+    params = run_params(ds)
+    dist = params["dist"]
+    law = make_distribution(dist["name"], int(params["d"]),
+                            **{k: v for k, v in dist.items() if k != "name"}).law
+    A, V = np.asarray(params["A"], dtype=float), np.asarray(params["V"], dtype=float)
     R = ds["R"].values
     n = ds["n"].values.astype(float)
     err = ds["sup_err"].values  # (R, n, rep)
@@ -307,7 +304,7 @@ def _claims(R, n, regime, clt_window, slope, se, C, C_se, log_C_th, log_C_lo, lo
     return out
 
 
-def summary_table(ds: xr.Dataset) -> str:
+def summary(ds: xr.Dataset) -> str:
     rows = [f"{'R':>6}  {'regime':<10} {'n-window':<15} {'slope ± se':<17} {'predicted':<14} "
             f"{'C':>9} {'C_lower':>9}"]
     for i, r in enumerate(ds["R"].values):
@@ -328,9 +325,7 @@ def summary_table(ds: xr.Dataset) -> str:
     return "\n".join(rows)
 
 
-def _validate(args):
-    apply_defaults(args, PRESETS[args.preset], QUICKS[args.preset],
-                   {"n": parse_n_grid, "R": lambda t: parse_range(t, float)})
+def validate(args) -> None:
     if args.tokens == "stream":
         if args.dist not in LAWS:
             raise UsageError(f"--tokens stream generates {' and '.join(LAWS)} tokens; --dist {args.dist} needs "
@@ -352,22 +347,14 @@ def _validate(args):
     check_resources(f"--n up to {n_max} tokens in d = {d}",
                     memory=held + 8.0 * (8 * d * d + 4 * queries * d),
                     work_s=args.reps * sum(args.n) * queries * d / PAIR_RATE)
-    validate_run_options(args)
 
 
-def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _validate(args)
-    from paper_figs.convergence import draw
-
-    law = make_distribution(args.dist, args.d).law
-    analyze_run = functools.partial(analyze, law=law, A=args.a_scale * np.eye(args.d), V=np.eye(args.d))
-    run_study(args, Part("", analyze_run, sweep=make_sweep(args), summary=summary_table), draw)
-    return 0
+def parts(args) -> list[Part]:
+    return [Part("", sweep=make_sweep(args))]
 
 
 def main(argv=None) -> int:
-    return run_main(_main, argv, prog="python -m studies.convergence")
+    return study_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def _pass_through(entry, args) -> list[str]:
             out += ["--dask-local", str(args.dask_local)]
         if args.scheduler:
             out += ["--scheduler", args.scheduler]
-    if args.device != "cpu" and entry.name != "icl_ode":  # the reduced ODE is scipy on the CPU
+    if args.device != "cpu" and "gpu" in entry.devices:
         out += ["--device", args.device]
     if args.no_progress:
         out.append("--no-progress")
@@ -100,7 +100,7 @@ def _pass_through(entry, args) -> list[str]:
 
 def _run(entry, argv: list[str], log: Path) -> tuple[int, str]:
     """Run one study in this process, its output into ``log``; returns (exit status, stderr)."""
-    mod = importlib.import_module(entry.module)
+    mod = importlib.import_module(entry.runner)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -114,7 +114,7 @@ def _run(entry, argv: list[str], log: Path) -> tuple[int, str]:
             rc = 1
             err.write(f"{type(e).__name__}: {e}\n")
     with open(log, "a", encoding="utf-8") as f:
-        f.write(f"$ python -m {entry.module} {' '.join(argv)}\n{out.getvalue()}{err.getvalue()}\n")
+        f.write(f"$ python -m {entry.runner} {' '.join(argv)}\n{out.getvalue()}{err.getvalue()}\n")
     return int(rc or 0), err.getvalue()
 
 
@@ -181,7 +181,7 @@ def collect(records: list[dict], results: Path):
     for rec in records:
         entry = rec["entry"]
         store = results / f"{entry.name}.zarr"
-        command = f"python -m {entry.module} {' '.join(rec['argv'])}"
+        command = f"python -m {entry.runner} {' '.join(rec['argv'])}"
         info = {"name": entry.name, "paper": entry.paper, "command": command, "store": str(store),
                 "params": {}, "figures": [], "status": rec["status"], "seconds": rec["seconds"], "counts": {}}
         studies.append(info)
