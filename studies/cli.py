@@ -73,7 +73,18 @@ class StudyParser(argparse.ArgumentParser):
 
 def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
     """Options every study shares: --seed --out --overwrite --workers --dask-local --scheduler
-    --device --quick --plot --no-progress. Results never depend on how cells are executed."""
+    --device --quick --plot --no-progress, and --parts for a study whose catalogue entry has
+    groups. Results never depend on how cells are executed."""
+    from studies.catalog import by_name
+
+    try:
+        groups = by_name(study).groups
+    except KeyError:
+        groups = ()
+    if groups:
+        parser.add_argument("--parts", type=choice_list(groups, "group", in_allowed_order=True), default=None,
+                            metavar="GROUPS", help=f"the groups of the store to run, a comma list of "
+                                                   f"{', '.join(groups)} (default: all)")
     g = parser.add_argument_group("run control (shared by all studies)")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="root seed of the run (default 0)")
     g.add_argument("--out", type=Path, default=Path("results") / f"{study}.zarr",
@@ -101,9 +112,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
 def validate_run_options(args) -> None:
     """The checks of the shared run-control options, made by every study's validation:
     ``--device`` resolved (a one-line error without a usable GPU), ``--out`` writable, and the
-    executor options (stored as ``args.executor``). Raises :class:`UsageError`."""
+    executor options (stored as ``args.executor``). Raises :class:`UsageError`.
+    A GPU asked for (``gpu`` or ``auto``) imports :mod:`gpu` first, which registers the device
+    detector and engines with :mod:`sim.backend`; a CPU run never imports it."""
     from sim.backend import DeviceUnavailable, resolve_device
 
+    if args.device in ("gpu", "auto"):
+        import gpu  # noqa: F401  (registers the device engines)
     try:
         args.device = resolve_device(args.device)
     except DeviceUnavailable as e:
@@ -360,7 +375,10 @@ def prepare(study, parser: argparse.ArgumentParser, args) -> None:
         over, quick, _ = study.PRESETS[args.preset]
         defaults = {**defaults, **over}
     apply_defaults(args, defaults, quick, parser)
-    devices = by_name(study.STUDY).devices
+    entry = by_name(study.STUDY)
+    if entry.groups and getattr(args, "parts", None) is None:
+        args.parts = entry.groups
+    devices = entry.devices
     if args.device == "gpu" and "gpu" not in devices:
         raise UsageError(f"{study.STUDY} runs on the CPU only; --device gpu does not apply")
     args.device = use_device(args.device if "gpu" in devices else "cpu")

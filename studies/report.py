@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="passed to the studies")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="passed to the studies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars inside the studies")
+    p.add_argument("--reanalyze", action="store_true",
+                   help="re-derive the analysis and claims of every store found (python -m studies.reanalyze "
+                        "--write) instead of running its study; studies without a store still run")
     return p
 
 
@@ -118,6 +121,19 @@ def _run(entry, argv: list[str], log: Path) -> tuple[int, str]:
     return int(rc or 0), err.getvalue()
 
 
+def _reanalyze(store: Path, log: Path) -> tuple[int, str]:
+    """Re-derive a store's analysis and claims in place (:mod:`studies.reanalyze`), its output
+    into ``log``; returns (exit status, stderr)."""
+    from studies import reanalyze
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = reanalyze.main([str(store), "--write"])
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"$ python -m studies.reanalyze {store} --write\n{out.getvalue()}{err.getvalue()}\n")
+    return int(rc or 0), err.getvalue()
+
+
 def _estimates(results: Path, quick: bool) -> dict:
     times = {e.name: (e.quick_s if quick else e.default_s) for e in STUDIES}
     with contextlib.suppress(OSError, ValueError):
@@ -144,6 +160,14 @@ def run_all(entries, args, results: Path) -> list[dict]:
         log = logs / f"{entry.name}.log"
         log.write_text("")
         t0 = time.perf_counter()
+        store = results / f"{entry.name}.zarr"
+        if getattr(args, "reanalyze", False) and (store / "zarr.json").exists():
+            rc, err = _reanalyze(store, log)
+            status = "re-analysed" if rc == 0 else f"error: {err.strip().splitlines()[-1] if err.strip() else rc}"
+            print(f"   {entry.name}: {status} in {_fmt_s(time.perf_counter() - t0)}", flush=True)
+            records.append({"entry": entry, "argv": argv, "status": status, "seconds": time.perf_counter() - t0,
+                            "log": str(log)})
+            continue
         rc, err = _run(entry, argv, log)
         status = "ran"
         if rc == 2 and "--overwrite" in err:

@@ -11,99 +11,104 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from studies.catalog import STUDIES, by_name, requirement_met
 from studies.sweep import open_result
 
 GB = "of memory at its peak"  # the resource check's wording
 WORK = "would take about"
 SCORES = "leave float64's range"
 
-# (module, argv, expected fragment of the one-line message)
+# (catalogue name, argv, expected fragment of the one-line message); commands that are not studies
+# (the report, the icl dispatcher itself) are named by their module in COMMANDS
 SIZES = [
-    ("studies.convergence", ["--quick", "--d", "100000"], GB),
-    ("studies.convergence", ["--quick", "--n", "1e9..1e10/3"], GB),
-    ("studies.convergence", ["--quick", "--reps", "100000000"], GB),
-    ("studies.moments", ["--quick", "--d", "100000"], GB),
-    ("studies.moments", ["--quick", "--reference", "finite:10000000000"], GB),
-    ("studies.hardmax", ["--quick", "--n", "1e9..1e11/3"], GB),
-    ("studies.hardmax", ["--quick", "--queries", "1000000000"], GB),
-    ("studies.tails", ["--quick", "--moment-n", "1e9..1e10/3"], GB),
-    ("studies.random_features", ["--quick", "--M", "100000"], GB),
-    ("studies.random_features", ["--quick", "--n", "2^30..2^32"], GB),
-    ("studies.tensor_attention", ["--quick", "--d", "60", "--degrees", "30"], GB),
-    ("studies.icl", ["train", "--quick", "--batch", "2^40"], GB),
-    ("studies.icl", ["estimators", "--quick", "--prompts", "2^40", "--reps", "2"], GB),
-    ("studies.icl", ["length", "--quick", "--prompts", "2^40", "--reps", "2"], ""),
-    ("studies.icl", ["noniso", "--quick", "--steps", "1000000000000"], GB),
-    ("studies.icl", ["multitask", "--quick", "--steps", "100000000000", "--log-every", "100000000000"], WORK),
-    ("studies.encoder", ["--quick", "--draws", "1e12"], WORK),
+    ("convergence", ["--quick", "--d", "100000"], GB),
+    ("convergence", ["--quick", "--n", "1e9..1e10/3"], GB),
+    ("convergence", ["--quick", "--reps", "100000000"], GB),
+    ("moments", ["--quick", "--d", "100000"], GB),
+    ("moments", ["--quick", "--reference", "finite:10000000000"], GB),
+    ("hardmax", ["--quick", "--n", "1e9..1e11/3"], GB),
+    ("hardmax", ["--quick", "--queries", "1000000000"], GB),
+    ("tails", ["--quick", "--moment-n", "1e9..1e10/3"], GB),
+    ("random_features", ["--quick", "--M", "100000"], GB),
+    ("random_features", ["--quick", "--n", "2^30..2^32"], GB),
+    ("tensor_attention", ["--quick", "--d", "60", "--degrees", "30"], GB),
+    ("icl_train", ["--quick", "--batch", "2^40"], GB),
+    ("icl_estimators", ["--quick", "--prompts", "2^40", "--reps", "2"], GB),
+    ("icl_length", ["--quick", "--prompts", "2^40", "--reps", "2"], ""),
+    ("icl_noniso", ["--quick", "--steps", "1000000000000"], GB),
+    ("icl_multitask", ["--quick", "--steps", "100000000000", "--log-every", "100000000000"], WORK),
+    ("encoder", ["--quick", "--draws", "1e12"], WORK),
 ]
 FLOATS = [
-    ("studies.convergence", ["--quick", "--A-scale", "nan"], "not a number"),
-    ("studies.convergence", ["--quick", "--A-scale", "inf"], "not a number"),
-    ("studies.convergence", ["--quick", "--A-scale", "1e999"], "finite"),
-    ("studies.convergence", ["--quick", "--A-scale", "1e308"], SCORES),
-    ("studies.convergence", ["--quick", "--A-scale", "-1"], "positive"),
-    ("studies.moments", ["--quick", "--rho", "nan"], "not a number"),
-    ("studies.moments", ["--quick", "--rho", "0"], "positive"),
-    ("studies.moments", ["--quick", "--radius", "-2"], "positive"),
-    ("studies.moments", ["--quick", "--scales", "1e200,1e300"], SCORES),
-    ("studies.hardmax", ["--quick", "--A-scale", "1e308"], SCORES),
-    ("studies.hardmax", ["--quick", "--c", "inf"], "not a number"),
-    ("studies.hardmax", ["--quick", "--radius", "0"], "positive"),
-    ("studies.tails", ["--quick", "--gauss-A", "nan"], "not a number"),
-    ("studies.tails", ["--quick", "--atom-eps", "2"], "(0, 1)"),
-    ("studies.tails", ["--quick", "--trunc-sigma", "-1"], "positive"),
-    ("studies.random_features", ["--quick", "--noise", "nan"], "not a number"),
-    ("studies.random_features", ["--quick", "--noise", "-0.5"], "non-negative"),
-    ("studies.random_features", ["--quick", "--lambda-min", "0"], "positive"),
-    ("studies.random_features", ["--quick", "--w-var", "-1"], "positive"),
-    ("studies.tensor_attention", ["--quick", "--timing-B", "0"], "positive"),
-    ("studies.tensor_attention", ["--quick", "--B", "1e200"], SCORES),
-    ("studies.icl", ["estimators", "--quick", "--omega", "nan"], "not a number"),
-    ("studies.icl", ["estimators", "--quick", "--sigma2", "0"], "positive"),
-    ("studies.icl", ["train", "--quick", "--lr", "2"], "< 1"),
-    ("studies.icl", ["train", "--quick", "--sigma2", "-1"], "non-negative"),
-    ("studies.icl", ["ode", "--quick", "--t-max", "1e9"], "<= 1e+07"),
-    ("studies.icl", ["ode", "--quick", "--init", "nan"], "not a number"),
-    ("studies.icl", ["ode", "--quick", "--random-sigma2", "-1"], "non-negative"),
-    ("studies.icl", ["noniso", "--quick", "--rho", "1.5"], "[0, 1)"),
+    ("convergence", ["--quick", "--A-scale", "nan"], "not a number"),
+    ("convergence", ["--quick", "--A-scale", "inf"], "not a number"),
+    ("convergence", ["--quick", "--A-scale", "1e999"], "finite"),
+    ("convergence", ["--quick", "--A-scale", "1e308"], SCORES),
+    ("convergence", ["--quick", "--A-scale", "-1"], "positive"),
+    ("moments", ["--quick", "--rho", "nan"], "not a number"),
+    ("moments", ["--quick", "--rho", "0"], "positive"),
+    ("moments", ["--quick", "--radius", "-2"], "positive"),
+    ("moments", ["--quick", "--scales", "1e200,1e300"], SCORES),
+    ("hardmax", ["--quick", "--A-scale", "1e308"], SCORES),
+    ("hardmax", ["--quick", "--c", "inf"], "not a number"),
+    ("hardmax", ["--quick", "--radius", "0"], "positive"),
+    ("tails", ["--quick", "--gauss-A", "nan"], "not a number"),
+    ("tails", ["--quick", "--atom-eps", "2"], "(0, 1)"),
+    ("tails", ["--quick", "--trunc-sigma", "-1"], "positive"),
+    ("random_features", ["--quick", "--noise", "nan"], "not a number"),
+    ("random_features", ["--quick", "--noise", "-0.5"], "non-negative"),
+    ("random_features", ["--quick", "--lambda-min", "0"], "positive"),
+    ("random_features", ["--quick", "--w-var", "-1"], "positive"),
+    ("tensor_attention", ["--quick", "--timing-B", "0"], "positive"),
+    ("tensor_attention", ["--quick", "--B", "1e200"], SCORES),
+    ("icl_estimators", ["--quick", "--omega", "nan"], "not a number"),
+    ("icl_estimators", ["--quick", "--sigma2", "0"], "positive"),
+    ("icl_train", ["--quick", "--lr", "2"], "< 1"),
+    ("icl_train", ["--quick", "--sigma2", "-1"], "non-negative"),
+    ("icl_ode", ["--quick", "--t-max", "1e9"], "<= 1e+07"),
+    ("icl_ode", ["--quick", "--init", "nan"], "not a number"),
+    ("icl_ode", ["--quick", "--random-sigma2", "-1"], "non-negative"),
+    ("icl_noniso", ["--quick", "--rho", "1.5"], "[0, 1)"),
 ]
 RUN_CONTROL = [
-    ("studies.convergence", ["--quick", "--scheduler", "not an address"], "--scheduler"),
-    ("studies.convergence", ["--quick", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
-    ("studies.moments", ["--quick", "--scheduler", "tcp://127.0.0.1:99999"], "--scheduler"),
-    ("studies.hardmax", ["--quick", "--dask-local", "2", "--scheduler", "tcp://127.0.0.1:1"], "choose one"),
-    ("studies.tails", ["--quick", "--workers", "0"], "positive integer"),
-    ("studies.random_features", ["--quick", "--scheduler", "tcp://:1"], "--scheduler"),
-    ("studies.tensor_attention", ["--quick", "--seed", "-1"], "non-negative"),
-    ("studies.icl", ["train", "--quick", "--workers", "2"], "one process"),
-    ("studies.icl", ["estimators", "--quick", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
-    ("studies.icl", ["ode", "--quick", "--device", "gpu"], "CPU"),
-    ("studies.encoder", ["--quick", "--scheduler", "bogus"], "--scheduler"),
-    ("studies.report", ["--quick", "--only", "nonsense"], "unknown study"),
-    ("studies.report", ["--quick", "--scheduler", "tcp://127.0.0.1:1", "--dask-local", "2"], "choose one"),
+    ("convergence", ["--quick", "--scheduler", "not an address"], "--scheduler"),
+    ("convergence", ["--quick", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
+    ("moments", ["--quick", "--scheduler", "tcp://127.0.0.1:99999"], "--scheduler"),
+    ("hardmax", ["--quick", "--dask-local", "2", "--scheduler", "tcp://127.0.0.1:1"], "choose one"),
+    ("tails", ["--quick", "--workers", "0"], "positive integer"),
+    ("random_features", ["--quick", "--scheduler", "tcp://:1"], "--scheduler"),
+    ("tensor_attention", ["--quick", "--seed", "-1"], "non-negative"),
+    ("icl_train", ["--quick", "--workers", "2"], "one process"),
+    ("icl_estimators", ["--quick", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
+    ("icl_ode", ["--quick", "--device", "gpu"], "CPU"),
+    ("encoder", ["--quick", "--scheduler", "bogus"], "--scheduler"),
 ]
 MALFORMED = [
-    ("studies.convergence", ["--quick", "--R", "8..1"], "descending"),
-    ("studies.convergence", ["--quick", "--n", "2^8..2^9"], "at least 3"),
-    ("studies.moments", ["--quick", "--reference", "finite:1.5"], "finite:N"),
-    ("studies.moments", ["--quick", "--scales", "5..1/4"], "0 < A <= B"),
-    ("studies.hardmax", ["--quick", "--d", "1"], ">= 2"),
-    ("studies.hardmax", ["--quick", "--lam", "3"], "at least 2"),
-    ("studies.tails", ["--quick", "--R", "1,2"], "at least 4"),
-    ("studies.random_features", ["--quick", "--sweeps", "kernel,bogus"], "unknown sweep"),
-    ("studies.random_features", ["--quick", "--targets", "nope3"], "target"),
-    ("studies.tensor_attention", ["--quick", "--parts", "nope"], "unknown part"),
-    ("studies.tensor_attention", ["--quick", "--k", "5"], "2, 3 or 4"),
+    ("convergence", ["--quick", "--R", "8..1"], "descending"),
+    ("convergence", ["--quick", "--n", "2^8..2^9"], "at least 3"),
+    ("moments", ["--quick", "--reference", "finite:1.5"], "finite:N"),
+    ("moments", ["--quick", "--scales", "5..1/4"], "0 < A <= B"),
+    ("hardmax", ["--quick", "--d", "1"], ">= 2"),
+    ("hardmax", ["--quick", "--lam", "3"], "at least 2"),
+    ("tails", ["--quick", "--R", "1,2"], "at least 4"),
+    ("random_features", ["--quick", "--parts", "kernel,bogus"], "unknown group"),
+    ("random_features", ["--quick", "--targets", "nope3"], "target"),
+    ("tensor_attention", ["--quick", "--parts", "nope"], "unknown group"),
+    ("tensor_attention", ["--quick", "--k", "5"], "2, 3 or 4"),
+    ("icl_estimators", ["--quick", "--reps", "3", "--prompts", "100"], "divide"),
+    ("icl_multitask", ["--quick", "--d", "5"], "--d 6"),
+    ("icl_length", ["--quick", "--models", "/nonexistent/m.zarr"], "no trained models"),
+    ("encoder", ["--quick", "--n", "5000,6000,7000"], "n <= 4096"),
+    ("encoder", ["--quick", "--text", "nope"], "text"),
+]
+COMMANDS = [
+    ("studies.report", ["--quick", "--only", "nonsense"], "unknown study"),
+    ("studies.report", ["--quick", "--scheduler", "tcp://127.0.0.1:1", "--dask-local", "2"], "choose one"),
     ("studies.icl", ["nope"], "invalid choice"),
-    ("studies.icl", ["estimators", "--quick", "--reps", "3", "--prompts", "100"], "divide"),
-    ("studies.icl", ["multitask", "--quick", "--d", "5"], "--d 6"),
-    ("studies.icl", ["length", "--quick", "--models", "/nonexistent/m.zarr"], "no trained models"),
-    ("studies.encoder", ["--quick", "--n", "5000,6000,7000"], "n <= 4096"),
-    ("studies.encoder", ["--quick", "--text", "nope"], "text"),
 ]
 TABLE = [("sizes", *r) for r in SIZES] + [("floats", *r) for r in FLOATS] + \
-        [("run-control", *r) for r in RUN_CONTROL] + [("malformed", *r) for r in MALFORMED]
+        [("run-control", *r) for r in RUN_CONTROL] + [("malformed", *r) for r in MALFORMED] + \
+        [("command", *r) for r in COMMANDS]
 
 
 def _snapshot(root: Path) -> dict:
@@ -111,8 +116,11 @@ def _snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _main(module):
-    return importlib.import_module(module).main
+def _main(name):
+    """The ``main(argv)`` of a catalogue study (its runner with its subcommand) or a command."""
+    if name.startswith("studies."):
+        return importlib.import_module(name).main
+    return by_name(name).main
 
 
 def _exit(main, argv):
@@ -123,26 +131,29 @@ def _exit(main, argv):
 
 
 def test_the_table_is_large_and_covers_every_study_and_class():
+    """Every study of the catalogue has rows (the generic ones every study shares are the
+    contract's ``usage_errors`` check), and every class of mistake is present."""
     assert len(TABLE) >= 60
-    assert {c for c, *_ in TABLE} == {"sizes", "floats", "run-control", "malformed"}
-    studies = {m for _, m, *_ in TABLE} | {f"studies.icl {a[0]}" for _, m, a, _ in TABLE if m == "studies.icl"}
-    for name in ("convergence", "moments", "hardmax", "tails", "random_features", "tensor_attention", "encoder",
-                 "report", "icl train", "icl estimators", "icl ode", "icl length", "icl noniso", "icl multitask"):
-        assert f"studies.{name}" in studies, name
+    assert {c for c, *_ in TABLE} == {"sizes", "floats", "run-control", "malformed", "command"}
+    named = {m for _, m, *_ in TABLE}
+    assert {e.name for e in STUDIES} <= named, {e.name for e in STUDIES} - named
+    assert named - {e.name for e in STUDIES} == {"studies.report", "studies.icl"}
 
 
-@pytest.mark.parametrize("cls,module,argv,msg", TABLE, ids=[f"{c}:{m.split('.')[-1]}:{' '.join(a)[:40]}"
-                                                              for c, m, a, _ in TABLE])
-def test_bad_input(tmp_path, monkeypatch, capsys, cls, module, argv, msg):
-    if module == "studies.encoder":
-        pytest.importorskip("tokenizers")
+@pytest.mark.parametrize("cls,name,argv,msg", TABLE, ids=[f"{c}:{m.split('.')[-1]}:{' '.join(a)[:40]}"
+                                                            for c, m, a, _ in TABLE])
+def test_bad_input(tmp_path, monkeypatch, capsys, cls, name, argv, msg):
+    if not name.startswith("studies."):
+        ok, why = requirement_met(by_name(name))
+        if not ok:
+            pytest.skip(why)
     monkeypatch.chdir(tmp_path)  # anything written by mistake would land here
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "marker.txt").write_text("untouched")
     before = _snapshot(tmp_path)
-    out = ["--results", str(tmp_path / "r")] if module == "studies.report" else ["--out", str(tmp_path / "x.zarr")]
-    rc = _exit(_main(module), argv + out)
+    out = ["--results", str(tmp_path / "r")] if name == "studies.report" else ["--out", str(tmp_path / "x.zarr")]
+    rc = _exit(_main(name), argv + out)
     err = capsys.readouterr().err
     assert rc == 2, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
