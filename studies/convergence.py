@@ -175,15 +175,18 @@ def make_sweep(args) -> Sweep:
     )
 
 
+def _stored_setup(params) -> tuple:
+    """The token law, A and V of a run, from its stored parameters."""
+    dist = params["dist"]
+    law = make_distribution(dist["name"], int(params["d"]), **{k: v for k, v in dist.items() if k != "name"}).law
+    return law, np.asarray(params["A"], dtype=float), np.asarray(params["V"], dtype=float)
+
+
 def analyze(ds: xr.Dataset) -> tuple[xr.Dataset, list]:
     """Fits, theory and claims from the stored sweep (a pure function of the dataset: the law, A
     and V are the run's stored parameters). Every prediction is the theory's for this law, A and
     grid."""
-    params = run_params(ds)
-    dist = params["dist"]
-    law = make_distribution(dist["name"], int(params["d"]),
-                            **{k: v for k, v in dist.items() if k != "name"}).law
-    A, V = np.asarray(params["A"], dtype=float), np.asarray(params["V"], dtype=float)
+    law, A, V = _stored_setup(run_params(ds))
     R = ds["R"].values
     n = ds["n"].values.astype(float)
     err = ds["sup_err"].values  # (R, n, rep)
