@@ -1,39 +1,60 @@
-"""Device code and device detection.
+"""Device engines: the CUDA twins of the CPU engines of :mod:`sim`, and device detection.
 
-A leaf package: it imports nothing of ours, and CuPy only lazily, inside functions, so
-importing :mod:`gpu` never touches a CUDA driver.
+Layering (``../shared/ARCHITECTURE.md``): ``gpu`` sits *above* ``sim``. It imports ``sim`` (the
+shared constants -- Philox, Box-Muller, the clamped exp -- by their public names, and
+:mod:`sim.backend`), never the other way round. Importing this package **registers** with
+:mod:`sim.backend`:
 
-GPU presence is decided by :func:`gpu_available`: an installed CuPy on a machine without a
-driver imports fine and fails only on first use, so the check asks CuPy whether a device
-can actually be used (``cupy.cuda.is_available()``).
+* the device detector (:func:`gpu_available`: CuPy sees a device *and* a one-line numba-cuda
+  kernel compiles and runs, :mod:`gpu.detect`), :func:`device_name` and the one-line reason
+  shown when ``--device gpu`` cannot be honoured;
+* one lazy loader per engine (table :data:`ENGINES`: engine name -> module, attribute, size
+  limit). Registering imports nothing heavy: an engine's module (numba-cuda kernels) is
+  imported the first time :mod:`sim` asks for that engine.
+
+Importing :mod:`gpu` touches no CUDA driver; CuPy and numba-cuda are imported inside functions.
+``studies`` imports this package only when a GPU is asked for (``--device gpu|auto``).
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
+import importlib
 
-__all__ = ["gpu_available", "device_name"]
+from gpu.detect import device_name, gpu_available, unavailable_reason
+from gpu.limits import ATTENTION_MAX_DIM, RANDOM_FEATURES_MAX_DIM, TENSOR_MAX_DIM
+from sim import backend as _backend
+
+__all__ = ["gpu_available", "device_name", "unavailable_reason", "ENGINES", "register"]
+
+#: engine name (as :mod:`sim` asks for it) -> (module, attribute, largest feature dimension)
+ENGINES: dict[str, tuple[str, str, int | None]] = {
+    "attention.softmax": ("gpu.attention", "softmax_attention", ATTENTION_MAX_DIM),
+    "attention.self_moments": ("gpu.attention", "self_attention_moments", ATTENTION_MAX_DIM),
+    "random_features.rfa_features": ("gpu.random_features", "rfa_features", RANDOM_FEATURES_MAX_DIM),
+    "random_features.rfmlp_features": ("gpu.random_features", "rfmlp_features", None),
+    "random_features.gram_update": ("gpu.random_features", "gram_update", None),
+    "random_features.eigh": ("gpu.random_features", "eigh", None),
+    "tensor_attention.kth_order": ("gpu.tensor_attention", "kth_order_attention", TENSOR_MAX_DIM),
+    "tensor_attention.polynomial_num_den": ("gpu.tensor_attention", "polynomial_num_den", None),
+    "icl.generate_prompts": ("gpu.icl_regression", "generate_prompts", None),
+    "icl.evaluate_sq_errors": ("gpu.icl_regression", "evaluate_sq_errors", None),
+    "icl.trainer": ("gpu.icl_regression", "DeviceTrainer", None),
+    "random.generator": ("gpu.streams", "philox_generator", None),
+}
 
 
-@functools.cache
-def gpu_available() -> bool:
-    """True when CuPy is installed *and* a CUDA device can be used."""
-    if importlib.util.find_spec("cupy") is None:
-        return False
-    try:
-        import cupy
+def _loader(module: str, attr: str):
+    def load():
+        return getattr(importlib.import_module(module), attr)
 
-        return bool(cupy.cuda.is_available())
-    except Exception:  # a broken install or driver is "no GPU", not a crash
-        return False
+    return load
 
 
-def device_name() -> str:
-    """Human-readable name of the compute device ("cpu" when no GPU is usable)."""
-    if not gpu_available():
-        return "cpu"
-    import cupy
+def register() -> None:
+    """Register the detector and every engine of :data:`ENGINES` with :mod:`sim.backend`
+    (done on import; idempotent)."""
+    _backend.register_device(gpu_available, device_name, unavailable_reason)
+    for name, (module, attr, max_dim) in ENGINES.items():
+        _backend.register_engine(name, _loader(module, attr), max_dim=max_dim)
 
-    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    name = props["name"]
-    return name.decode() if isinstance(name, bytes) else str(name)
+
+register()

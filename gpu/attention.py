@@ -26,12 +26,48 @@ import functools
 import math
 
 import numpy as np
-from numba import cuda, float32, float64
+from numba import config, cuda, float32, float64
 
-__all__ = ["softmax_attention", "self_attention_moments", "merge_partials", "attend_kernel", "MAX_DIM"]
+from gpu.launch import clamp_grid_y, cupy_launch
+from gpu.limits import ATTENTION_MAX_DIM as MAX_DIM
+from sim import backend
 
-MAX_DIM = 8
+__all__ = ["softmax_attention", "self_attention_moments", "merge_partials", "attend_kernel", "launch_geometry",
+           "MAX_DIM"]
+
 _TPB = 128  # threads per block on a real GPU (power of two)
+
+
+# The float32 kernels are compiled WITHOUT fastmath: numba-cuda's fastmath means LLVM's "fast"
+# flags, which assume no infinities, while the online-softmax state starts at -inf and the
+# merges test "> -inf" (an empty slice). They get the fast exp explicitly instead: ex2.approx
+# (libdevice's __nv_fast_expf, what fastmath would pick; exp(-inf) = +0 exactly).
+if config.ENABLE_CUDASIM:  # the simulator has no libdevice
+
+    @cuda.jit(device=True, inline="always")
+    def fast_exp32(x):
+        return math.exp(x)
+
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True, inline="always")
+    def fast_exp32(x):
+        """exp of a float32 by ``ex2.approx`` (``__nv_fast_expf``)."""
+        return libdevice.fast_expf(x)
+
+
+@cuda.jit(device=True, inline="always")
+def online_softmax_step32(s, m, z, acc, dv):
+    """:func:`online_softmax_step` for float32 scores, with :func:`fast_exp32`."""
+    if s > m:
+        r = fast_exp32(m - s)  # 0 on the first score (m = -inf)
+        z *= r
+        for k in range(dv):
+            acc[k] *= r
+        m = s
+    w = float64(fast_exp32(s - m))
+    return m, z + w, w
 
 
 @cuda.jit(device=True, inline="always")
@@ -85,17 +121,23 @@ def merge_block_states(m, z, acc, sm_m, sm_z, sm_acc, dv, pm, pz, pacc, i, sl):
 
 
 @functools.cache
-def attend_kernel(dk: int, dv: int, score_dtype: str):
+def attend_kernel(dk: int, dv: int, score_dtype: str, values_are_keys: bool = False):
     """The kernel specialised to (dk, dv, score dtype): constant loop bounds let the per-thread
     score vector and accumulators live in registers, and float32 scores use the fast exp.
+    ``values_are_keys`` (dk == dv, ``vt`` is ``kt``): each key is loaded once, into registers,
+    and serves as the score's key and as the value (no second load of the same token).
 
     ``skip_offset >= 0`` drops key ``j = i + skip_offset`` from query i's softmax (self-attention
     without the query's own token, when the queries are a block of the keys starting there);
     ``skip_offset = -1`` keeps every key."""
     st = float32 if score_dtype == "float32" else float64
+    step = online_softmax_step32 if score_dtype == "float32" else online_softmax_step
+    same = bool(values_are_keys)
+    if same and dk != dv:
+        raise ValueError("values_are_keys needs dk == dv")
     neg_inf = -math.inf
 
-    @cuda.jit(fastmath=score_dtype == "float32")
+    @cuda.jit  # no fastmath: the state starts at -inf (see fast_exp32)
     def kernel(a, kt, vt, slice_len, skip_offset, pm, pz, pacc):
         i = cuda.blockIdx.x
         sl = cuda.blockIdx.y
@@ -104,6 +146,7 @@ def attend_kernel(dk: int, dv: int, score_dtype: str):
         n = kt.shape[1]
         acc = cuda.local.array(dv, float64)
         ai = cuda.local.array(dk, st)
+        kj = cuda.local.array(dk, st)
         for k in range(dv):
             acc[k] = 0.0
         for k in range(dk):
@@ -117,12 +160,18 @@ def attend_kernel(dk: int, dv: int, score_dtype: str):
             if j == skip:
                 j += tpb
                 continue
-            s = ai[0] * kt[0, j]
+            for k in range(dk):
+                kj[k] = kt[k, j]
+            s = ai[0] * kj[0]
             for k in range(1, dk):
-                s += ai[k] * kt[k, j]
-            m, z, w = online_softmax_step(s, m, z, acc, dv)
-            for k in range(dv):
-                acc[k] += w * vt[k, j]
+                s += ai[k] * kj[k]
+            m, z, w = step(s, m, z, acc, dv)
+            if same:
+                for k in range(dv):
+                    acc[k] += w * kj[k]
+            else:
+                for k in range(dv):
+                    acc[k] += w * vt[k, j]
             j += tpb
 
         # merge the block's threads: shared-memory tree of (m, z, acc), in float64
@@ -143,8 +192,16 @@ def merge_partials(pm, pz, pacc, xp=np):
     return acc / z[:, None], m + xp.log(z)
 
 
-def _is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__")
+def launch_geometry(n: int, q: int, tpb: int | None = None, slices: int | None = None) -> tuple[int, int, int]:
+    """``(tpb, slices, slice_len)`` of a launch over ``n`` tokens and ``q`` queries: ``tpb`` a power of
+    two <= 128; by default enough slices to fill a large GPU (~4 waves of 132 SMs x 16 blocks)
+    without slices under 4 tpb tokens; ``slices`` (the grid's y) never above CUDA's 65 535 nor n."""
+    tpb = min(_TPB, 1 << max(0, int(tpb or _TPB) - 1).bit_length())
+    if slices is None:
+        slices = max(1, min(n // (4 * tpb) or 1, math.ceil(8192 / q)))
+    slices = min(clamp_grid_y(slices), max(1, n))
+    slice_len = math.ceil(n / slices)
+    return tpb, math.ceil(n / slice_len), slice_len
 
 
 def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: int | None = None,
@@ -160,13 +217,8 @@ def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: i
         raise ValueError("keys and values need the same, positive, number of rows")
     if dk > MAX_DIM or dv > MAX_DIM:
         raise ValueError(f"the CUDA kernel handles dk, dv <= {MAX_DIM}; use method='stream'")
-    on_device = _is_device_array(a)
-    tpb = min(_TPB, 1 << max(0, int(tpb or _TPB) - 1).bit_length())  # a power of two
-    if slices is None:
-        # enough blocks to fill a large GPU (~4 waves of 132 SMs x 16 blocks) without tiny slices
-        slices = max(1, min(n // (4 * tpb) or 1, math.ceil(8192 / q)))
-    slice_len = math.ceil(n / slices)
-    slices = math.ceil(n / slice_len)
+    on_device = backend.on_device(a)
+    tpb, slices, slice_len = launch_geometry(n, q, tpb, slices)
     if on_device:
         import cupy as xp
 
@@ -186,7 +238,13 @@ def softmax_attention(a, keys, values=None, *, tpb: int | None = None, slices: i
         pz = cuda.device_array((q, slices))
         pacc = cuda.device_array((q, slices, dv))
     score_dtype = "float32" if (a.dtype == np.float32 and keys.dtype == np.float32) else "float64"
-    attend_kernel(dk, dv, score_dtype)[(q, slices), tpb](a_d, kt, vt, slice_len, int(skip_offset), pm, pz, pacc)
+    kernel = attend_kernel(dk, dv, score_dtype, vt is kt)
+    args = (a_d, kt, vt, slice_len, int(skip_offset), pm, pz, pacc)
+    if on_device:  # on CuPy's stream, without numba's per-argument host synchronisation
+        stream, args = cupy_launch(*args)
+        kernel[(q, slices), tpb, stream](*args)
+    else:
+        kernel[(q, slices), tpb](*args)
     if not on_device:
         pm, pz, pacc = pm.copy_to_host(), pz.copy_to_host(), pacc.copy_to_host()
     return merge_partials(pm, pz, pacc, xp)
@@ -204,7 +262,7 @@ def self_attention_moments(tokens, A, V=None, scales=(1.0,), *, exclude_self: bo
     n, d = tokens.shape
     if d > MAX_DIM:
         raise ValueError(f"the CUDA kernel handles d <= {MAX_DIM}; use method='stream'")
-    on_device = _is_device_array(tokens)
+    on_device = backend.on_device(tokens)
     if on_device:
         import cupy as xp
     else:

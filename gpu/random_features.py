@@ -78,10 +78,13 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
+from gpu.launch import clamp_threads, cupy_launch, max_threads
+from gpu.limits import RANDOM_FEATURES_MAX_DIM as MAX_DIM  # D = d + 1 (and Dv): per-thread vectors in registers
+from sim import backend
+
 __all__ = ["rfa_features", "rfa_kernel", "samples_per_block", "rfmlp_features", "gram_update", "eigh", "MAX_DIM",
            "ACTIVATIONS"]
 
-MAX_DIM = 24  # D = d + 1 (and Dv) <= MAX_DIM: per-thread vectors live in registers
 ACTIVATIONS = ("relu", "identity", "softmax")
 _HB = 32  # heads per block (threadIdx.x): one warp of consecutive heads
 _SB = 8  # samples per block (threadIdx.y)
@@ -188,13 +191,9 @@ def samples_per_block(hb: int, dv: int, itemsize: int) -> int:
     return max(1, min(_SB, _TILE_BYTES // (hb * dv * itemsize)))
 
 
-def _is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__")
-
-
 def _xp(*arrays):
     """CuPy when any argument is a device array, else NumPy (CuPy imported only then)."""
-    if any(_is_device_array(a) for a in arrays):
+    if backend.on_device(*arrays):
         import cupy
 
         return cupy
@@ -229,7 +228,7 @@ def rfa_features(x0, X, W, *, augment: bool = True, activation: str = "relu", ke
     sb = int(sb or samples_per_block(hb, dv, itemsize))
     cn = 1.0 if activation == "softmax" else (1.0 / N if key_norm == "mean" else 1.0)  # softmax: no c_N
     fac = cn / math.sqrt(M) if scale else cn
-    on_device = _is_device_array(x0) or _is_device_array(X) or _is_device_array(W)
+    on_device = backend.on_device(x0, X, W)
     if on_device:
         import cupy as cp
 
@@ -243,9 +242,19 @@ def rfa_features(x0, X, W, *, augment: bool = True, activation: str = "relu", ke
         wt = cuda.to_device(np.ascontiguousarray(np.transpose(W, (1, 2, 0))))
         out = cuda.device_array((n, M * dv), dtype=out_dtype)
     if n and M:
-        blocks = math.ceil(n / sb) * math.ceil(M / hb)
+        args = (x0_d, X_d, wt, float(fac), out)
         kern = rfa_kernel(d, bool(augment), dv, activation, score_dtype, out_dtype, hb, sb)
-        kern[blocks, (hb, sb)](x0_d, X_d, wt, float(fac), out)
+        top = max_threads(kern, args)  # the registers bound a block: fewer samples per block if need be
+        if top is not None and hb * sb > top:
+            hb = clamp_threads(hb, top)
+            sb = max(1, top // hb)
+            kern = rfa_kernel(d, bool(augment), dv, activation, score_dtype, out_dtype, hb, sb)
+        blocks = math.ceil(n / sb) * math.ceil(M / hb)
+        if on_device:  # on CuPy's stream, without numba's per-argument host synchronisation
+            stream, args = cupy_launch(*args)
+            kern[blocks, (hb, sb), stream](*args)
+        else:
+            kern[blocks, (hb, sb)](*args)
     return out if on_device else out.copy_to_host()
 
 

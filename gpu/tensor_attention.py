@@ -81,7 +81,11 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from gpu.attention import merge_block_states, merge_partials, online_softmax_step
+from gpu.attention import merge_block_states, merge_partials, online_softmax_step, online_softmax_step32
+from gpu.launch import cupy_launch
+from gpu.limits import MAX_GRID_Y as _MAX_GRID_Y
+from gpu.limits import TENSOR_MAX_DIM as MAX_DIM  # largest d and dv of the exact kernel (registers)
+from sim import backend
 
 __all__ = [
     "MAX_DIM",
@@ -95,15 +99,9 @@ __all__ = [
     "polynomial_num_den",
 ]
 
-MAX_DIM = 16  # largest d and dv of the exact kernel (per-thread vectors live in registers)
 FEATURE_BUDGET = 1 << 25  # float64 numbers in one feature block (256 MiB)
 _TPB = 128  # threads per block of the exact kernel on a real GPU (power of two)
 _FEATURE_TPB = 256  # threads per block of the feature kernel
-_MAX_GRID_Y = 65535
-
-
-def _is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__")
 
 
 def _scale(scale, d: int) -> float:
@@ -119,9 +117,10 @@ def exact_kernel(d: int, dv: int, score_dtype: str):
     """The exact tensor-attention kernel specialised to (d, dv, score dtype): constant loop
     bounds keep the per-thread vectors in registers; float32 logits use the fast exp."""
     st = float32 if score_dtype == "float32" else float64
+    step = online_softmax_step32 if score_dtype == "float32" else online_softmax_step
     neg_inf = -math.inf
 
-    @cuda.jit(fastmath=score_dtype == "float32")
+    @cuda.jit  # no fastmath: the state starts at -inf (gpu.attention.fast_exp32 gives the fast exp)
     def kernel(a, k1, k2t, v1, v2t, slice_len, pm, pz, pacc):
         i = cuda.blockIdx.x
         sl = cuda.blockIdx.y
@@ -156,7 +155,7 @@ def exact_kernel(d: int, dv: int, score_dtype: str):
             s = p[0] * k2t[0, j2]
             for l in range(1, d):
                 s += p[l] * k2t[l, j2]
-            m, z, w = online_softmax_step(s, m, z, acc, dv)
+            m, z, w = step(s, m, z, acc, dv)
             for k in range(dv):
                 acc[k] += w * (u[k] * v2t[k, j2])
             pos += tpb
@@ -202,7 +201,7 @@ def tensor_attention(Q, K1, K2, V1, V2, *, scale=None, return_lse: bool = False,
     per query) override the launch configuration (tests use tiny ones)."""
     nq, d, dv = _check_exact(Q, K1, K2, V1, V2)
     s = _scale(scale, d)
-    on_device = _is_device_array(Q)
+    on_device = backend.on_device(Q)
     if nq == 0:
         xp = _cupy() if on_device else np
         out, lse = xp.zeros((0, dv)), xp.zeros((0,))
@@ -238,7 +237,12 @@ def tensor_attention(Q, K1, K2, V1, V2, *, scale=None, return_lse: bool = False,
         pm, pz = cuda.device_array((nq, slices)), cuda.device_array((nq, slices))
         pacc = cuda.device_array((nq, slices, dv))
     kernel = exact_kernel(d, dv, "float32" if f32 else "float64")
-    kernel[(nq, slices), tpb](a, k1, k2t, v1, v2t, slice_len, pm, pz, pacc)
+    args = (a, k1, k2t, v1, v2t, slice_len, pm, pz, pacc)
+    if on_device:  # on CuPy's stream, without numba's per-argument host synchronisation
+        stream, args = cupy_launch(*args)
+        kernel[(nq, slices), tpb, stream](*args)
+    else:
+        kernel[(nq, slices), tpb](*args)
     if not on_device:
         pm, pz, pacc = pm.copy_to_host(), pz.copy_to_host(), pacc.copy_to_host()
     out, lse = merge_partials(pm, pz, pacc, xp)
@@ -251,7 +255,7 @@ def matrix_attention(Q, K, V, *, scale=None, return_lse: bool = False):
 
     s = _scale(scale, Q.shape[1])
     if Q.shape[0] == 0:
-        xp = _cupy() if _is_device_array(Q) else np
+        xp = _cupy() if backend.on_device(Q) else np
         out, lse = xp.zeros((0, V.shape[1])), xp.zeros((0,))
     else:
         out, lse = softmax_attention(Q * s, K, V)
@@ -332,12 +336,17 @@ class _Plan:
         if c:
             tpb = min(self.tpb, 32 * math.ceil(c / 32))  # short chunks: no idle warps
             grid = (math.ceil(c / tpb), self.blocks_y)
-            feature_kernel()[grid, tpb](xt, self.parent, self.var, self.w, F)
+            args = (xt, self.parent, self.var, self.w, F)
+            if self.on_device:  # on CuPy's stream, no per-argument host synchronisation
+                stream, args = cupy_launch(*args)
+                feature_kernel()[grid, tpb, stream](*args)
+            else:
+                feature_kernel()[grid, tpb](*args)
         return F if self.on_device else F.copy_to_host()
 
 
 def _host(x):
-    return x.get() if hasattr(x, "get") and _is_device_array(x) else np.asarray(x)
+    return x.get() if hasattr(x, "get") and backend.on_device(x) else np.asarray(x)
 
 
 def _cupy():
@@ -360,7 +369,7 @@ def monomial_features(X, parent, var, weights=None, *, tpb: int | None = None, b
     ``parent``/``var`` tables). One launch; NumPy in -> NumPy out, device in -> CuPy out."""
     if X.ndim != 2:
         raise ValueError("X must be 2-D (rows are tokens)")
-    plan = _Plan(parent, var, weights, _is_device_array(X), tpb, blocks_y)
+    plan = _Plan(parent, var, weights, backend.on_device(X), tpb, blocks_y)
     if plan.d > X.shape[1]:
         raise ValueError(f"the multi-index uses {plan.d} variables, X has {X.shape[1]} columns")
     return plan.features(X)
@@ -375,7 +384,7 @@ def polynomial_num_den(Q, keys, values, parent, var, weights, *, chunk: int | No
     keys, values = list(keys), list(values)
     if not keys or len(keys) != len(values):
         raise ValueError("need as many (>= 1) value matrices as key matrices")
-    on_device = _is_device_array(Q)
+    on_device = backend.on_device(Q)
     xp = _cupy() if on_device else np
     plan = _Plan(parent, var, None, on_device, tpb, blocks_y)  # unit weights: w multiplies S
     r = plan.r

@@ -28,16 +28,19 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 __all__ = ["FASTMATH", "exp_fast", "exp_fast32", "i64_as_f64", "f64_as_i64", "i32_as_f32", "EXP_CLAMP",
-           "EXP_CLAMP32", "run_threads", "cpu_threads"]
+           "EXP_CLAMP32", "run_threads", "cpu_threads", "LOG2E", "LN2_HI", "LN2_LO", "EXP_COEFFS"]
 
 FASTMATH = {"contract", "nnan", "ninf", "nsz", "arcp", "afn", "reassoc"}
 EXP_CLAMP = 708.0
 
-_LOG2E = 1.4426950408889634
-_LN2_HI = 6.93145751953125e-1  # high part of ln 2 (exact in few bits)
-_LN2_LO = 1.42860682030941723212e-6  # ln 2 - _LN2_HI
-_C = [1.0 / math.factorial(i) for i in range(12)]
-_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = _C[2:]
+# exp_fast's constants, public: the device twin (gpu/icl_regression/device_math.py) compiles the
+# same numbers, so the two targets cannot drift
+LOG2E = 1.4426950408889634
+LN2_HI = 6.93145751953125e-1  # high part of ln 2 (exact in few bits)
+LN2_LO = 1.42860682030941723212e-6  # ln 2 - LN2_HI
+EXP_COEFFS = tuple(1.0 / math.factorial(i) for i in range(2, 12))  # Taylor terms r^2/2! .. r^11/11!
+_LOG2E, _LN2_HI, _LN2_LO = LOG2E, LN2_HI, LN2_LO
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = EXP_COEFFS
 
 
 @intrinsic

@@ -19,26 +19,34 @@ from numba import njit
 
 from sim.kernels_cpu import FASTMATH, f64_as_i64 as _f64_as_i64, i64_as_f64
 
-__all__ = ["philox4x64", "box_muller", "uniform53", "U64"]
+__all__ = ["philox4x64", "box_muller", "uniform53", "U64", "PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1",
+           "MASK32", "SHIFT32", "SHIFT12", "SQRT_HALF_BITS", "LN2", "TWO_PI", "LOG_COEFFS", "SIN_COEFFS",
+           "COS_COEFFS"]
 
-_U64 = U64 = np.uint64
+U64 = np.uint64
 _NJ = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
 _NJI = dict(_NJ, inline="always")
 
-_M0, _M1 = _U64(0xD2E7470EE14C6C93), _U64(0xCA5A826395121157)
-_W0, _W1 = _U64(0x9E3779B97F4A7C15), _U64(0xBB67AE8584CAA73B)
-_MASK32, _S32 = _U64(0xFFFFFFFF), _U64(32)
-_SH12 = _U64(12)
+# Public constants: the device twin (gpu/icl_regression/device_math.py) compiles these very numbers
+PHILOX_M0, PHILOX_M1 = U64(0xD2E7470EE14C6C93), U64(0xCA5A826395121157)  # round multipliers
+PHILOX_W0, PHILOX_W1 = U64(0x9E3779B97F4A7C15), U64(0xBB67AE8584CAA73B)  # key (Weyl) increments
+MASK32, SHIFT32 = U64(0xFFFFFFFF), U64(32)  # 32-bit halves of a 64-bit word
+SHIFT12 = U64(12)  # a word's top 52 bits: r >> 12
+SQRT_HALF_BITS = np.int64(0x3FE6A09E667F3BCD)  # bits of sqrt(1/2): log's range reduction
+LN2 = math.log(2.0)
+TWO_PI = 2.0 * math.pi
+LOG_COEFFS = tuple(2.0 / (2 * k + 1) for k in range(11))  # log m = s sum_k 2 s^2k/(2k+1), s = (m-1)/(m+1)
+SIN_COEFFS = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(8))
+COS_COEFFS = tuple((-1) ** k / math.factorial(2 * k) for k in range(9))
+
+_U64 = U64
+_M0, _M1, _W0, _W1 = PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+_MASK32, _S32, _SH12 = MASK32, SHIFT32, SHIFT12
 _ONE_BITS = _U64(0x3FF0000000000000)  # bits of 1.0: (r >> 12) | ONE is a double in [1, 2)
-_SQRT_HALF_BITS = np.int64(0x3FE6A09E667F3BCD)  # bits of sqrt(1/2)
-_LN2 = math.log(2.0)
-_TWO_PI = 2.0 * math.pi
-_LOGC = [2.0 / (2 * k + 1) for k in range(11)]  # log m = s * sum_k 2 s^2k/(2k+1), s = (m-1)/(m+1)
-_SINC = [(-1) ** k / math.factorial(2 * k + 1) for k in range(8)]
-_COSC = [(-1) ** k / math.factorial(2 * k) for k in range(9)]
-_L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10 = _LOGC
-_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7 = _SINC
-_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8 = _COSC
+_SQRT_HALF_BITS, _LN2, _TWO_PI = SQRT_HALF_BITS, LN2, TWO_PI
+_L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10 = LOG_COEFFS
+_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7 = SIN_COEFFS
+_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8 = COS_COEFFS
 
 
 @njit(**_NJI)

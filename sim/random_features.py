@@ -47,14 +47,16 @@ by the variance of the test target (1 = predicting the mean).
 
 All functions take arrays of the caller's namespace (NumPy, or CuPy on a GPU).
 
-GPU twins (:mod:`gpu.random_features`, imported lazily, only when a GPU path is taken):
+GPU twins (the device engines ``random_features.*`` of :mod:`sim.backend`, which importing ``gpu``
+registers; chosen by :func:`sim.backend.device_engine`, never imported from here):
 ``rfa_features(..., method=)`` is ``"batched"`` (the chunked BLAS-3 code below, any namespace),
 ``"cuda"`` (the numba-cuda kernel: scores, activation and value sums fused per (sample, head),
 float64 accumulators; device arrays, or NumPy arrays under the CUDA simulator) or ``"auto"``
-(``"batched"`` for NumPy inputs, ``"cuda"`` for device arrays when ``D <= gpu.random_features.MAX_DIM``).
-For device (CuPy) arrays, :func:`rfmlp_features` writes its GEMMs straight into the output, the
-primal ridge path accumulates ``Phi^T Phi`` in float64 row blocks, and the eigendecompositions
-run on the device (``cupy.linalg.eigh``), so ``--device gpu`` keeps a study cell on the GPU.
+(``"batched"`` for NumPy inputs, ``"cuda"`` for device arrays when ``D`` fits the engine's
+``max_dim``). For device (CuPy) arrays, :func:`rfmlp_features` writes its GEMMs straight into the
+output, the primal ridge path accumulates ``Phi^T Phi`` in float64 row blocks, and the
+eigendecompositions run on the device (``cupy.linalg.eigh``), so ``--device gpu`` keeps a study
+cell on the GPU. Without registered engines the same calls run in the array-namespace code.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from sim.backend import is_numpy, namespace, to_numpy
+from sim.backend import device_engine, engine, is_numpy, namespace, to_numpy
 from theory import random_features as rft
 
 __all__ = [
@@ -246,15 +248,9 @@ def rfa_features(x0, X, W, *, augment: bool = True, activation: str = "relu",
     n, N, d = X.shape
     M, D, _ = W.shape
     if method == "auto":
-        method = "batched"
-        if _on_device(x0, X, W):
-            from gpu.random_features import MAX_DIM
-
-            method = "cuda" if D <= MAX_DIM else "batched"
+        method = "cuda" if device_engine("random_features.rfa_features", x0, X, W, dims=(D,)) else "batched"
     if method == "cuda":
-        from gpu.random_features import rfa_features as cuda_rfa_features
-
-        return cuda_rfa_features(x0, X, W, augment=augment, activation=activation, key_norm=key_norm,
+        return engine("random_features.rfa_features")(x0, X, W, augment=augment, activation=activation, key_norm=key_norm,
                                  value=value, scale=scale)
     Dv = D if value == "augmented" else d
     if chunk is None:
@@ -298,10 +294,9 @@ def draw_mlp(rng, P: int, N: int, d: int, *, augment: bool = True):
 
 def rfmlp_features(x0, X, Wm, *, augment: bool = True, scale: bool = True, chunk: int = 4096):
     """ReLU random features of the flattened input, ``(n, P)``, scaled by 1/sqrt(P)."""
-    if _on_device(x0, X, Wm):
-        from gpu.random_features import rfmlp_features as gpu_rfmlp_features
-
-        return gpu_rfmlp_features(x0, X, Wm, augment=augment, scale=scale, chunk=chunk)
+    device = device_engine("random_features.rfmlp_features", x0, X, Wm)
+    if device is not None:
+        return device(x0, X, Wm, augment=augment, scale=scale, chunk=chunk)
     xp = namespace(x0, X, Wm)
     n = X.shape[0]
     P = Wm.shape[0]
@@ -366,12 +361,10 @@ def ridge_path(phi_tr, y_tr, n_list, phi_val, y_val, phi_te, f_te, lambdas):
     res["lambda_index"] = np.zeros((len(n_list), T), dtype=np.int64)
     res["val_path"] = np.zeros((len(n_list), L, T))
     G = Sy = s1 = sy = None
-    on_device = _on_device(phi_tr, y_tr)
+    gram_update = device_engine("random_features.gram_update", phi_tr, y_tr)
     pos = 0
     for k, n in enumerate(n_list):
-        if n >= P and on_device:  # primal on the GPU: float64 Gram sums over row blocks
-            from gpu.random_features import gram_update
-
+        if n >= P and gram_update is not None:  # primal on the GPU: float64 Gram sums over row blocks
             G, Sy, s1, sy = gram_update(phi_tr[pos:n], y_tr[pos:n], None if G is None else (G, Sy, s1, sy))
             pos = n
         elif n >= P:  # primal: accumulate the Gram of the nested prefix
@@ -432,11 +425,10 @@ def ridge_reference(phi, y, lam: float):
 
 def _eigh(A):
     """Symmetric eigendecomposition: on the device for CUDA arrays (``cupy.linalg.eigh``, cuSOLVER
-    ``syevd``, via :mod:`gpu.random_features`); LAPACK's divide-and-conquer ``syevd`` through
+    ``syevd``, the device engine ``random_features.eigh``); LAPACK's divide-and-conquer ``syevd`` through
     SciPy on one BLAS thread for NumPy arrays; the namespace's own ``eigh`` otherwise."""
-    if _on_device(A):
-        from gpu.random_features import eigh as device_eigh
-
+    device_eigh = device_engine("random_features.eigh", A)
+    if device_eigh is not None:
         return device_eigh(A)
     if is_numpy(A):
         from scipy.linalg import eigh
@@ -448,11 +440,6 @@ def _eigh(A):
         with threadpool_limits(limits=1, user_api="blas"):
             return eigh(A, driver="evd", check_finite=False, overwrite_a=True)
     return namespace(A).linalg.eigh(A)
-
-
-def _on_device(*arrays) -> bool:
-    """True when some argument is a CUDA device array (CuPy: ``__cuda_array_interface__``)."""
-    return any(hasattr(a, "__cuda_array_interface__") for a in arrays)
 
 
 def _np(x):

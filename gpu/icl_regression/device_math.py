@@ -9,16 +9,18 @@ import math
 import numpy as np
 from numba import config, cuda, float64, int64, uint64
 
-# the CPU engine's own constants: one source for both targets
-from sim.kernels_cpu import (  # exp_fast's
-    EXP_CLAMP as _EXP_CLAMP, _LOG2E, _LN2_HI, _LN2_LO,
-    _C2 as _E2, _C3 as _E3, _C4 as _E4, _C5 as _E5, _C6 as _E6, _C7 as _E7, _C8 as _E8,
-    _C9 as _E9, _C10 as _E10, _C11 as _E11)
-from sim.philox import (  # noqa: F401 (_U64: host.py) Philox4x64-10, Box-Muller
-    _U64, _M0, _M1, _W0, _W1, _MASK32, _S32, _SH12, _SQRT_HALF_BITS, _LN2, _TWO_PI,
-    _L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10,
-    _S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7,
-    _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8)
+# the CPU engine's own constants, by their public names: one source for both targets
+from sim.kernels_cpu import EXP_CLAMP as _EXP_CLAMP, EXP_COEFFS, LN2_HI as _LN2_HI, LN2_LO as _LN2_LO
+from sim.kernels_cpu import LOG2E as _LOG2E
+from sim.philox import (COS_COEFFS, LN2 as _LN2, LOG_COEFFS, MASK32 as _MASK32, PHILOX_M0 as _M0,
+                        PHILOX_M1 as _M1, PHILOX_W0 as _W0, PHILOX_W1 as _W1, SHIFT12 as _SH12,
+                        SHIFT32 as _S32, SIN_COEFFS, SQRT_HALF_BITS as _SQRT_HALF_BITS, TWO_PI as _TWO_PI,
+                        U64)  # noqa: F401  (U64: host.py)
+
+_E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11 = EXP_COEFFS
+_L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8, _L9, _L10 = LOG_COEFFS
+_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7 = SIN_COEFFS
+_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8 = COS_COEFFS
 
 TPB = 64  # threads per block of the prompt kernels (real GPU)
 TPB_RUN = 256  # threads per block of the per-run kernels

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from gpu.icl_regression.device_math import _SIM, _U64, GLOBAL_BLOCKS, PPB_EVAL, SHARED_LIMIT, TPB
+from gpu.launch import ClampedLaunch
+from gpu.icl_regression.device_math import _SIM, U64, GLOBAL_BLOCKS, PPB_EVAL, SHARED_LIMIT, TPB
 from gpu.icl_regression.prompt_kernel import _acc_len, prompt_kernel, workspace_len
 from gpu.icl_regression.prompts import _n_blocks, gen_kernel, normals_kernel, philox_kernel
 
@@ -34,7 +35,7 @@ def raw_words(key, counter, nb: int, *, tpb: int | None = None) -> np.ndarray:
     """The 4 nb raw uint64 words of blocks j = 0..nb-1 at counter (j, *counter), block order
     (as ``sim.icl_regression.normals(..., raw=True)``)."""
     key = np.asarray(key, dtype=np.uint64)
-    c1, c2, c3 = (_U64(c) for c in counter)
+    c1, c2, c3 = (U64(c) for c in counter)
     out = cuda.device_array(4 * int(nb), dtype=np.uint64)
     tpb = _tpb(tpb)
     philox_kernel[(int(nb) + tpb - 1) // tpb, tpb](key[0], key[1], c1, c2, c3, out)
@@ -45,7 +46,7 @@ def normals(key, counter, nb: int, *, tpb: int | None = None) -> np.ndarray:
     """The 4 nb normals of blocks j = 0..nb-1 at counter (j, *counter) in the CPU's flat
     layout (as ``sim.icl_regression.normals``)."""
     key = np.asarray(key, dtype=np.uint64)
-    c1, c2, c3 = (_U64(c) for c in counter)
+    c1, c2, c3 = (U64(c) for c in counter)
     out = cuda.device_array(4 * int(nb))
     tpb = _tpb(tpb)
     normals_kernel[(int(nb) + tpb - 1) // tpb, tpb](key[0], key[1], c1, c2, c3, int(nb), out)
@@ -76,22 +77,18 @@ def generate_prompts(key, chol, bscale, bmask, nsd, qsd, n: int, L: int, *, t: i
     yq = cuda.device_array((n, N))
     beta = cuda.device_array((n, N, d))
     if n:
-        gen_kernel(d, N, workspace)[grid, tpb, 0, shared](
+        _configure(gen_kernel(d, N, workspace), grid, tpb, shared)(
             key[0], key[1], _dev(chol, float), _dev(bscale, float), _dev(bmask, float), _dev(nsd, float),
             _dev(qsd, float), int(t), int(stream), int(first), L, ppb, scratch, Z, zq, yq, beta)
     return Z.copy_to_host(), zq.copy_to_host(), yq.copy_to_host(), beta.copy_to_host()
 
 
 def _configure(kernel, grid, block, shared=0):
-    """``kernel[grid, block, 0, shared]``, without numba's low-occupancy warning (the per-run
-    kernels have one block per run by design)."""
-    import warnings
-
-    from numba.core.errors import NumbaPerformanceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NumbaPerformanceWarning)
-        return kernel[grid, block, 0, shared]
+    """``kernel[grid, block, 0, shared]`` with ``block`` clamped at the first launch to what the
+    compiled kernel's registers allow (:class:`gpu.launch.ClampedLaunch`; e.g. the prompt
+    kernels' ~125-146 registers a thread cap a block near 448 threads), without numba's
+    low-occupancy warning (the per-run kernels have one block per run by design)."""
+    return ClampedLaunch(kernel, grid, block, shared, quiet=True)
 
 
 def _prompt_launcher(R, d, N, H_max, n, L, ppb, grad, tpb, workspace):

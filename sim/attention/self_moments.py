@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from sim.attention.softmax import _EXP_CAP, _RESCALE_AT
-from sim.backend import is_numpy, namespace
+from sim.backend import device_engine, engine, is_numpy, namespace
 from sim.backend import to_numpy as _to_numpy
 from sim.kernels_cpu import FASTMATH, exp_fast, run_threads
 
@@ -86,16 +86,12 @@ def self_attention_moments(tokens, A, V=None, scales=(1.0,), *, exclude_self: bo
     if method == "auto":
         if is_numpy(tokens):
             method = "numba"
-        elif hasattr(tokens, "__cuda_array_interface__"):  # device arrays (CuPy)
-            from gpu.attention import MAX_DIM
-
-            method = "cuda" if d <= MAX_DIM else "stream"
-        else:  # any other array-API namespace
+        elif device_engine("attention.self_moments", tokens, dims=(d,)):
+            method = "cuda"
+        else:  # any other array-API namespace, or a device without a registered engine
             method = "stream"
     if method == "cuda":
-        from gpu.attention import self_attention_moments as cuda_moments
-
-        return cuda_moments(tokens, A, Vm, sc, exclude_self=exclude_self)
+        return engine("attention.self_moments")(tokens, A, Vm, sc, exclude_self=exclude_self)
     if method == "numba":
         if not is_numpy(tokens):
             raise TypeError("method='numba' needs NumPy arrays")

@@ -26,12 +26,13 @@ Implementations (``method=``):
               queries and keys (runs on NumPy or CuPy arrays);
 ``"naive"``   the obviously-correct reference: materialise the q x n score matrix, subtract
               the row max, exponentiate, normalise. Small inputs only.
-``"cuda"``    the numba-cuda kernel of :mod:`gpu.attention` (float64 accumulators; scores and
-              exp in the input dtype), for device (CuPy) arrays or, under the CUDA simulator,
-              NumPy arrays; needs ``dk, dv <= gpu.attention.MAX_DIM``;
-``"auto"``    ``"numba"`` for NumPy inputs; for device arrays (``__cuda_array_interface__``)
-              ``"cuda"`` when the dimensions fit the kernel, else ``"stream"``; ``"stream"`` for
-              any other array-API namespace.
+``"cuda"``    the device engine ``"attention.softmax"`` of :mod:`sim.backend` (the numba-cuda
+              kernel of ``gpu.attention``, registered by importing ``gpu``: float64 accumulators,
+              scores and exp in the input dtype), for device (CuPy) arrays or, under the CUDA
+              simulator, NumPy arrays; needs ``dk, dv`` within the engine's ``max_dim``;
+``"auto"``    ``"numba"`` for NumPy inputs; for a call on the device
+              (:func:`sim.backend.device_engine`) ``"cuda"`` when the engine is registered and the
+              dimensions fit it, else ``"stream"``; ``"stream"`` for any other array-API namespace.
 
 ``precision="float32"`` (numba path only): tokens and score vectors rounded to float32, scores
 and weights computed in float32 with the float32 exp of :mod:`sim.kernels_cpu` (twice the SIMD
@@ -48,7 +49,7 @@ import math
 import numpy as np
 from numba import njit
 
-from sim.backend import is_numpy, namespace
+from sim.backend import device_engine, engine, is_numpy, namespace
 from sim.kernels_cpu import FASTMATH, cpu_threads, exp_fast, exp_fast32, run_threads
 
 __all__ = ["softmax_attention", "METHODS", "PRECISIONS", "DEFAULT_CHUNK"]
@@ -94,16 +95,12 @@ def softmax_attention(a, keys, values=None, *, method: str = "auto", chunk: int 
     if method == "auto":
         if is_numpy(a):
             method = "numba"
-        elif hasattr(a, "__cuda_array_interface__"):  # device arrays (CuPy)
-            from gpu.attention import MAX_DIM
-
-            method = "cuda" if max(keys.shape[1], values.shape[1]) <= MAX_DIM else "stream"
-        else:  # any other array-API namespace
+        elif device_engine("attention.softmax", a, keys, values, dims=(keys.shape[1], values.shape[1])):
+            method = "cuda"
+        else:  # any other array-API namespace, or a device without a registered engine
             method = "stream"
     if method == "cuda":
-        from gpu.attention import softmax_attention as cuda_attention
-
-        return cuda_attention(a, keys, values)
+        return engine("attention.softmax")(a, keys, values)
     if method == "naive":
         return _naive(a, keys, values, xp)
     if method == "stream":

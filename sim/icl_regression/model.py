@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from sim.backend import namespace
+from sim.backend import engine, namespace
 from sim.icl_regression._numba import _run_tasks
 from sim.icl_regression.kernels import _data_kernel, _eval_kernel
 from sim.icl_regression.tasks import DEFAULT_CHUNKS, KINDS, STREAM_VAL, stack_tasks
@@ -139,7 +139,8 @@ def evaluate_sq_errors(W, U, n_heads, kind, lin_scale, keys, tasks, n_prompts: i
     """Squared errors (R, n, N) of merged models (W, U) on the generated prompts
     ``first..first+n-1`` of (stream, t) at length L (forward only). ``tasks``: a TaskSpec, R
     TaskSpecs, or the tuple of :func:`stack_tasks`; ``keys``: (2,) shared or (R, 2).
-    ``device="gpu"``: the CUDA kernel of :mod:`gpu.icl_regression` (NumPy in and out)."""
+    ``device="gpu"``: the device engine ``icl.evaluate_sq_errors`` of :mod:`sim.backend` (the CUDA
+    kernel of ``gpu.icl_regression``, registered by importing ``gpu``; NumPy in and out)."""
     W = np.array(W, dtype=float, order="C")  # a writable copy: read-only arrays (e.g. from a store)
     U = np.array(U, dtype=float, order="C")  # would make Numba compile a second specialisation
     R = W.shape[0]
@@ -147,9 +148,7 @@ def evaluate_sq_errors(W, U, n_heads, kind, lin_scale, keys, tasks, n_prompts: i
     keys = np.ascontiguousarray(np.broadcast_to(np.asarray(keys, dtype=np.uint64), (R, 2)))
     ta = tasks if isinstance(tasks, tuple) else stack_tasks(tasks, R)
     if device == "gpu":
-        from gpu.icl_regression import evaluate_sq_errors as gpu_evaluate
-
-        return gpu_evaluate(W, U, nh, kd, ls, keys, *ta, int(n_prompts), int(L), stream=int(stream), t=int(t),
+        return engine("icl.evaluate_sq_errors")(W, U, nh, kd, ls, keys, *ta, int(n_prompts), int(L), stream=int(stream), t=int(t),
                             first=int(first))
     sq = np.empty((R, int(n_prompts), U.shape[3]))
     _run_tasks(_eval_kernel, W, U, nh, kd, ls, keys, *ta, int(t), int(stream), int(first), int(L),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from sim.backend import engine
 from sim.icl_regression._numba import _NJ, _NJI, _U64, _run_tasks
 from sim.icl_regression.philox import _fill_normals
 from sim.icl_regression.tasks import STREAM_TEST, TaskSpec, _task_arrays
@@ -97,14 +98,13 @@ def generate_prompts(task: TaskSpec, key, n: int, L: int, *, t: int = 0, stream:
     """Prompts ``first .. first+n-1`` of step ``t`` on ``stream`` (the very prompts the training
     and evaluation kernels draw). ``layout="natural"`` returns :class:`Prompts`;
     ``layout="kernel"`` returns ``(Z (n, D, L), zq (n, D), yq (n, N), beta (n, N, d))``.
-    ``device="gpu"`` draws them with the CUDA kernel of :mod:`gpu.icl_regression` (same
-    Philox words; normals equal up to an ulp) and returns NumPy arrays all the same."""
+    ``device="gpu"`` draws them with the device engine ``icl.generate_prompts`` of
+    :mod:`sim.backend` (the CUDA kernel of ``gpu.icl_regression``: same Philox words; normals equal
+    up to an ulp) and returns NumPy arrays all the same."""
     key = np.asarray(key, dtype=np.uint64)
     d, N = task.d, task.n_out
     if device == "gpu":
-        from gpu.icl_regression import generate_prompts as gpu_generate
-
-        Z, zq, yq, beta = gpu_generate(key, *_task_arrays(task), int(n), int(L), t=int(t), stream=int(stream),
+        Z, zq, yq, beta = engine("icl.generate_prompts")(key, *_task_arrays(task), int(n), int(L), t=int(t), stream=int(stream),
                                        first=int(first))
     else:
         Z = np.empty((n, d + N, L))

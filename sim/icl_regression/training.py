@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sim.backend import engine
 from sim.icl_regression._numba import _run_tasks
 from sim.icl_regression.kernels import _train_kernel
 from sim.icl_regression.model import (evaluate_sq_errors, factor_grads, init_params, merge, param_views,
@@ -56,7 +57,8 @@ class BatchedTrainer:
     the head count and the attention kind may differ per run.
 
     ``device="gpu"`` keeps the state on a CUDA device and runs each step there
-    (:class:`gpu.icl_regression.DeviceTrainer`: same prompts, same initialisation, same
+    (the device engine ``icl.trainer`` of :mod:`sim.backend`, ``gpu.icl_regression.DeviceTrainer``
+    once ``gpu`` is imported: same prompts, same initialisation, same
     trajectory up to floating-point reassociation; ``gpu_options`` = its ``tpb``, ``ppb``,
     ``workspace``). The host arrays ``theta`` and ``opt`` then hold the state of construction
     (or of the last :meth:`load_state_dict`) only: read the live one through
@@ -98,10 +100,8 @@ class BatchedTrainer:
             raise ValueError(f"device must be 'cpu' or 'gpu', not {device!r}")
         self.device = device
         self._dev = None
-        if device == "gpu":  # lazily: gpu/ is only imported when a GPU is asked for
-            from gpu.icl_regression import DeviceTrainer
-
-            self._dev = DeviceTrainer(self.theta, self.keys, (self.chol, self.bscale, self.bmask, self.nsd, self.qsd),
+        if device == "gpu":  # the registered device engine (gpu/ registers it; sim never imports gpu)
+            self._dev = engine("icl.trainer")(self.theta, self.keys, (self.chol, self.bscale, self.bmask, self.nsd, self.qsd),
                                       self.n_heads, self.kind, self.lin_scale, d=d, N=N, H_max=self.H_max, L=self.L,
                                       batch=self.B, lr=lr, betas=betas, eps=eps, temperature=self.temperature,
                                       **(gpu_options or {}))

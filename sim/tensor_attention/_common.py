@@ -59,10 +59,5 @@ def khatri_rao(X, Y, order: str = "numpy"):
     raise ValueError("order must be 'numpy' or 'paper'")
 
 
-def _on_device(*arrays) -> bool:
-    """True for CUDA device arrays (CuPy): the GPU twins in :mod:`gpu.tensor_attention` apply."""
-    return all(hasattr(X, "__cuda_array_interface__") for X in arrays)
-
-
 def _flatten(mats, order="numpy"):
     return functools.reduce(lambda a, b: khatri_rao(a, b, order), mats)

@@ -10,10 +10,10 @@ import numpy as np
 from numba import njit
 
 from sim.attention import softmax_attention
-from sim.backend import is_numpy, namespace
+from sim.backend import device_engine, engine, is_numpy, namespace
 from sim.kernels_cpu import FASTMATH, exp_fast, run_threads
 
-from ._common import _NAIVE_MAX, _PARALLEL_WORK, _check, _flatten, _on_device, _scale
+from ._common import _NAIVE_MAX, _PARALLEL_WORK, _check, _flatten, _scale
 
 __all__ = ["EXACT_METHODS", "matrix_attention", "tensor_attention", "kth_order_attention", "tensor_logits",
            "attention_from_logits"]
@@ -60,13 +60,9 @@ def kth_order_attention(Q, keys: Sequence, values: Sequence, *, scale=None, meth
     if method == "auto":
         if is_numpy(Q) and k <= 3:
             method = "numba"
-        elif _on_device(Q, *keys, *values) and k <= 3:
-            if k == 2:
-                from gpu.attention import MAX_DIM
-            else:
-                from gpu.tensor_attention import MAX_DIM
-
-            method = "cuda" if max(Q.shape[1], values[0].shape[1]) <= MAX_DIM else "stream"
+        elif k <= 3 and device_engine("attention.softmax" if k == 2 else "tensor_attention.kth_order",
+                                      Q, *keys, *values, dims=(Q.shape[1], values[0].shape[1])):
+            method = "cuda"
         else:
             method = "stream"
     if Q.shape[0] == 0:
@@ -84,9 +80,7 @@ def kth_order_attention(Q, keys: Sequence, values: Sequence, *, scale=None, meth
     elif method == "cuda":
         if k > 3:
             raise ValueError("method='cuda' covers k = 2, 3; use 'stream' for k >= 4")
-        from gpu.tensor_attention import kth_order_attention as cuda_kth_order
-
-        out, lse = cuda_kth_order(Q, keys, values, scale=s, return_lse=True)
+        out, lse = engine("tensor_attention.kth_order")(Q, keys, values, scale=s, return_lse=True)
     else:  # numba
         if not all(is_numpy(X) for X in (Q, *keys, *values)):
             raise TypeError("method='numba' needs NumPy arrays")

@@ -10,11 +10,12 @@ from typing import Sequence
 import numpy as np
 from numba import njit
 
+from sim import backend
 from sim.backend import is_numpy, namespace
 from sim.kernels_cpu import FASTMATH, run_threads
 from theory import tensor_attention as th
 
-from ._common import _NAIVE_MAX, _PARALLEL_WORK, _check, _flatten, _on_device, _scale
+from ._common import _NAIVE_MAX, _PARALLEL_WORK, _check, _flatten, _scale
 
 __all__ = ["LogitRangeError", "NonPositiveNormalizer", "logit_range_bound", "monomial_features", "cp_factors",
            "tensor_trick", "PolyAttention", "polynomial_attention", "approx_matrix_attention",
@@ -121,8 +122,9 @@ def polynomial_attention(Q, keys: Sequence, values: Sequence, *, degree: int, me
     else ``|s| d B^k`` for a declared entry bound ``B``, else the realised bound of these inputs.
     Rows are streamed in chunks of ``chunk``: memory O(chunk r + r dv). ``engine``: "numba"
     (CPU kernels, the default for NumPy arrays), "xp" (array-namespace code: NumPy or CuPy) or
-    "cuda" (:mod:`gpu.tensor_attention`: numba-cuda features and cuBLAS products; the default
-    for device arrays; under the CUDA simulator it also takes NumPy arrays)."""
+    "cuda" (the device engine ``tensor_attention.polynomial_num_den`` of :mod:`sim.backend`,
+    registered by ``gpu``: numba-cuda features and cuBLAS products; the default for device
+    arrays when registered; under the CUDA simulator it also takes NumPy arrays)."""
     keys, values = list(keys), list(values)
     xp = namespace(Q, *keys, *values)
     d, dv = _check(Q, keys, values, xp)
@@ -162,13 +164,13 @@ def polynomial_attention(Q, keys: Sequence, values: Sequence, *, degree: int, me
         if all(is_numpy(X) for X in (Q, *keys, *values)):
             engine = "numba"
         else:
-            engine = "cuda" if _on_device(Q, *keys, *values) else "xp"
+            on_gpu = backend.device_engine("tensor_attention.polynomial_num_den", Q, *keys, *values)
+            engine = "xp" if on_gpu is None else "cuda"
     if engine == "numba":
         num, den = _poly_numba(Q, keys, values, index, w, chunk)
     elif engine == "cuda":
-        from gpu.tensor_attention import polynomial_num_den
-
-        num, den = polynomial_num_den(Q, keys, values, index.parent, index.var, w, chunk=chunk)
+        num, den = backend.engine("tensor_attention.polynomial_num_den")(Q, keys, values, index.parent, index.var,
+                                                                        w, chunk=chunk)
     else:
         num, den = _poly_xp(Q, keys, values, index, w, chunk, xp)
     if not bool(xp.all(den > 0)) or not bool(xp.all(xp.isfinite(num))):

@@ -19,3 +19,13 @@ def best_time(fn, repeat: int = 3, min_time: float = 0.0) -> float:
         total += dt
         runs += 1
     return best
+
+
+def gpu_ready() -> bool:
+    """Whether the suites add their GPU rows: imports :mod:`gpu` (registering its engines with
+    :mod:`sim.backend`; a benchmark always asks) and lets the seam decide."""
+    import gpu  # noqa: F401
+
+    from sim.backend import resolve_device
+
+    return resolve_device("auto") == "gpu"

@@ -3,21 +3,31 @@
 Streaming attention statistics at d = 2 over n = 2^24 tokens and 4096 queries (quick: 2^20 x
 256): the numba-cuda kernel (float32 scores/exp with float64 accumulators, and all-float64)
 against a CuPy implementation that materialises the score matrix block by block of queries on
-the same GPU, all checked against each other. Targets: >= 1e12 token-query pairs/s (H100) and
->= 5x the materialising implementation.
+the same GPU. Targets: >= 1e12 token-query pairs/s (H100) and >= 5x the materialising
+implementation.
+
+Agreement: every implementation is judged on its own against an independent float64 reference
+(the materialising two-pass softmax in float64, on the first ``CHECK_QUERIES`` queries), within
+the error its precision allows (:data:`TOLERANCES`, relative to ``max |keys|``): a float32 path
+is never held to the float64 bound, and the float32 materialising path (an SGEMM summing 2^24
+terms in float32) never decides whether the kernels agree.
 """
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
-from gpu import gpu_available
-from studies.benchmarks._timing import best_time
+from studies.benchmarks._timing import best_time, gpu_ready
 from studies.sweep import str_coord
 
 DESCRIPTION = "GPU kernels: streaming attention n=2^24 x 4096 queries, d=2 (needs a CUDA GPU)"
 TARGET_PAIRS_PER_S = 1e12
 TARGET_SPEEDUP = 5.0
+CHECK_QUERIES = 256
+# max |out - float64 reference| / max |keys| each implementation must meet: float64 streaming
+# (reassociated float64 sums), float32 scores and exp (|s| eps32 per weight, float64 sums), and
+# the float32 materialising path (float32 sums over n terms)
+TOLERANCES = {"cuda_f64": 1e-10, "cuda_f32": 1e-5, "materialise_f32": 1e-3}
 
 
 class SuiteUnavailable(RuntimeError):
@@ -35,7 +45,7 @@ def _materialising(cp, a, keys, qblock):
 
 
 def run(quick: bool = False) -> xr.Dataset:
-    if not gpu_available():
+    if not gpu_ready():
         raise SuiteUnavailable("no usable CUDA GPU on this machine")
     import cupy as cp
 
@@ -59,12 +69,14 @@ def run(quick: bool = False) -> xr.Dataset:
         "cuda_f64": lambda: softmax_attention(a64, keys64),
         "materialise_f32": lambda: _materialising(cp, a32, keys32, qblock),
     }
-    ref = cp.asnumpy(softmax_attention(a64, keys64)[0])
+    nc = min(q, CHECK_QUERIES)
+    ref = cp.asnumpy(_materialising(cp, a64[:nc], keys64, max(1, (1 << 30) // (8 * n))))
+    scale = float(cp.abs(keys64).max())
     times, errs = [], []
     for name, f in impls.items():
         out = f()
         out = out[0] if isinstance(out, tuple) else out
-        errs.append(float(np.abs(cp.asnumpy(out) - ref).max() / float(cp.abs(keys64).max())))
+        errs.append(float(np.abs(cp.asnumpy(out[:nc]) - ref).max() / scale))
         times.append(best_time(sync(f), repeat=3))
     t = np.array(times)
     ds = xr.Dataset(
@@ -78,8 +90,14 @@ def run(quick: bool = False) -> xr.Dataset:
     best = float(ds["pairs_per_s"].sel(impl="cuda_f32"))
     ds["verdict_throughput"] = ((), best >= TARGET_PAIRS_PER_S)
     ds["verdict_speedup"] = ((), float(ds["time_s"].sel(impl="materialise_f32")) / float(ds["time_s"].sel(impl="cuda_f32")) >= TARGET_SPEEDUP)
-    ds["verdict_agree"] = ((), bool(max(errs) <= 1e-5))
+    ds["tolerance"] = (("impl",), np.array([TOLERANCES[i] for i in impls]))
+    ds["verdict_agree"] = ((), agree(dict(zip(impls, errs))))
     return ds
+
+
+def agree(errors: dict) -> bool:
+    """Every implementation within its own tolerance of the float64 reference."""
+    return all(err <= TOLERANCES[name] for name, err in errors.items())
 
 
 def summary(ds: xr.Dataset) -> str:

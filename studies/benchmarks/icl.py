@@ -10,7 +10,7 @@ by side in one process:
   kernel (counter-based Philox), fused forward/backward over (run, prompt chunk), one Adam update;
 * ``batched_R1``     — the same trainer with a single run (what batching buys).
 
-With a usable CUDA GPU (``gpu.gpu_available()``; CPU-only machines run exactly the rows above)
+With a usable CUDA GPU (``studies.benchmarks._timing.gpu_ready()``; CPU-only machines run exactly the rows above)
 two more rows time the device trainer (``BatchedTrainer(device="gpu")``, numba-cuda kernels,
 one host synchronisation per timed loop):
 
@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from sim import icl_regression as icl
-from studies.benchmarks._timing import best_time
+from studies.benchmarks._timing import best_time, gpu_ready
 from studies.sweep import str_coord
 
 DESCRIPTION = "ICL training step, H=4, d=5, L=40, B=256: 8 runs batched (Numba) vs a per-run NumPy loop"
@@ -106,9 +106,7 @@ def run(quick: bool = False) -> xr.Dataset:
     }
     impls = IMPLS
     gpu_err = None
-    from gpu import gpu_available
-
-    if gpu_available():  # extra rows; a CPU-only machine gets exactly the rows above
+    if gpu_ready():  # extra rows; a CPU-only machine gets exactly the rows above
         gt, gpu_err = _gpu_rows(quick, steps, repeat)
         t.update(gt)
         impls = IMPLS + GPU_IMPLS

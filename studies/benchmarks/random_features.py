@@ -16,7 +16,7 @@ Targets (regression guards; the issue sets no speed target besides the study's 2
 run): batched features >= 2x the per-sample loop (which is already vectorised over heads); the
 lambda path no slower than the per-lambda solves (one eigendecomposition against 15 solves).
 
-GPU rows (only when :func:`gpu.gpu_available`; a CPU-only machine produces exactly the dataset
+GPU rows (only when :func:`studies.benchmarks._timing.gpu_ready`; a CPU-only machine produces exactly the dataset
 above): on ``n_gpu`` samples (65536, quick 8192; same d, N, M) the features by ``batched_cupy``
 (the same BLAS-3 code on CuPy arrays), ``cuda_f64`` and ``cuda_f32`` (the numba-cuda kernel of
 :mod:`gpu.random_features`, float64 or float32 inputs, float64 accumulators), each checked against
@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 
 from sim import random_features as rs
-from studies.benchmarks._timing import best_time
+from studies.benchmarks._timing import best_time, gpu_ready
 
 DESCRIPTION = ("random-feature attention, d=8, N=8, M=128 (1152 features): per-sample loop vs batched "
                "features; per-lambda solves vs one-eigendecomposition ridge path; one study cell")
@@ -134,9 +134,7 @@ def run(quick: bool = False) -> xr.Dataset:
                                   {"description": "one-eigendecomposition path no slower than per-lambda solves"})
     ds["verdict_agree"] = ((), bool(feat_err <= 1e-12 and path_err <= 1e-6),
                            {"description": "features within 1e-12, validation paths within 1e-6 relative"})
-    from gpu import gpu_available
-
-    if gpu_available():
+    if gpu_ready():
         _gpu_rows(ds, quick=quick, M=M, d=d, N=N, phi=phi, Y=Y, tr=tr, va=va, lambdas=lambdas, path=path,
                   cell=(xc0, XC, F, n_list, n_val, nt))
     return ds

@@ -9,7 +9,7 @@ reaching +-B^3). Approximations: Chebyshev and Taylor, each at the smallest degr
 target holds by proof and the measurement checks it. Also timed: the exact Numba kernel on the
 row subset (and its extrapolation to all rows), checked against the array-namespace stream path.
 
-With a usable GPU (:func:`gpu.gpu_available`) the suite adds the GPU twins of
+With a usable GPU (:func:`studies.benchmarks._timing.gpu_ready`) the suite adds the GPU twins of
 :mod:`gpu.tensor_attention` on the same inputs (moved to the device; timings synchronised):
 the polynomial method (numba-cuda features + cuBLAS, float64) for every family/input, and exact
 tensor attention by the numba-cuda kernel on the row subset and over *all* n rows (float64, and
@@ -21,9 +21,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from gpu import gpu_available
 from sim import tensor_attention as sta
-from studies.benchmarks._timing import best_time
+from studies.benchmarks._timing import best_time, gpu_ready
 from studies.sweep import str_coord
 from theory import tensor_attention as th
 
@@ -50,7 +49,7 @@ def run(quick: bool = False) -> xr.Dataset:
     t_approx, err, bound, eps = (np.zeros(shape) for _ in range(4))
     degree, rank = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
     t_rows, agree = np.zeros(len(INPUTS)), np.zeros(len(INPUTS))
-    gpu = _GpuRows(shape, len(INPUTS)) if gpu_available() else None
+    gpu = _GpuRows(shape, len(INPUTS)) if gpu_ready() else None
     for ii, kind in enumerate(INPUTS):
         Q, keys, values = gens[kind](rng, n, d, B, 3)
         idx = np.sort(rng.choice(n, rows, replace=False))

@@ -6,10 +6,15 @@ so a badly typed kernel fails even though the CUDA simulator (which does no typi
 it; if the compiler libraries are missing, the test is skipped after typing succeeded. Use it to
 assert properties of the generated code: no ``.local`` (per-thread arrays kept in registers),
 ``ex2.approx`` in float32 paths (fast exp), no ``.f64`` arithmetic where float32 was meant.
+
+Importing :mod:`gpu` here registers its engines and detector with :mod:`sim.backend`, as a
+study does when a GPU is asked for, so ``sim`` finds its device engines in these tests.
 """
 import os
 
 import pytest
+
+import gpu  # noqa: F401  (registers the device engines with sim.backend)
 
 
 @pytest.fixture

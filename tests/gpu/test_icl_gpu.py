@@ -1,7 +1,7 @@
 """gpu/icl_regression.py on a real GPU against the CPU engine (skipped without a usable GPU).
 
 The GPU and CPU trainers draw the *same* prompts (bit-identical Philox words), so every
-comparison is deterministic: raw words exactly, normals within 1e-14, prompts within 1e-13,
+comparison is deterministic: raw words exactly, normals within 1e-14 and 8 ulp, prompts within 1e-13,
 gradients within 1e-12, weights after 20 Adam steps at the issue's sizes within 1e-9, test
 errors within 1e-12 (relative to the largest entry)."""
 import numpy as np
@@ -30,7 +30,9 @@ def test_philox_words_and_normals(mods):
         np.testing.assert_array_equal(gi.raw_words(key, counter, 5000), si.normals(key, counter, 5000, raw=True))
         out, ref = gi.normals(key, counter, 5000), si.normals(key, counter, 5000)
         assert np.abs(out - ref).max() <= 1e-14
-        assert np.mean(out == ref) > 0.5
+        # a few ulp (of max(|x|, 1): Box-Muller's cos/sin err absolutely), not bit equality: the GPU
+        # fuses multiply-adds and divides exactly where the CPU's fastmath kernels may not (B5 item 10)
+        assert np.all(np.abs(out - ref) <= 8 * np.spacing(np.maximum(np.abs(ref), 1.0)))
 
 
 @pytest.mark.parametrize("L,workspace", [(40, None), (3000, None), (40, "global")])

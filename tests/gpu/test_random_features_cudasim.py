@@ -195,7 +195,13 @@ def test_sim_device_branches_match_the_cpu_path(monkeypatch):
 
     for name in ("rfa_features", "rfmlp_features", "gram_update", "eigh"):
         spy(name)
-    monkeypatch.setattr(rs, "_on_device", lambda *arrays: True)
+    from sim import backend
+
+    def declared_on_device(name, *arrays, dims=()):  # the seam's decision, with every array on the device
+        limit = backend.engine_max_dim(name)
+        return backend.engine(name) if limit is None or all(d <= limit for d in dims) else None
+
+    monkeypatch.setattr(rs, "device_engine", declared_on_device)
     for m in ("brfa", "rfmlp"):
         phi, res = fit(m)
         np.testing.assert_allclose(phi, ref[m][0], rtol=0, atol=1e-12 * np.abs(ref[m][0]).max())
