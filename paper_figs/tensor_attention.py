@@ -1,23 +1,25 @@
 """Figure of the bounded-entry tensor-attention study: ``python -m paper_figs.tensor_attention STORE``.
 
-Panels (those whose data the store holds):
+One figure with the panels of every group the store holds (``error``, ``runtime``, ``match3``, each
+read from its own group of the store):
 
-* error vs degree g, one panel per (polynomial family, order k): the measured max output error
+* (error) error vs degree g, one panel per (polynomial family, order k): the measured max output error
   ``||T_approx - T_exact||_inf`` on sign-aligned inputs (solid, one colour per entry bound B;
   crosses where the approximation refused) and the certified bound ``2 e/(1-e) B^(k-1)`` with
   ``e`` = theory's independently computed eps + the float64 allowance (dashed, where ``e < 1``);
   the title gives the outcome of the ``bound`` claim and how many ``decay`` claims hold;
-* blow-up past the threshold: error against the logit range ``R = B^k`` at fixed degrees;
-* rank ``C(d+g, g)`` against the papers' looser bounds and the redundant tensor-power basis;
-* runtime against n (log-log) for exact matrix/tensor and the approximations, with the fitted
+* (error) blow-up past the threshold: error against the logit range ``R = B^k`` at fixed degrees;
+* (error) rank ``C(d+g, g)`` against the papers' looser bounds and the redundant tensor-power basis;
+* (runtime) runtime against n (log-log) for exact matrix/tensor and the approximations, with the fitted
   power laws over the measurable windows (legend: measured slope vs the flop model's) and the
   measured crossover n;
-* Match3 accuracy of exact tensor attention, its polynomial approximation, the pairwise
+* (match3) Match3 accuracy of exact tensor attention, its polynomial approximation, the pairwise
   baselines and the majority class (chance), with standard errors, and theory's predicted
   accuracy of the exact construction.
 
-The suptitle counts the claims stored with the analysis. Reads the dataset written by
-``python -m studies.tensor_attention`` and nothing else.
+The suptitle counts the claims stored with the groups' analyses. Reads the store written by
+``python -m studies.tensor_attention`` and nothing else; a store none of whose groups has been
+analysed is a one-line error.
 """
 from __future__ import annotations
 
@@ -36,14 +38,13 @@ import seaborn as sns  # noqa: E402
 from paper_figs._common import claim_outcomes, figure_main, open_store, save_figure  # noqa: E402
 
 
+GROUPS = ("error", "runtime", "match3")
 FLOOR = 1e-17  # errors are drawn no lower than this on log axes
 IMPL_STYLE = {"exact_matrix": ("C0", "o", "exact matrix"), "exact_tensor": ("C3", "s", "exact tensor"),
               "approx_matrix": ("C0", "^", "approx. matrix"), "approx_tensor": ("C3", "v", "approx. tensor")}
 MODEL_LABEL = {"tensor_exact": "tensor (exact)", "tensor_poly": "tensor (poly. approx.)",
                "pairwise_match2": "pairwise: Match2 head", "pairwise_readout": "pairwise: trained readout",
                "majority": "majority class"}
-
-
 
 
 _claims = claim_outcomes
@@ -184,26 +185,44 @@ def _match3_panel(ax, ds):
     ax.legend(fontsize=6, loc="upper center", ncol=3, bbox_to_anchor=(0.5, -0.22))
 
 
+def _analysed_groups(store) -> dict:
+    """``{group: dataset}`` of the store's analysed groups, in the order of :data:`GROUPS`."""
+    open_store(store, study="tensor_attention")  # whose store it is, and readable
+    present = [g for g in GROUPS if (Path(store) / g / "zarr.json").exists()]
+    if not present:
+        raise ValueError(f"{store} has no analysis of any group ({', '.join(GROUPS)}) yet; run "
+                         "python -m studies.tensor_attention")
+    return {g: open_store(store, g, needs="claim_outcome") for g in present}
+
+
+def _panels(groups: dict) -> list:
+    """``(kind, dataset, family, k)`` of every panel the analysed groups give."""
+    panels = []
+    if "error" in groups:
+        ds = groups["error"]
+        panels += [("error", ds, str(family), int(k)) for family in ds["family"].values for k in ds["k"].values]
+        families = [str(f) for f in ds["family"].values]
+        panels.append(("blowup", ds, "chebyshev" if "chebyshev" in families else families[0], 0))
+        panels.append(("rank", ds, None, 0))
+    if "runtime" in groups:
+        panels.append(("runtime", groups["runtime"], None, 0))
+    if "match3" in groups:
+        panels.append(("match3", groups["match3"], None, 0))
+    return panels
+
+
 def draw(store, out=None, dpi: int = 130) -> list[Path]:
-    ds = open_store(store, study="tensor_attention", needs="claim_outcome")
+    """One figure of every analysed group of ``store`` (default ``STORE.png``); returns ``[path]``."""
+    groups = _analysed_groups(store)
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     sns.set_theme(style="whitegrid", context="paper")
-    panels = []
-    if "err_max" in ds:
-        for family in ds["family"].values:
-            for k in ds["k"].values:
-                panels.append(("error", str(family), int(k)))
-        panels.append(("blowup", "chebyshev" if "chebyshev" in ds["family"].values else str(ds["family"].values[0]), 0))
-        panels.append(("rank", None, 0))
-    if "fit_slope" in ds:
-        panels.append(("runtime", None, 0))
-    if "match3_accuracy" in ds:
-        panels.append(("match3", None, 0))
+    panels = _panels(groups)
     ncols = min(4, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.6 * ncols, 6.0), 4.1 * nrows + 0.4), squeeze=False)
-    colors = sns.color_palette("rocket_r", n_colors=ds.sizes.get("B", 1) + 2)[1:-1] if "B" in ds.dims else None
-    for ax, (kind, family, k) in zip(axes.flat, panels):
+    err = groups.get("error")
+    colors = sns.color_palette("rocket_r", n_colors=err.sizes["B"] + 2)[1:-1] if err is not None else None
+    for ax, (kind, ds, family, k) in zip(axes.flat, panels):
         if kind == "error":
             _error_panel(ax, ds, family, k, colors)
         elif kind == "blowup":
@@ -216,17 +235,18 @@ def draw(store, out=None, dpi: int = 130) -> list[Path]:
             _match3_panel(ax, ds)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    if "err_max" in ds:
+    if err is not None:
         h, lab = axes.flat[0].get_legend_handles_labels()
         axes.flat[0].legend(h, lab, fontsize=6.5, ncol=2, loc="lower left", title="entry bound",
                             title_fontsize=6.5)
-    p = json.loads(ds.attrs["params_json"])
+    first = next(iter(groups.values()))
+    p = json.loads(first.attrs["params_json"])
     sep = "; " if ncols >= 3 else "\n"
-    outcomes = list(_claims(ds).values())
+    outcomes = [o for ds in groups.values() for o in _claims(ds).values()]
     counts = (f"; claims: {outcomes.count('holds')} hold, {outcomes.count('fails')} fail, "
               f"{outcomes.count('not tested')} not tested" if outcomes else "")
     fig.suptitle(f"Bounded-entry tensor attention (Alman & Song): polynomial method vs exact{sep}"
-                 f"d={p['d']}, scale {p['scale']}, {ds.sizes['rep']} replicates{counts}",
+                 f"d={p['d']}, scale {p['scale']}, {first.sizes['rep']} replicates{counts}",
                  fontsize=10 if ncols >= 3 else 8.5)
     fig.tight_layout()
     save_figure(fig, out, dpi)

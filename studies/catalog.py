@@ -22,6 +22,8 @@ Fields of an entry:
 ``quick_args``      extra arguments of its ``--quick`` run in the report
 ``groups``          the store groups of a study of several parts, selected by ``--parts``
 ``executor``        takes the shared ``--workers``/``--dask-local``/``--scheduler`` options
+``workers``         worker processes of a full CPU run when ``--workers`` is not given (1:
+                    in-process; ``--quick``, Dask and GPU runs use 1)
 ``trains``          trains a model (checkpoints inside the store; ``--steps`` may grow)
 ``reads``           the study whose store it reads (``--models``), run first by the report
 ``needs``           optional requirements (:data:`REQUIREMENTS`), e.g. the encoder's weights
@@ -66,6 +68,7 @@ class Entry:
     quick_args: tuple = ()
     groups: tuple = ()
     executor: bool = True
+    workers: int = 1
     trains: bool = False
     reads: str | None = None
     needs: tuple = ()
@@ -114,7 +117,7 @@ STUDIES: tuple[Entry, ...] = (
     Entry("tails", "studies.tails", "token_sample", "paper_figs.tails", groups=("sup", "moments"),
           default_s=30, quick_s=2),
     Entry("random_features", "studies.random_features", "random_features", "paper_figs.random_features",
-          groups=("kernel", "rate", "families", "N", "bias"), default_s=18, quick_s=2),
+          groups=("kernel", "rate", "families", "N", "bias"), workers=2, default_s=18, quick_s=2),
     Entry("tensor_attention", "studies.tensor_attention", "tensor_attention", "paper_figs.tensor_attention",
           groups=("error", "runtime", "match3"), default_s=67, quick_s=1),
     Entry("icl_train", "studies.icl.train", "icl_regression", "paper_figs.icl", command="studies.icl",

@@ -1,4 +1,4 @@
-"""Random-feature attention study: ``python -m studies.random_features [--sweeps ...]``.
+"""Random-feature attention study: ``python -m studies.random_features [--parts ...]``.
 
 Measures what a single random-feature attention layer learns (Fu, Guo, Bai, Mei, *What can a
 single attention layer learn? A study through the random features lens*, NeurIPS 2023; spec
@@ -16,7 +16,8 @@ test MSE against the noiseless target; relative error = excess risk / Var(target
 
 Five sub-sweeps, each a resumable group of one Zarr store (default
 ``results/random_features.zarr``; the root's identity is the study and the seed, and it lists
-its groups), run by :func:`studies.cli.run_study` with one shared executor:
+its groups), selected by the shared ``--parts`` flag (all by default) and run by
+:func:`studies.cli.run_study` with one shared executor:
 
 * ``kernel``   -- M-head empirical kernel vs the closed-form infinite-head kernel (rfa, brfa,
   RFMLP) on fixed input pairs; ``K_emp(pair, kmodel, M, rep)``, ``K_head_sd``;
@@ -61,8 +62,13 @@ replicate see the same data (paired comparisons); the random heads come from the
 Each group holds the raw per-replicate measurements, means and standard errors, fitted slopes
 with SEs, ``theory_*`` predictions and its claims (``claim_*`` over the ``claim`` dimension).
 
-The package: :mod:`.cells` (parameters, seeded cells, the five sweeps), :mod:`.analysis`
-(analyses, claims, tables); this module holds the command line and ``main``.
+The package: this module is the study (the names of :data:`studies.SHAPE`: its options, their
+defaults, its checks, ``parts``, and ``analyze``/``summary``, which dispatch on the stored group
+name); :mod:`.cells` holds the parameters, the seeded cells and the five sweeps; :mod:`.common`
+the claims and the helpers the analyses share; :mod:`.kernel`, :mod:`.rate`, :mod:`.families`,
+:mod:`.n_keys` (group ``N``) and :mod:`.bias` each hold one group's analysis, claims and table.
+Every analysis reads the run's parameters from the store (``params_json``), never the command
+line, so ``python -m studies.reanalyze`` re-derives the claims of any finished store.
 
 ``--device gpu`` runs every cell on the GPU: inputs, targets and heads are drawn by CuPy's Philox
 stream (so the numbers differ from a CPU run, statistically equal), attention features come from
@@ -74,35 +80,52 @@ GPU it is a one-line usage error (exit 2).
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
 import numpy as np
 
-from gpu import gpu_available
 from sim import random_features as rs
-from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
-                         parse_range, positive_int, run_main, run_study, validate_run_options,
-                         check_resources, finite_float, nonnegative_float, positive_float, choice_list)
-from studies.random_features.analysis import (CLAIMS, analyze, analyze_bias, analyze_families, analyze_kernel,
-                                              analyze_N, analyze_rate, summary)
-from studies.random_features.cells import (DATA_KEY, DEFAULTS, KERNEL_KEY, KERNEL_MODELS, MODELS,  # noqa: F401
-                                           N_MODELS, QUICK, STUDY, SWEEPS, TARGETS, _common_params, _config,
-                                           kernel_inputs, make_sweeps)
+from studies.cli import (Part, StoreParamsError, UsageError, check_resources, choice_list, finite_float, group_of,
+                         nonnegative_float, parse_n_grid, parse_range, positive_float, positive_int, study_main)
+from studies.random_features.bias import analyze_bias, summary_bias
+from studies.random_features.cells import (DATA_KEY, GROUPS, KERNEL_KEY, KERNEL_MODELS, MODELS,  # noqa: F401
+                                           N_MODELS, STUDY, _common_params, kernel_inputs, make_sweeps)
+from studies.random_features.common import CLAIMS
+from studies.random_features.families import analyze_families, summary_families
+from studies.random_features.kernel import analyze_kernel, summary_kernel
+from studies.random_features.n_keys import analyze_N, summary_N
+from studies.random_features.rate import analyze_rate, summary_rate
 from theory import random_features as rft
 
-__all__ = ["STUDY", "SWEEPS", "DEFAULTS", "QUICK", "TARGETS", "MODELS", "KERNEL_MODELS", "N_MODELS", "DATA_KEY",
-           "KERNEL_KEY", "CLAIMS", "build_parser", "make_sweeps", "kernel_inputs", "analyze", "analyze_kernel",
-           "analyze_rate", "analyze_families", "analyze_N", "analyze_bias", "summary", "main"]
+__all__ = ["STUDY", "GROUPS", "DESCRIPTION", "EXAMPLES", "DEFAULTS", "QUICK", "PRESETS", "TARGETS", "MODELS",
+           "KERNEL_MODELS", "N_MODELS", "DATA_KEY", "KERNEL_KEY", "CLAIMS", "add_arguments", "validate", "parts",
+           "make_sweeps", "kernel_inputs", "analyze", "analyze_kernel", "analyze_rate", "analyze_families",
+           "analyze_N", "analyze_bias", "summary", "main"]
+
+TARGETS = {"families": "keys1,keys2,keys3,pair1,pair2,attn,keykey", "rate": "keys2,pair1",
+           "N": "keys2,pair1", "bias": "keys2,pair1,pair2,attn"}
+DEFAULTS = {"d": 8, "N": 8, "M": 128, "M_grid": "16,32,64,128", "n": "2^8..2^12", "n_fixed": 2048,
+            "n_val": 1024, "n_test": 2048, "reps": 4, "N_grid": "2,8,32", "r_grid": "0,0.35,0.5,1,2",
+            "kernel_M": "2^6..2^14:2", "kernel_reps": 4, "kernel_pairs": 12,
+            "targets": TARGETS["families"], "rate_targets": TARGETS["rate"], "N_targets": TARGETS["N"],
+            "bias_targets": TARGETS["bias"]}
+QUICK = {"d": 6, "N": 4, "M": 24, "M_grid": "8,16,32", "n": "2^6..2^8/5", "n_fixed": 192,
+         "n_val": 192, "n_test": 256, "reps": 2, "N_grid": "2,4", "r_grid": "0,1",
+         "kernel_M": "2^6,2^10", "kernel_reps": 2, "kernel_pairs": 6}
+PRESETS: dict = {}
+
+DESCRIPTION = ("Random-feature attention (RFA/BRFA) vs a random-feature MLP: infinite-head kernel, risk vs (n, M) "
+               "against the excess-risk bound, target families, N-independence and the non-zero-mean (bias) "
+               "effect.")
 
 EXAMPLES = """\
 examples:
   python -m studies.random_features                      # all five sub-sweeps (about 1-2 minutes)
-  python -m studies.random_features --sweeps families,bias --plot
-  python -m studies.random_features --sweeps rate --M-grid 16..128:16 --n 2^8..2^13 --reps 5
-  python -m studies.random_features --sweeps N --N-grid 2,4,8,16,32 --n-fixed 4096
+  python -m studies.random_features --parts families,bias --plot
+  python -m studies.random_features --parts rate --M-grid 16..128:16 --n 2^8..2^13 --reps 5
+  python -m studies.random_features --parts N --N-grid 2,4,8,16,32 --n-fixed 4096
   python -m studies.random_features --quick --out /tmp/rf.zarr
-  python -m studies.random_features --poly hermite --activation softmax --sweeps families
+  python -m studies.random_features --poly hermite --activation softmax --parts families
   python -m studies.random_features --device gpu --M 512 --n 2^10..2^14   # CuPy + numba-cuda kernels
   python -m paper_figs.random_features results/random_features.zarr
 
@@ -110,11 +133,13 @@ targets: keys<p> = mean_i P_p(<beta,x_i>), query<p> = P_p(<beta,x_0>), pair<p> =
   bilin<p> = mean_i P_p(<x_0,S x_i>), attn = mean_i relu(u_i) b_i, keykey = key-key control
 """
 
+ANALYZERS = {"kernel": analyze_kernel, "rate": analyze_rate, "families": analyze_families, "N": analyze_N,
+             "bias": analyze_bias}
+SUMMARIES = {"kernel": summary_kernel, "rate": summary_rate, "families": summary_families, "N": summary_N,
+             "bias": summary_bias}
 
-# --------------------------------------------------------------------------- CLI
 
-_list_of = choice_list
-
+# --------------------------------------------------------------------------- options
 
 def _targets(text):
     items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
@@ -132,20 +157,17 @@ def _w_var(text):
     return None if text == "auto" else positive_float(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = StudyParser(
-        prog="python -m studies.random_features",
-        description="Random-feature attention (RFA/BRFA) vs a random-feature MLP: infinite-head "
-                    "kernel, risk vs (n, M) against the excess-risk bound, target families, "
-                    "N-independence and the non-zero-mean (bias) effect.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("what to run")
-    g.add_argument("--sweeps", type=_list_of(SWEEPS, "sweep"), default=SWEEPS, metavar="LIST",
-                   help=f"sub-sweeps to run, comma list of {', '.join(SWEEPS)} (default all)")
-    g.add_argument("--reps", type=positive_int, default=None,
+def add_arguments(p) -> None:
+    """The study's own options: sizes and grids, targets and the fit, the feature conventions."""
+    p.add_argument("--reps", type=positive_int, default=None,
                    help=f"replicates (data and heads redrawn) per cell (default {DEFAULTS['reps']}; "
                         f"--quick {QUICK['reps']})")
-    s = p.add_argument_group("sizes")
+    _add_sizes(p.add_argument_group("sizes"))
+    _add_targets_and_fit(p.add_argument_group("targets and fit"))
+    _add_conventions(p.add_argument_group("conventions (spec §2.6; all recorded in the dataset)"))
+
+
+def _add_sizes(s) -> None:
     s.add_argument("--d", type=positive_int, default=None,
                    help=f"token dimension (default {DEFAULTS['d']}; --quick {QUICK['d']})")
     s.add_argument("--N", type=positive_int, default=None,
@@ -175,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"independent head draws per M in the kernel check (default {DEFAULTS['kernel_reps']})")
     s.add_argument("--kernel-pairs", dest="kernel_pairs", type=positive_int, default=None,
                    help=f"input pairs (X, X') of the kernel check, >= 4 (default {DEFAULTS['kernel_pairs']})")
-    t = p.add_argument_group("targets and fit")
+
+
+def _add_targets_and_fit(t) -> None:
     t.add_argument("--targets", type=_targets, default=None, metavar="LIST",
                    help=f"targets of the families sweep (default {TARGETS['families']})")
     t.add_argument("--rate-targets", dest="rate_targets", type=_targets, default=None, metavar="LIST",
@@ -184,17 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"targets of the N sweep (default {TARGETS['N']})")
     t.add_argument("--bias-targets", dest="bias_targets", type=_targets, default=None, metavar="LIST",
                    help=f"targets of the bias sweep (default {TARGETS['bias']})")
-    t.add_argument("--models", type=_list_of(MODELS, "model"), default=MODELS, metavar="LIST",
+    t.add_argument("--models", type=choice_list(MODELS, "model"), default=MODELS, metavar="LIST",
                    help="models of the families sweep: rfa (zero-mean), brfa (biased), rfmlp (default all)")
     t.add_argument("--poly", choices=rs.POLYS, default="gegenbauer",
                    help="per-term polynomial: gegenbauer (pure degree on the sphere, default) or hermite")
     t.add_argument("--noise", type=nonnegative_float, default=0.0,
                    help="label noise on train/validation labels, in units of sd(target) (default 0)")
-    t.add_argument("--lambda-min", dest="lambda_min", type=positive_float, default=1e-7, help="smallest ridge lambda (default 1e-7)")
-    t.add_argument("--lambda-max", dest="lambda_max", type=positive_float, default=1.0, help="largest ridge lambda (default 1)")
+    t.add_argument("--lambda-min", dest="lambda_min", type=positive_float, default=1e-7,
+                   help="smallest ridge lambda (default 1e-7)")
+    t.add_argument("--lambda-max", dest="lambda_max", type=positive_float, default=1.0,
+                   help="largest ridge lambda (default 1)")
     t.add_argument("--lambda-count", dest="lambda_count", type=positive_int, default=15,
                    help="lambdas, log-spaced (default 15); penalty n*lambda*|v|^2")
-    c = p.add_argument_group("conventions (spec §2.6; all recorded in the dataset)")
+
+
+def _add_conventions(c) -> None:
     c.add_argument("--activation", choices=rs.ACTIVATIONS, default="relu",
                    help="score activation: relu (default, 1/N over keys), identity, softmax over keys")
     c.add_argument("--no-augment", dest="augment", action="store_false",
@@ -209,27 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="value vectors act on [x; 1] (augmented, default) or on x")
     c.add_argument("--key-norm", dest="key_norm", choices=rft.KEY_NORMS, default="mean",
                    help="normalisation over keys: mean (1/N, default) or sum")
-    add_common_arguments(p, STUDY)
-    # this study's full run defaults to two worker processes with single-threaded BLAS each: its
-    # cost is dominated by symmetric eigendecompositions, which scale poorly over BLAS threads
-    # and slow down many-fold when threads compete for busy cores
-    p.set_defaults(workers=None)
-    for action in p._actions:
-        if action.dest == "workers":
-            action.help = ("worker processes, each with single-threaded BLAS (default 2; --quick or "
-                           "--device gpu: 1, in-process)")
-    return p
 
 
+# --------------------------------------------------------------------------- checks
 
-def _validate(args):
-    parse = {"M_grid": lambda t: parse_range(t, int), "n": parse_n_grid, "N_grid": lambda t: parse_range(t, int),
-             "r_grid": lambda t: parse_range(t, float), "kernel_M": parse_n_grid, "targets": _targets,
-             "rate_targets": _targets, "N_targets": _targets, "bias_targets": _targets}
-    targets = {"targets": TARGETS["families"], "rate_targets": TARGETS["rate"], "N_targets": TARGETS["N"],
-               "bias_targets": TARGETS["bias"]}
-    apply_defaults(args, {**DEFAULTS, **targets}, QUICK, parse)
-    sw = set(args.sweeps)
+def _groups(args) -> tuple:
+    """The groups this run makes (``--parts``; all by default), in the order of :data:`GROUPS`."""
+    chosen = getattr(args, "parts", None) or GROUPS
+    return tuple(g for g in GROUPS if g in chosen)
+
+
+def validate(args) -> None:
+    """The study's own checks, after the defaults are applied and the device resolved."""
+    sw = set(_groups(args))
+    _check_values(args, sw)
+    _check_groups(args, sw)
+    _check_memory(args, sw)
+
+
+def _check_values(args, sw) -> None:
     if args.d < 2:
         raise UsageError("--d must be at least 2")
     if args.reps < 2:
@@ -244,9 +270,12 @@ def _validate(args):
         raise UsageError("--w-var must be positive (or auto)")
     if args.r_bias <= 0 and ({"kernel", "families"} & sw):
         raise UsageError("--r-bias must be positive (r = 0 is the zero-mean rfa model)")
+
+
+def _check_groups(args, sw) -> None:
     if "kernel" in sw:
         if args.activation == "softmax":
-            raise UsageError("--activation softmax has no closed-form kernel: drop 'kernel' from --sweeps")
+            raise UsageError("--activation softmax has no closed-form kernel: drop 'kernel' from --parts")
         if len(args.kernel_M) < 2 or min(args.kernel_M) < 16:
             raise UsageError("--kernel-M: the kernel check needs at least 2 head counts, each >= 16")
         if args.kernel_reps < 2:
@@ -255,12 +284,10 @@ def _validate(args):
             raise UsageError("--kernel-pairs must be at least 4")
     if {"rate", "families"} & sw and len(args.n) < 2:
         raise UsageError("--n: risk-vs-n curves need at least 2 training sizes")
-    if "rate" in sw:
-        if len(args.M_grid) < 2 or min(args.M_grid) < 1:
-            raise UsageError("--M-grid: the rate sweep needs at least 2 positive head counts")
-    if "families" in sw:
-        if "rfmlp" not in args.models or not ({"rfa", "brfa"} & set(args.models)):
-            raise UsageError("--models must include rfmlp and at least one of rfa, brfa")
+    if "rate" in sw and (len(args.M_grid) < 2 or min(args.M_grid) < 1):
+        raise UsageError("--M-grid: the rate sweep needs at least 2 positive head counts")
+    if "families" in sw and ("rfmlp" not in args.models or not ({"rfa", "brfa"} & set(args.models))):
+        raise UsageError("--models must include rfmlp and at least one of rfa, brfa")
     if "N" in sw and (len(args.N_grid) < 2 or min(args.N_grid) < 1):
         raise UsageError("--N-grid: the N sweep needs at least 2 positive numbers of keys")
     if "bias" in sw:
@@ -272,7 +299,10 @@ def _validate(args):
     for name, targets, Ns in needs:
         if name in sw and "keykey" in targets and min(Ns) < 2:
             raise UsageError(f"target keykey needs at least 2 keys (in the {name} sweep)")
-    # memory guard: feature matrices and Gram/kernel matrices in float64
+
+
+def _check_memory(args, sw) -> None:
+    """Feature matrices and Gram matrices in float64, and the work of every ridge path."""
     dv = args.d + 1 if args.value == "augmented" else args.d
     worst = 0.0
     if {"rate", "families"} & sw:
@@ -289,29 +319,32 @@ def _validate(args):
                         + len(args.N_targets) * len(args.N_grid) * 2 + len(args.bias_targets) * len(args.r_grid))
     check_resources(f"{Pmax} random features on {max(args.n)} training samples",
                     memory=3 * worst + 4 * 8.0 * Pmax**2, work_s=fits * (Pmax**3 + max(args.n) * Pmax**2) / 1e10)
-    if args.workers is None:
-        # on a GPU one in-process worker owns the device (features, Gram and eigh run there)
-        gpu = args.device == "gpu" or (args.device == "auto" and gpu_available())
-        args.workers = 1 if (args.quick or args.scheduler or args.dask_local or gpu) else 2
-    validate_run_options(args)
 
 
-def _parts(args) -> list[Part]:
-    return [Part(group, functools.partial(analyze, group), sweep=sweep, summary=functools.partial(summary, group))
-            for group, sweep in make_sweeps(args).items()]
+# --------------------------------------------------------------------------- the study
+
+def parts(args) -> list[Part]:
+    """One part per group asked for (``--parts``), each a sweep into its own group of the store."""
+    return [Part(group, sweep=sweep) for group, sweep in make_sweeps(args, _groups(args)).items()]
 
 
-def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _validate(args)
-    from paper_figs.random_features import draw
+def analyze(ds):
+    """Fits, theory and claims of one group of the store, from its data and stored parameters
+    alone; the group is the stored name (``random_features/<group>``)."""
+    group = group_of(ds)
+    if group not in ANALYZERS:
+        raise StoreParamsError(f"{ds.attrs.get('study', 'the store')}: not a group of {STUDY} ({', '.join(GROUPS)}): "
+                               "written by another version of the study; rerun it (with --overwrite)")
+    return ANALYZERS[group](ds)
 
-    run_study(args, _parts(args), draw, study=STUDY)
-    return 0
+
+def summary(analysis) -> str:
+    """The table of the group an analysis belongs to (the claims are printed by the runner)."""
+    return SUMMARIES[group_of(analysis)](analysis)
 
 
 def main(argv=None) -> int:
-    return run_main(_main, argv, prog="python -m studies.random_features")
+    return study_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

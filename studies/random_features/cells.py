@@ -1,5 +1,10 @@
 """Sweeps of the random-feature attention study: parameters, seeded cells, the five grids.
 
+One :class:`studies.sweep.Sweep` per group of the store (:data:`GROUPS`), made by
+:func:`make_sweeps` from the parsed options; each stores the run's parameters (``params_json``:
+sizes, grids, targets, the feature conventions, the lambda path) so that its analysis reads
+everything from the store.
+
 Every fit cell draws one replicate's data from ``SeedSequence(root_seed, spawn_key=(DATA_KEY,
 rep))`` (inputs ``x0: (n, d)``, keys ``X: (n, N, d)`` uniform on S^{d-1}, a unit ``beta``, an
 orthogonal ``S``; targets ``F: (n, T)``), so every model, M and r of one replicate sees the same
@@ -23,15 +28,7 @@ from sim.backend import get_xp, make_rng, namespace, to_numpy
 from studies.sweep import Sweep, str_coord
 
 STUDY = "random_features"
-SWEEPS = ("kernel", "rate", "families", "N", "bias")
-DEFAULTS = {"d": 8, "N": 8, "M": 128, "M_grid": "16,32,64,128", "n": "2^8..2^12", "n_fixed": 2048,
-            "n_val": 1024, "n_test": 2048, "reps": 4, "N_grid": "2,8,32", "r_grid": "0,0.35,0.5,1,2",
-            "kernel_M": "2^6..2^14:2", "kernel_reps": 4, "kernel_pairs": 12}
-QUICK = {"d": 6, "N": 4, "M": 24, "M_grid": "8,16,32", "n": "2^6..2^8/5", "n_fixed": 192,
-         "n_val": 192, "n_test": 256, "reps": 2, "N_grid": "2,4", "r_grid": "0,1",
-         "kernel_M": "2^6,2^10", "kernel_reps": 2, "kernel_pairs": 6}
-TARGETS = {"families": "keys1,keys2,keys3,pair1,pair2,attn,keykey", "rate": "keys2,pair1",
-           "N": "keys2,pair1", "bias": "keys2,pair1,pair2,attn"}
+GROUPS = ("kernel", "rate", "families", "N", "bias")
 MODELS = ("rfa", "brfa", "rfmlp")
 KERNEL_MODELS = ("rfa", "brfa", "rfmlp")
 N_MODELS = ("rfa", "rfmlp")
@@ -218,11 +215,13 @@ def _fit_sweep(group, args, *, cell_dims, targets, run_cell, extra_params, non_c
                  var_attrs=FIT_ATTRS)
 
 
-def make_sweeps(args) -> dict[str, Sweep]:
+def make_sweeps(args, groups=GROUPS) -> dict[str, Sweep]:
+    """``{group: Sweep}`` of the run's options, for the ``groups`` asked for, in the order of
+    :data:`GROUPS`."""
     sweeps = {}
     reps = np.arange(args.reps)
     n_list = [int(v) for v in args.n]
-    if "kernel" in args.sweeps:
+    if "kernel" in groups:
         a0, A, b0, B, kinds = kernel_inputs(args.seed, args.d, args.N, args.kernel_pairs)
         cfg = _config(args)
         sweeps["kernel"] = Sweep(
@@ -241,14 +240,14 @@ def make_sweeps(args) -> dict[str, Sweep]:
             var_attrs={"K_emp": {"long_name": "M-head empirical kernel (1/M) sum_m <phi_m(X), phi_m(X')> "
                                               "(RFMLP: (1/M) sum_k relu(w_k.z) relu(w_k.z'))"},
                        "K_head_sd": {"long_name": "standard deviation over heads of the per-head products"}})
-    if "rate" in args.sweeps:
+    if "rate" in groups:
         kw = _fit_kw(args, args.rate_targets)
         sweeps["rate"] = _fit_sweep(
             "rate", args, cell_dims={"M": np.asarray(args.M_grid, dtype=np.int64), "rep": reps},
             targets=args.rate_targets, non_cell=("n",),
             run_cell=functools.partial(_curve_cell, model="rfa", N=args.N, n_list=n_list, **kw),
             extra_params={"N": args.N, "M_grid": list(args.M_grid), "n": n_list, "model": "rfa"})
-    if "families" in args.sweeps:
+    if "families" in groups:
         kw = _fit_kw(args, args.targets)
         sweeps["families"] = _fit_sweep(
             "families", args, cell_dims={"model": _cell_labels(args.models), "rep": reps},
@@ -256,7 +255,7 @@ def make_sweeps(args) -> dict[str, Sweep]:
             run_cell=functools.partial(_curve_cell, M=args.M, r_bias=args.r_bias, N=args.N, n_list=n_list, **kw),
             extra_params={"N": args.N, "M": args.M, "n": n_list, "models": list(args.models),
                           "r_bias": args.r_bias})
-    if "N" in args.sweeps:
+    if "N" in groups:
         kw = _fit_kw(args, args.N_targets)
         sweeps["N"] = _fit_sweep(
             "N", args, cell_dims={"N": np.asarray(args.N_grid, dtype=np.int64), "model": _cell_labels(N_MODELS),
@@ -264,7 +263,7 @@ def make_sweeps(args) -> dict[str, Sweep]:
             targets=args.N_targets, non_cell=(),
             run_cell=functools.partial(_point_cell, M=args.M, n_list=[args.n_fixed], **kw),
             extra_params={"N_grid": list(args.N_grid), "M": args.M, "n_fixed": args.n_fixed})
-    if "bias" in args.sweeps:
+    if "bias" in groups:
         kw = _fit_kw(args, args.bias_targets)
         sweeps["bias"] = _fit_sweep(
             "bias", args, cell_dims={"r": np.asarray(args.r_grid, dtype=float), "rep": reps},

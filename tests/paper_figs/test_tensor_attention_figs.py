@@ -52,7 +52,7 @@ def test_subset_of_parts(tmp_path):
 
 def test_titles_carry_the_stored_claims(store):
     """The figure reads the claims' outcomes from the store (no recomputation)."""
-    ds = fig.open_store(store)
+    ds = fig.open_store(store, "error")
     got = fig._claims(ds)
     assert got["tensor_attention.bound[taylor, k=3]"] == "holds"
     assert fig._claims(ds.drop_vars([v for v in ds.data_vars if v.startswith("claim_")])) == {}

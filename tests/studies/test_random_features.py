@@ -75,7 +75,7 @@ def test_quick_run_writes_every_group_with_theory_and_claims(quick_run, claims):
 def test_quick_run_resumes_without_recomputing(quick_run, capsys, claims):
     rc, out, _ = quick_run
     before = open_result(out / "families")
-    rc2, text = run(["--quick", "--sweeps", "families,bias"], out)
+    rc2, text = run(["--quick", "--parts", "families,bias"], out)
     assert rc2 == 0
     assert text.count(", 0 computed") == 2 and "(0 computed" in text
     after = open_result(out / "families")
@@ -85,14 +85,14 @@ def test_quick_run_resumes_without_recomputing(quick_run, capsys, claims):
 
 def test_changed_parameters_need_overwrite(quick_run, capsys):
     rc, out, _ = quick_run
-    rc2 = study.main(["--quick", "--out", str(out), "--no-progress", "--sweeps", "bias", "--r-grid", "0,2"])
+    rc2 = study.main(["--quick", "--out", str(out), "--no-progress", "--parts", "bias", "--r-grid", "0,2"])
     err = capsys.readouterr().err
     assert rc2 == 2
     assert len(err.strip().splitlines()) == 1 and "--overwrite" in err
 
 
 def test_same_seed_identical_and_workers_equal_serial(tmp_path):
-    argv = ["--quick", "--sweeps", "bias,N"]
+    argv = ["--quick", "--parts", "bias,N"]
     assert run(argv, tmp_path / "a.zarr")[0] == 0
     assert run(argv + ["--workers", "2"], tmp_path / "b.zarr")[0] == 0
     assert run(argv + ["--seed", "1"], tmp_path / "c.zarr")[0] == 0
@@ -103,29 +103,29 @@ def test_same_seed_identical_and_workers_equal_serial(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--sweeps", "kernel,foo"],
+    ["--parts", "kernel,foo"],
     ["--reps", "1"],
     ["--d", "1"],
-    ["--r-grid", "0.5,1", "--sweeps", "bias"],
-    ["--r-grid", "0,-1", "--sweeps", "bias"],
+    ["--r-grid", "0.5,1", "--parts", "bias"],
+    ["--r-grid", "0,-1", "--parts", "bias"],
     ["--targets", "keys0"],
     ["--targets", "keys2,wobble"],
     ["--activation", "softmax"],
-    ["--N", "1", "--sweeps", "families"],
-    ["--N-grid", "1,4", "--sweeps", "N", "--N-targets", "keykey"],
+    ["--N", "1", "--parts", "families"],
+    ["--N-grid", "1,4", "--parts", "N", "--N-targets", "keykey"],
     ["--lambda-min", "0"],
     ["--lambda-min", "2", "--lambda-max", "1"],
     ["--noise", "-0.1"],
     ["--noise", "nan"],
-    ["--models", "rfa,brfa", "--sweeps", "families"],
-    ["--kernel-M", "8,16", "--sweeps", "kernel"],
-    ["--kernel-pairs", "2", "--sweeps", "kernel"],
-    ["--n", "256", "--sweeps", "rate"],
-    ["--M-grid", "16", "--sweeps", "rate"],
-    ["--N-grid", "8", "--sweeps", "N"],
+    ["--models", "rfa,brfa", "--parts", "families"],
+    ["--kernel-M", "8,16", "--parts", "kernel"],
+    ["--kernel-pairs", "2", "--parts", "kernel"],
+    ["--n", "256", "--parts", "rate"],
+    ["--M-grid", "16", "--parts", "rate"],
+    ["--N-grid", "8", "--parts", "N"],
     ["--w-var", "-1"],
     ["--r-bias", "0"],
-    ["--M", "100000", "--n", "2^14..2^15", "--sweeps", "families"],
+    ["--M", "100000", "--n", "2^14..2^15", "--parts", "families"],
     ["--device", "tpu"],
     ["--workers", "0"],
 ])
@@ -140,7 +140,7 @@ def _exit_code(fn):
         return e.code
 
 
-@pytest.mark.parametrize("argv", [["--reps", "1"], ["--sweeps", "nope"], ["--targets", "pair"]])
+@pytest.mark.parametrize("argv", [["--reps", "1"], ["--parts", "nope"], ["--targets", "pair"]])
 def test_argparse_errors_exit_2(argv, tmp_path, capsys):
     out = tmp_path / "x.zarr"
     assert _exit_code(lambda: study.main(argv + ["--out", str(out)])) == 2
@@ -153,7 +153,7 @@ def test_out_holding_another_study_is_refused(tmp_path, capsys):
 
     out = tmp_path / "other.zarr"
     zarr.open_group(str(out), mode="w").attrs["study"] = "convergence"
-    assert study.main(["--quick", "--out", str(out), "--sweeps", "bias", "--no-progress"]) == 2
+    assert study.main(["--quick", "--out", str(out), "--parts", "bias", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert not (out / "bias").exists()
@@ -165,7 +165,7 @@ def test_out_holding_another_study_is_refused(tmp_path, capsys):
 def test_help_has_examples(capsys):
     assert _exit_code(lambda: study.main(["--help"])) == 0
     text = capsys.readouterr().out
-    assert "examples:" in text and "--sweeps" in text and "--r-grid" in text
+    assert "examples:" in text and "--parts" in text and "--r-grid" in text
 
 
 def test_kernel_inputs_are_deterministic_and_structured():
@@ -189,21 +189,21 @@ OFF_DEFAULT = {
     # another d and N (the theory's B, R^2, Var f* and complexity ratios all change)
     "d4_N3": ["--d", "4", "--N", "3", "--N-grid", "2,3,6", "--quick"],
     # linear attention: keys3 is outside its class (degree <= 2 in the key), bias not covered
-    "identity": ["--activation", "identity", "--quick", "--sweeps", "kernel,families,bias",
+    "identity": ["--activation", "identity", "--quick", "--parts", "kernel,families,bias",
                  "--targets", "keys1,keys2,keys3,keykey", "--bias-targets", "keys2,pair1"],
     # no constant coordinate: ReLU features are odd, so every even target is outside the class
-    "no_augment": ["--no-augment", "--quick", "--sweeps", "kernel,rate,families,bias",
+    "no_augment": ["--no-augment", "--quick", "--parts", "kernel,rate,families,bias",
                    "--targets", "keys1,keys2,pair1,keykey", "--rate-targets", "keys1,query1",
                    "--bias-targets", "pair1,keys2"],
     # Hermite terms: no closed-form B, so the bound and the ratio are not tested
-    "hermite": ["--poly", "hermite", "--quick", "--sweeps", "rate,families", "--targets", "keys2,pair1,keykey"],
+    "hermite": ["--poly", "hermite", "--quick", "--parts", "rate,families", "--targets", "keys2,pair1,keykey"],
     # the mean on I_{d+1}: the kernel has its closed form, the bias argument does not apply
-    "mean_identity": ["--mean-shape", "identity", "--quick", "--sweeps", "kernel,bias"],
+    "mean_identity": ["--mean-shape", "identity", "--quick", "--parts", "kernel,bias"],
     # softmax over keys: the theory covers none of it
-    "softmax": ["--activation", "softmax", "--quick", "--sweeps", "rate,families,bias",
+    "softmax": ["--activation", "softmax", "--quick", "--parts", "rate,families,bias",
                 "--targets", "keys2,keykey"],
     # small d, one key, many heads: the bound drops below Var f* and is tested
-    "bound_informative": ["--sweeps", "rate", "--d", "3", "--N", "1", "--rate-targets", "keys1,query1",
+    "bound_informative": ["--parts", "rate", "--d", "3", "--N", "1", "--rate-targets", "keys1,query1",
                           "--M-grid", "32,64,128", "--n", "64,128,256", "--quick"],
 }
 
@@ -244,7 +244,7 @@ def test_broken_feature_variance_fails_the_kernel(tmp_path, monkeypatch, claims)
     real = rs.draw_heads
     monkeypatch.setattr(rs, "draw_heads", lambda *a, **k: real(*a, **k) * math.sqrt(1.2))
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "kernel", "--kernel-M", "2^8,2^12"], out)[0] == 0
+    assert run(["--quick", "--parts", "kernel", "--kernel-M", "2^8,2^12"], out)[0] == 0
     hit = claims.some_fail(out, "kernel_clt")
     assert any("kmodel=rfa" in k for k in hit)
 
@@ -253,7 +253,7 @@ def test_broken_activation_moment_fails_the_kernel(tmp_path, monkeypatch, claims
     """The biased kernel evaluated with the zero-mean arc-cosine moment (the score means dropped)."""
     monkeypatch.setattr(rft, "relu_moment", lambda m1, m2, rho: rft.kappa1(rho))
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "kernel"], out)[0] == 0
+    assert run(["--quick", "--parts", "kernel"], out)[0] == 0
     hit = claims.some_fail(out, "kernel_clt")
     assert "random_features.kernel_clt[kmodel=brfa]" in hit
 
@@ -263,7 +263,7 @@ def test_transposed_query_key_matrix_is_equal_in_law(tmp_path, monkeypatch, clai
     real = rs.draw_heads
     monkeypatch.setattr(rs, "draw_heads", lambda *a, **k: np.swapaxes(real(*a, **k), 1, 2))
     out = tmp_path / "t.zarr"
-    assert run(["--quick", "--sweeps", "kernel"], out)[0] == 0
+    assert run(["--quick", "--parts", "kernel"], out)[0] == 0
     claims.none_fail(out)
 
 
@@ -272,7 +272,7 @@ def test_broken_key_window_fails_permutation_invariance(tmp_path, monkeypatch, c
     real = rs.rfa_features
     monkeypatch.setattr(rs, "rfa_features", lambda x0, X, W, **k: real(x0, X[:, :2], W, **k))
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "kernel"], out)[0] == 0
+    assert run(["--quick", "--parts", "kernel"], out)[0] == 0
     claims.some_fail(out, "permutation_invariance")
 
 
@@ -285,7 +285,7 @@ def test_query_mixed_with_keys_fails_the_function_class(tmp_path, monkeypatch, c
         return real(q / np.linalg.norm(q, axis=-1, keepdims=True), X, W, **kw)
     monkeypatch.setattr(rs, "rfa_features", broken)
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "families", "--targets", "keys2,keykey"], out)[0] == 0
+    assert run(["--quick", "--parts", "families", "--targets", "keys2,keykey"], out)[0] == 0
     claims.some_fail(out, "outside_class")
 
 
@@ -298,7 +298,7 @@ def test_label_mismatch_fails_the_rate_and_the_bound(tmp_path, monkeypatch, clai
         return x0, X, F, Y[:, ::-1]
     monkeypatch.setattr(cells, "_replicate_data", broken)
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "rate"], out)[0] == 0
+    assert run(["--quick", "--parts", "rate"], out)[0] == 0
     claims.some_fail(out, "risk_slope_n")
     claims.some_fail(out, "risk_slope_M")
     out2 = tmp_path / "b2.zarr"
@@ -312,7 +312,7 @@ def test_biased_ridge_fit_fails_the_rate(tmp_path, monkeypatch, claims):
     monkeypatch.setattr(rs, "ridge_path",
                         lambda phi, y, nl, pv, yv, pt, ft, lam: real(phi, 0.5 * y, nl, pv, 0.5 * yv, pt, ft, lam))
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "rate", "--rate-targets", "keys1,query1"], out)[0] == 0
+    assert run(["--quick", "--parts", "rate", "--rate-targets", "keys1,query1"], out)[0] == 0
     claims.some_fail(out, "risk_slope_n", "risk_slope_M")
 
 
@@ -326,7 +326,7 @@ def test_bias_on_the_wrong_coordinate_fails_the_bias_claims(tmp_path, monkeypatc
         return W
     monkeypatch.setattr(rs, "draw_heads", broken)
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "bias"], out)[0] == 0
+    assert run(["--quick", "--parts", "bias"], out)[0] == 0
     claims.some_fail(out, "bias_raises_risk", "bias_lowers_risk")
 
 
@@ -336,15 +336,18 @@ def test_baseline_mixup_fails_the_advantage(tmp_path, monkeypatch, claims):
     monkeypatch.setattr(rs, "model_features", lambda model, *a, **kw: real("rfa" if model == "rfmlp" else model,
                                                                            *a, **kw))
     out = tmp_path / "b.zarr"
-    assert run(["--quick", "--sweeps", "families", "--targets", "keys1,keys2,pair1"], out)[0] == 0
+    assert run(["--quick", "--parts", "families", "--targets", "keys1,keys2,pair1"], out)[0] == 0
     claims.some_fail(out, "beats_mlp")
 
 
 # ---------------------------------------------------------------- claim logic on known data
 
 def _params(tmp_path, extra):
-    args = study.build_parser().parse_args(["--out", str(tmp_path / "p.zarr")])
-    study._validate(args)
+    from studies.cli import build_parser, prepare
+
+    parser = build_parser(study)
+    args = parser.parse_args(["--out", str(tmp_path / "p.zarr")])
+    prepare(study, parser, args)
     return {**study._common_params(args), "N": args.N, **extra}
 
 

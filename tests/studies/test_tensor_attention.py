@@ -9,6 +9,7 @@ import pytest
 import sim.tensor_attention.match3 as sim_match3
 import sim.tensor_attention.polynomial as sim_poly
 from studies import tensor_attention as study
+from studies.cli import run_params
 from studies.sweep import open_result
 from theory import tensor_attention as th
 
@@ -18,6 +19,17 @@ def run(argv):
         return study.main(argv)
     except SystemExit as e:  # argparse errors
         return e.code
+
+
+def open_groups(out):
+    """``{group: dataset}`` of the groups the store at ``out`` holds."""
+    return {g: open_result(out / g) for g in study.GROUPS if (out / g).exists()}
+
+
+def in_groups(groups, name):
+    """The variable ``name`` from the group that holds it."""
+    [ds] = [ds for ds in groups.values() if name in ds]
+    return ds[name]
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +43,19 @@ def test_quick_end_to_end(quick_run, claims):
     rc, out = quick_run
     assert rc == 0
     assert out.exists() and out.with_suffix(".png").stat().st_size > 10_000
-    ds = open_result(out)
-    assert bool(ds["done"].all())
-    assert not [v for v in ds.data_vars if v.startswith("verdict_")]
+    groups = open_groups(out)
+    assert sorted(groups) == sorted(study.GROUPS)
+    for ds in groups.values():
+        assert bool(ds["done"].all())
+        assert not [v for v in ds.data_vars if v.startswith("verdict_")]
+        assert "claim_outcome" in ds
     for name in ("err_out", "time_exact_tensor", "time_approx_tensor", "match3_acc"):
-        assert np.all(np.isfinite(ds[name].values))
+        assert np.all(np.isfinite(in_groups(groups, name).values))
     for name in ("theory_eps", "theory_eps_proven", "theory_rounding_allowance", "theory_err_bound", "theory_rank",
                  "theory_slope", "theory_decay_slope", "theory_crossover_n_tensor", "theory_match3_entry_bound",
-                 "theory_match3_accuracy_tensor", "theory_entry_threshold", "claim_outcome"):
-        assert name in ds, name
-    assert ds["err_out"].dims == ("family", "k", "B", "degree", "inputs", "rep")
+                 "theory_match3_accuracy_tensor", "theory_entry_threshold"):
+        assert any(name in ds for ds in groups.values()), name
+    assert groups["error"]["err_out"].dims == ("family", "k", "B", "degree", "inputs", "rep")
     got = claims.none_fail(out)
     # guaranteed even in the tiny quick run: the certified bound holds, the construction is exact
     for m in th.METHODS:
@@ -62,26 +77,29 @@ def test_summary_prints_claims_not_verdicts(tmp_path, capsys):
                 "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "claims:" in text and "match3_tensor[N=6]" in text and "verdict" not in text
-    ds = open_result(out)
-    assert "match3_accuracy" in ds and "err_out" not in ds and "fit_slope" not in ds
+    groups = open_groups(out)
+    assert list(groups) == ["match3"]
+    assert "match3_accuracy" in groups["match3"]
 
 
 def test_analysis_is_a_pure_function_of_the_raw_dataset(quick_run):
     _, out = quick_run
-    ds = open_result(out)
-    again, claims = study.analyze(ds)
-    for name in ("err_max", "fit_slope", "match3_accuracy", "theory_eps", "theory_err_bound", "decay_slope"):
-        np.testing.assert_array_equal(again[name].values, ds[name].values)
-    assert [c.key for c in claims] == [str(k) for k in ds["claim"].values]
-    assert [c.outcome for c in claims] == [str(v) for v in ds["claim_outcome"].values]
+    names = {"error": ("err_max", "theory_eps", "theory_err_bound", "decay_slope"), "runtime": ("fit_slope",),
+             "match3": ("match3_accuracy",)}
+    for group, ds in open_groups(out).items():
+        again, claims = study.analyze(ds)
+        for name in names[group]:
+            np.testing.assert_array_equal(again[name].values, ds[name].values)
+        assert [c.key for c in claims] == [str(k) for k in ds["claim"].values]
+        assert [c.outcome for c in claims] == [str(v) for v in ds["claim_outcome"].values]
 
 
 def test_rerun_resumes_without_recomputing(quick_run, capsys):
     _, out = quick_run
-    before = open_result(out)["err_out"].values
+    before = open_result(out / "error")["err_out"].values
     assert run(["--quick", "--out", str(out), "--no-progress"]) == 0
     assert "0 computed, 2 already done" in capsys.readouterr().out
-    np.testing.assert_array_equal(open_result(out)["err_out"].values, before)
+    np.testing.assert_array_equal(open_result(out / "error")["err_out"].values, before)
 
 
 # ------------------------------------------------------------- off the default configuration
@@ -129,7 +147,7 @@ def _synthetic_times(ds, exact_power=None, approx_power=None, seed=0):
     """The quick store's timings replaced by a machine whose time is proportional to theory's
     flops (5% log-normal noise, every size measurable); ``*_power`` replaces a law by n^power."""
     rng = np.random.default_rng(seed)
-    p = study._params(ds)
+    p = run_params(ds)
     d, g = p["d"], p["runtime"]["degree"]
     ds = ds.copy()
     grids = {"exact_matrix": "n_matrix", "exact_tensor": "n_tensor", "approx_matrix": "n_approx",
@@ -149,7 +167,7 @@ def _synthetic_times(ds, exact_power=None, approx_power=None, seed=0):
 
 def test_runtime_claims_hold_on_flop_proportional_times(quick_run, claims):
     _, out = quick_run
-    _, got = study.analyze(_synthetic_times(open_result(out)))
+    _, got = study.analyze(_synthetic_times(open_result(out / "runtime")))
     got = claims.none_fail(got)
     for impl in ("exact_slope[matrix]", "exact_slope[tensor]", "approx_slope[matrix]", "approx_slope[tensor]"):
         assert got[f"tensor_attention.{impl}"].outcome == "holds", impl
@@ -160,7 +178,7 @@ def test_broken_timer_fails_the_slopes(quick_run, claims):
     """Timings of an 'approximation' that hides quadratic work, and of an 'exact' engine that
     skips most tuples (time ~ n^1.5): the slope claims fail."""
     _, out = quick_run
-    _, got = study.analyze(_synthetic_times(open_result(out), exact_power=1.5, approx_power=2.0))
+    _, got = study.analyze(_synthetic_times(open_result(out / "runtime"), exact_power=1.5, approx_power=2.0))
     bad = claims.some_fail(got, "approx_slope")
     assert {c.where for c in bad.values()} == {"matrix", "tensor"}
     claims.some_fail(got, "exact_slope")
@@ -242,7 +260,7 @@ def test_pairwise_baseline_that_sees_triples_fails_the_chance_claim(tmp_path, mo
     (["--n-tensor", "512,1024,2048"], "--force"),
     (["--n-matrix", "2^15..2^17"], "--force"),
     (["--n-error", "2048", "--k", "3"], "--force"),
-    (["--parts", "error,bogus"], "unknown part"),
+    (["--parts", "error,bogus"], "unknown group"),
     (["--methods", "pade"], "unknown method"),
     (["--match3-degree", "3"], "must be even"),
     (["--reps", "1"], "at least 2 replicates"),
@@ -272,26 +290,30 @@ def test_quick_on_the_gpu(tmp_path, claims):
     CPU run (drawn on the host), so its errors agree with the CPU's to rounding."""
     out = tmp_path / "gpu.zarr"
     assert run(["--quick", "--device", "gpu", "--out", str(out), "--no-progress"]) == 0
-    ds = open_result(out)
-    assert ds.attrs["device"] == "gpu" and "gpu_engines" in ds.attrs
-    assert bool(ds["done"].all())
+    groups = open_groups(out)
+    for ds in groups.values():
+        assert ds.attrs["device"] == "gpu" and "gpu_engines" in ds.attrs
+        assert bool(ds["done"].all())
     got = claims.none_fail(out)
     assert got["tensor_attention.bound[chebyshev, k=3]"].outcome == "holds"
     assert got["tensor_attention.match3_tensor[N=8]"].outcome == "holds"
     for name in ("err_out", "time_exact_tensor", "time_approx_tensor", "match3_acc"):
-        assert np.all(np.isfinite(ds[name].values))
+        assert np.all(np.isfinite(in_groups(groups, name).values))
+    ds = groups["error"]
     cpu = tmp_path / "cpu.zarr"
     assert run(["--quick", "--parts", "error", "--out", str(cpu), "--no-progress"]) == 0
-    ref = open_result(cpu)
+    ref = open_result(cpu / "error")
     np.testing.assert_array_equal(ds["rejected"].values, ref["rejected"].values)
     np.testing.assert_allclose(ds["err_out"].values, ref["err_out"].values, rtol=1e-6, atol=1e-11)
     np.testing.assert_array_equal(ds["vmax"].values, ref["vmax"].values)
 
 
 def test_force_lifts_the_exact_size_limit_check():
-    args = study.build_parser().parse_args(["--quick", "--n-tensor", "512,1024,2048", "--force",
-                                            "--out", "/tmp/unused-ta.zarr"])
-    study._validate(args)  # no UsageError
+    from studies.cli import build_parser, prepare
+
+    parser = build_parser(study)
+    args = parser.parse_args(["--quick", "--n-tensor", "512,1024,2048", "--force", "--out", "/tmp/unused-ta.zarr"])
+    prepare(study, parser, args)  # no UsageError
     assert max(args.n_tensor) == 2048
 
 
