@@ -70,6 +70,7 @@ __all__ = [
     "Claim",
     "ClaimSpec",
     "z_family",
+    "declared_claims",
     "predicted_form",
     "fit_forms",
     "worst_of",
@@ -107,6 +108,23 @@ def z_family(m: int = 1, alpha: float = FAMILY_ALPHA, dof: int | None = None) ->
         return z, f"z = {z:.2f} (family-wise {alpha:.0%}, {tests}, Student t with {max(1, int(dof))} dof)"
     z = float(stats.norm.isf(alpha / (2 * m)))
     return z, f"z = {z:.2f} (family-wise {alpha:.0%}, {tests})"
+
+
+_DECLARED: dict[str, "ClaimSpec"] = {}
+
+
+def declared_claims(modules: Iterable[str] = ()) -> dict[str, "ClaimSpec"]:
+    """Every :class:`ClaimSpec` made so far, by id, after importing ``modules`` and, for a
+    package, all of its submodules (where studies declare their claims)."""
+    import importlib
+    import pkgutil
+
+    for name in modules:
+        mod = importlib.import_module(name)
+        for info in pkgutil.walk_packages(getattr(mod, "__path__", []), f"{name}."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+    return dict(_DECLARED)
 
 
 def _f(x) -> float:
@@ -167,14 +185,27 @@ class Claim:
 @dataclass(frozen=True)
 class ClaimSpec:
     """What a claim is about (id, source, statement, role), declared once per study module; its
-    methods evaluate it on one measurement and return a :class:`Claim`. ``role`` is
-    ``evidence`` unless the claim checks the theory or the code against itself
-    (``consistency``)."""
+    methods evaluate it on one measurement and return a :class:`Claim`.
+
+    ``role`` is ``evidence`` (a simulation or a trained model against a theory prediction) unless
+    the claim checks the theory or the code against itself: then it is ``consistency`` and
+    ``why`` says why no broken ingredient outside the checked code can make it fail (an exact
+    identity, the theory against its own closed form). Every evidence claim has a negative
+    control in the tests (``@pytest.mark.breaks("<id>")``: a test that breaks one ingredient and
+    sees the claim fail). Each spec is registered when it is made (:func:`declared_claims`)."""
 
     id: str
     source: str
     statement: str
     role: str = EVIDENCE
+    why: str = ""
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"claim {self.id}: role must be one of {ROLES}, got {self.role!r}")
+        if self.role == CONSISTENCY and not self.why:
+            raise ValueError(f"claim {self.id}: a consistency claim says why it cannot be broken from outside")
+        _DECLARED[self.id] = self
 
     def _claim(self, **kw) -> Claim:
         return Claim(id=self.id, source=self.source, statement=self.statement, role=self.role, **kw)
