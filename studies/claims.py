@@ -71,6 +71,8 @@ __all__ = [
     "ClaimSpec",
     "z_family",
     "declared_claims",
+    "Quantile",
+    "MIN_DOF",
     "predicted_form",
     "fit_forms",
     "worst_of",
@@ -94,20 +96,40 @@ CLAIM_DIM = "claim"
 FAMILY_ALPHA = 0.01  # family-wise two-sided false-alarm rate of a claim's statistical tests
 
 
+MIN_DOF = 3  # standard errors from fewer degrees of freedom than this cannot decide a claim
+ENFORCE_DOF = False  # the degrees-of-freedom half of the power rule (switched on with the studies' power review)
+
+
+class Quantile(float):
+    """A critical value (a float) that remembers the degrees of freedom of the standard errors
+    it is meant for (``None``: normal, many degrees), so a claim made with it can apply the
+    power rule (:data:`MIN_DOF`)."""
+
+    dof: int | None = None
+
+    def __new__(cls, value: float, dof: int | None = None):
+        out = super().__new__(cls, value)
+        out.dof = dof
+        return out
+
+
 def z_family(m: int = 1, alpha: float = FAMILY_ALPHA, dof: int | None = None) -> tuple[float, str]:
     """``(z, source)``: the two-sided normal quantile that keeps the family-wise false-alarm
     rate of ``m`` independent tests at ``alpha`` (Bonferroni), and a sentence saying so. With
     ``dof`` (standard errors estimated from ``dof + 1`` replicates) it is the Student-t quantile
-    with ``dof`` degrees of freedom, which keeps the rate at ``alpha`` when replicates are few."""
+    with ``dof`` degrees of freedom, which keeps the rate at ``alpha`` when replicates are few.
+    ``z`` is a :class:`Quantile`: a claim tested with standard errors of fewer than
+    :data:`MIN_DOF` degrees of freedom is not tested (the power rule)."""
     from scipy import stats
 
     m = max(1, int(m))
     tests = f"{m} test{'s' if m > 1 else ''}"
     if dof is not None:
-        z = float(stats.t.isf(alpha / (2 * m), max(1, int(dof))))
-        return z, f"z = {z:.2f} (family-wise {alpha:.0%}, {tests}, Student t with {max(1, int(dof))} dof)"
+        k = max(1, int(dof))
+        z = float(stats.t.isf(alpha / (2 * m), k))
+        return Quantile(z, k), f"z = {z:.2f} (family-wise {alpha:.0%}, {tests}, Student t with {k} dof)"
     z = float(stats.norm.isf(alpha / (2 * m)))
-    return z, f"z = {z:.2f} (family-wise {alpha:.0%}, {tests})"
+    return Quantile(z), f"z = {z:.2f} (family-wise {alpha:.0%}, {tests})"
 
 
 _DECLARED: dict[str, "ClaimSpec"] = {}
@@ -236,6 +258,23 @@ class ClaimSpec:
                                    prediction_text=prediction_text, measured=measured, se=se)
         return None
 
+    def _underpowered(self, tol, z, effect, where, prediction, prediction_text, measured, se):
+        """The power rule, applied to every statistical claim: a claim whose tolerance is as
+        large as the ``effect`` it tests (the distance between the prediction and the
+        alternative it rules out), or whose standard errors come from fewer than
+        :data:`MIN_DOF` degrees of freedom (``z.dof``), cannot fail for a plausible error and is
+        not tested -- never "holds"."""
+        dof = getattr(z, "dof", None)
+        if ENFORCE_DOF and dof is not None and dof < MIN_DOF and np.isfinite(_f(se)) and _f(se) > 0:
+            return self.not_tested(f"too few samples to resolve it: standard errors from {dof + 1} replicates "
+                                   f"({dof} degree(s) of freedom, fewer than {MIN_DOF})", where=where,
+                                   prediction=prediction, prediction_text=prediction_text, measured=measured, se=se)
+        if effect is not None and np.isfinite(_f(effect)) and tol >= abs(_f(effect)):
+            return self.not_tested(f"too few samples to resolve the effect: the tolerance {tol:.3g} is as large as "
+                                   f"the effect it tests ({abs(_f(effect)):.3g})", where=where, prediction=prediction,
+                                   prediction_text=prediction_text, measured=measured, se=se)
+        return None
+
     @staticmethod
     def _tolerance(se, z, z_source, allowance, allowance_source):
         se = _f(se)
@@ -252,12 +291,17 @@ class ClaimSpec:
         return tol, "; ".join(parts)
 
     def equal(self, measured, se, predicted, *, z: float, z_source: str, allowance: float = 0.0,
-              allowance_source: str = "", where: str = "", prediction_text: str = "") -> Claim:
-        """Two-sided: ``|measured - predicted| <= z SE + allowance``."""
+              allowance_source: str = "", where: str = "", prediction_text: str = "",
+              effect: float | None = None) -> Claim:
+        """Two-sided: ``|measured - predicted| <= z SE + allowance``. ``effect``: the size of the
+        deviation the claim must be able to detect (power rule, :meth:`_underpowered`)."""
         miss = self._unmeasured(measured, se, where, predicted, prediction_text)
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
+        weak = self._underpowered(tol, z, effect, where, predicted, prediction_text, measured, se)
+        if weak is not None:
+            return weak
         gap = abs(_f(measured) - _f(predicted))
         return self.decided(gap <= tol, kind=EQUAL, test="|measured - predicted| <= tolerance", tolerance=tol,
                             tolerance_source=src, where=where, prediction=predicted,
@@ -267,13 +311,17 @@ class ClaimSpec:
                                                          f"> {tol:.3g}")
 
     def at_least(self, measured, se, bound, *, z: float, z_source: str, allowance: float = 0.0,
-                 allowance_source: str = "", where: str = "", prediction_text: str = "") -> Claim:
+                 allowance_source: str = "", where: str = "", prediction_text: str = "",
+                 effect: float | None = None) -> Claim:
         """One-sided: the prediction is ``measured >= bound``; fails only when
         ``measured + z SE + allowance < bound``."""
         miss = self._unmeasured(measured, se, where, bound, prediction_text)
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
+        weak = self._underpowered(tol, z, effect, where, bound, prediction_text, measured, se)
+        if weak is not None:
+            return weak
         ok = _f(measured) + tol >= _f(bound)
         return self.decided(ok, kind=AT_LEAST, test="measured >= predicted bound - tolerance", tolerance=tol,
                             tolerance_source=src,
@@ -282,13 +330,17 @@ class ClaimSpec:
                             reason="" if ok else f"{_f(measured):.4g} + {tol:.3g} < {_f(bound):.4g}")
 
     def at_most(self, measured, se, bound, *, z: float, z_source: str, allowance: float = 0.0,
-                allowance_source: str = "", where: str = "", prediction_text: str = "") -> Claim:
+                allowance_source: str = "", where: str = "", prediction_text: str = "",
+                effect: float | None = None) -> Claim:
         """One-sided: the prediction is ``measured <= bound``; fails only when
         ``measured - z SE - allowance > bound``."""
         miss = self._unmeasured(measured, se, where, bound, prediction_text)
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
+        weak = self._underpowered(tol, z, effect, where, bound, prediction_text, measured, se)
+        if weak is not None:
+            return weak
         ok = _f(measured) - tol <= _f(bound)
         return self.decided(ok, kind=AT_MOST, test="measured <= predicted bound + tolerance", tolerance=tol,
                             tolerance_source=src,
@@ -306,6 +358,9 @@ class ClaimSpec:
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, 0.0, "")
+        weak = self._underpowered(tol, z, None, where, bound, prediction_text, measured, se)
+        if weak is not None:
+            return weak
         m, b = _f(measured), _f(bound)
         sign = -1.0 if below else 1.0
         rel = "<" if below else ">"

@@ -81,6 +81,37 @@ def test_forms_holds_fails_and_not_tested():
     assert SPEC.forms(x, quad, se, cands, None, z=Z, z_source=SRC).outcome == "not tested"
 
 
+def test_a_consistency_claim_says_why_it_cannot_be_broken():
+    with pytest.raises(ValueError, match="why"):
+        ClaimSpec("a.b", "s", "t", role="consistency")
+    assert ClaimSpec("a.c", "s", "t", role="consistency", why="x").why == "x"
+    assert cl.declared_claims()["a.c"].role == "consistency"
+
+
+# ---------------------------------------------------------------------------- the power rule
+def test_a_tolerance_as_large_as_the_effect_is_not_tested():
+    # the tolerance z*0.1 = 0.258 exceeds the effect 0.2 it must resolve: not tested, never holds
+    c = SPEC.at_least(0.1, 0.1, 0.2, z=Z, z_source=SRC, effect=0.2)
+    assert c.outcome == "not tested" and "too few samples to resolve" in c.reason
+    c = SPEC.equal(0.5, 0.01, 0.5, z=Z, z_source=SRC, effect=0.5)
+    assert c.outcome == "holds"  # 0.026 resolves an effect of 0.5
+    c = SPEC.equal(0.5, 0.01, 0.5, z=Z, z_source=SRC, allowance=0.6, allowance_source="declared", effect=0.5)
+    assert c.outcome == "not tested"  # a declared allowance wider than the effect
+
+
+def test_few_degrees_of_freedom_are_not_tested(monkeypatch):
+    monkeypatch.setattr(cl, "ENFORCE_DOF", True)
+    for dof, outcome in ((1, "not tested"), (2, "not tested"), (3, "holds"), (30, "holds")):
+        z, src = z_family(1, dof=dof)
+        assert z.dof == dof
+        c = SPEC.equal(0.5, 0.001, 0.5, z=z, z_source=src)
+        assert c.outcome == outcome, (dof, c.reason)
+        if outcome == "not tested":
+            assert f"{dof} degree(s) of freedom" in c.reason
+    z, src = z_family(1)
+    assert z.dof is None and SPEC.equal(0.5, 0.001, 0.5, z=z, z_source=src).outcome == "holds"
+
+
 def test_claims_check_their_own_fields():
     with pytest.raises(ValueError, match="needs a reason"):
         cl.Claim("a.b", "s", "t", outcome="not tested")
@@ -90,7 +121,7 @@ def test_claims_check_their_own_fields():
         cl.Claim("a.b", "s", "t", outcome="holds", tolerance_source="x", kind="approximately")
     with pytest.raises(ValueError, match="role"):
         cl.Claim("a.b", "s", "t", outcome="holds", tolerance_source="x", role="anecdote")
-    assert ClaimSpec("a.b", "s", "t", role="consistency").decided(True, test="x", tolerance_source="y").role == \
+    assert ClaimSpec("a.b", "s", "t", role="consistency", why="an identity").decided(True, test="x", tolerance_source="y").role == \
         "consistency"
 
 
@@ -166,7 +197,7 @@ def _sample():
             SPEC.exceeds(-0.1, 0.01, -0.5, z=Z, z_source=SRC, where="R=8"),
             SPEC.forms(x, 0.3 * x**2, np.full(8, 0.05), {"R^2": np.square, "R": lambda r: r}, "R^2", z=Z,
                        z_source=SRC, where="growth"),
-            ClaimSpec("demo.identity", "code", "an identity", role="consistency").decided(
+            ClaimSpec("demo.identity", "code", "an identity", role="consistency", why="exact by construction").decided(
                 True, test="exact", tolerance_source="rounding 1e-12"),
             SPEC.not_tested("regime not reached", where="R=4")]
 
