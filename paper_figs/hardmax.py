@@ -30,8 +30,6 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from paper_figs._common import claim_outcomes, figure_main, open_store, save_figure  # noqa: E402
 
 
-
-
 def _claims(ds) -> dict:
     return claim_outcomes(ds, short=True)
 
@@ -41,12 +39,26 @@ def draw(store, out=None, dpi: int = 150) -> list[Path]:
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
     params = json.loads(ds.attrs.get("params_json", "{}"))
     d, c = params.get("d", "?"), params.get("c", "?")
-    lam = ds["lam"].values
-    n = ds["n"].values.astype(float)
     sns.set_theme(style="whitegrid", context="paper")
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15.5, 4.8), gridspec_kw={"width_ratios": [1, 1.25, 1]})
+    claims = _claims(ds)
+    _bias_panel(ax, ds)
+    _errors_panel(fig, bx, ds, c)
+    _coupled_panel(cx, ds, claims)
+    outs = list(claims.values())
+    count = ("; claims: " + ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))) if outs else ""
+    fig.suptitle(f"Token sample complexity, hardmax regime — tokens uniform on S^{int(d) - 1 if d != '?' else '?'} "
+                 f"(d = {d}), kappa_1 = {ds.attrs.get('kappa_1', '?')}, c = {c}; {ds.sizes['rep']} samples per n{count}",
+                 fontsize=9.5)
+    fig.tight_layout()
+    save_figure(fig, out, dpi)
+    return [out]
 
-    # (a) bias vs lam
+
+def _bias_panel(ax, ds) -> None:
+    """(a) the bias against lam: measured, exact, finite-n prediction, asymptote, fitted slope."""
+    lam = ds["lam"].values
+    n = ds["n"].values.astype(float)
     ll = np.geomspace(lam.min(), lam.max(), 200)
     ax.plot(lam, ds["theory_bias"].values, "-", color="black", lw=1.4, label=r"exact $\rho(1-A_d(\lambda\kappa_1))$")
     if "theory_bias_finite_n" in ds:
@@ -71,7 +83,12 @@ def draw(store, out=None, dpi: int = 150) -> list[Path]:
     ax.set_title(f"(a) softmax -> hardmax bias at n = {int(n[-1])}", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
 
-    # (b) errors vs n
+
+def _errors_panel(fig, bx, ds, c) -> None:
+    """(b) the errors against n: fixed lam (colour bar), pure hardmax with its exact curve, and
+    the coupled lam_n = c log n with its first-order band."""
+    lam = ds["lam"].values
+    n = ds["n"].values.astype(float)
     cmap = plt.get_cmap("viridis")
     norm = LogNorm(vmin=lam.min(), vmax=lam.max() if lam.max() > lam.min() else lam.min() * 1.01)
     for i, lv in enumerate(lam):
@@ -94,7 +111,10 @@ def draw(store, out=None, dpi: int = 150) -> list[Path]:
     bx.set_title("(b) errors vs n: fixed lam (plateau at the bias), hardmax, coupled", fontsize=9)
     bx.legend(fontsize=6.5, loc="lower left", framealpha=0.9)
 
-    # (c) coupled error x log n
+
+def _coupled_panel(cx, ds, claims: dict) -> None:
+    """(c) the coupled error times log n, its band and its n -> infinity limit."""
+    n = ds["n"].values.astype(float)
     cx.errorbar(n, ds["coupled_err_x_logn"].values, yerr=ds["coupled_err_sem"].values * np.log(n), fmt="D",
                 color="C1", ms=5, capsize=2, label="measured error x log n")
     cx.fill_between(n, ds["theory_coupled_lower"].values * np.log(n), ds["theory_coupled_upper"].values * np.log(n),
@@ -106,19 +126,9 @@ def draw(store, out=None, dpi: int = 150) -> list[Path]:
     cx.set_xscale("log")
     cx.set_xlabel("tokens n")
     cx.set_ylabel(r"error $\times \log n$")
-    claims = _claims(ds)
     cx.set_title(f"(c) coupled error x log n (flat: logarithmic rate); coupled_form: "
                  f"{claims.get('coupled_form', '?')}", fontsize=9)
     cx.legend(fontsize=7, loc="lower right")
-
-    outs = list(claims.values())
-    count = ("; claims: " + ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))) if outs else ""
-    fig.suptitle(f"Token sample complexity, hardmax regime — tokens uniform on S^{int(d) - 1 if d != '?' else '?'} "
-                 f"(d = {d}), kappa_1 = {ds.attrs.get('kappa_1', '?')}, c = {c}; {ds.sizes['rep']} samples per n{count}",
-                 fontsize=9.5)
-    fig.tight_layout()
-    save_figure(fig, out, dpi)
-    return [out]
 
 
 def main(argv=None) -> int:

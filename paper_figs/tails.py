@@ -41,8 +41,6 @@ def _claims(ds) -> dict:
     return claim_outcomes(ds, short=True)
 
 
-
-
 def draw(store, out=None, dpi: int = 150) -> list[Path]:
     sup = open_store(store, "sup", study="tails", needs="C")
     try:
@@ -52,13 +50,37 @@ def draw(store, out=None, dpi: int = 150) -> list[Path]:
     if mom is not None and "Cprime_mean" not in mom:
         mom = None
     out = Path(out) if out is not None else Path(store).with_suffix(".png")
-    R = sup["R"].values
-    laws = [str(v) for v in sup["law"].values]
     sns.set_theme(style="whitegrid", context="paper")
     fig, axs = plt.subplots(2, 2, figsize=(12.5, 9.0))
     (ax, bx), (cx, dx) = axs
-
     cl_sup = _claims(sup)
+    _growth_panels(ax, bx, sup, cl_sup)
+    if mom is not None:
+        _prefactor_panel(cx, mom)
+        _moment_errors_panel(dx, mom)
+    else:
+        for axis in (cx, dx):
+            axis.text(0.5, 0.5, "no moment-prefactor group in this store", ha="center", va="center")
+            axis.set_axis_off()
+    ticks = {bx: sup["R"].values}
+    if mom is not None:
+        ticks[cx] = mom["support_radius"].values
+        ticks[dx] = mom["n"].values.astype(float)
+    _label_grid_points(ticks)
+    outs = list(cl_sup.values()) + (list(_claims(mom).values()) if mom is not None else [])
+    count = ("; claims: " + ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))) if outs else ""
+    fig.suptitle(f"Token sample complexity, bounded vs unbounded tokens — {sup.sizes['rep']} samples per (law, n)"
+                 f"{count}", fontsize=9.5)
+    fig.tight_layout()
+    save_figure(fig, out, dpi)
+    return [out]
+
+
+def _growth_panels(ax, bx, sup, cl_sup: dict) -> None:
+    """(a) and (b): C(R) per law with its delta-method curve and lower bound, on a log scale and
+    on log-log axes."""
+    R = sup["R"].values
+    laws = [str(v) for v in sup["law"].values]
     for i, law in enumerate(laws):
         col = COLORS.get(law, f"C{i}")
         C = sup["C"].values[i]
@@ -89,60 +111,56 @@ def draw(store, out=None, dpi: int = 150) -> list[Path]:
     bx.set_title("(b) log-log: a polynomial is a straight line", fontsize=9)
     bx.legend(fontsize=6.5, loc="upper left")
 
-    if mom is not None:
-        Rmu = mom["support_radius"].values
-        cl_mom = _claims(mom)
-        for mkey, mk, col in (("mean", "o", "C0"), ("cov", "s", "C3")):
-            cx.errorbar(Rmu, mom[f"Cprime_{mkey}"].values, yerr=mom[f"Cprime_{mkey}_se"].values, fmt=mk, color=col,
-                        ms=6, capsize=2, label=f"C' of the output {mkey}: level {cl_mom.get(f'Cprime_level[{mkey}]', '?')}, "
-                                              f"form {cl_mom.get(f'Cprime_form[{mkey}]', '?')}")
-            cx.plot(Rmu, mom[f"theory_Cprime_{mkey}"].values, "-", color=col, lw=1.2)
-        cx.plot([], [], "-", color="0.4", label="delta-method C' (lines)")
-        cx.plot(Rmu, np.exp(mom["theory_log_C_sup"].values), "^--", color="0.3", ms=6,
-                label=r"uniform constant $C(R_\mu)$ of the same laws (delta method)")
-        cx.set_xscale("log")
-        cx.set_yscale("log")
-        cx.set_xlabel(r"support radius $R_\mu = c\,\sigma\sqrt{d}$ of the truncated Gaussian")
-        cx.set_ylabel("prefactor")
-        cx.set_title("(c) moment prefactor C' (polynomial) vs the uniform constant (exponential)", fontsize=9)
-        cx.legend(fontsize=7, loc="upper left")
-        n = mom["n"].values.astype(float)
-        cs = mom["c"].values
-        cmap = plt.get_cmap("viridis")
-        for i, c in enumerate(cs):
-            col = cmap(i / max(1, len(cs) - 1))
-            dx.errorbar(n, mom["mean_err_mean"].values[i], yerr=mom["mean_err_sem"].values[i], fmt="o-", color=col,
-                        ms=3.5, lw=1, capsize=1.5,
-                        label=f"c={c:g}: mean beta {mom['beta_mean'].values[i]:.2f}, cov beta {mom['beta_cov'].values[i]:.2f}")
-            dx.errorbar(n, mom["cov_err_mean"].values[i], yerr=mom["cov_err_sem"].values[i], fmt="s--", color=col,
-                        ms=3.5, lw=1, capsize=1.5)
-        ref = mom["mean_err_mean"].values[-1, 0]
-        dx.plot(n, ref * (n / n[0]) ** -0.5, ":", color="black", lw=1.4, label=r"$n^{-1/2}$")
-        dx.set_xscale("log")
-        dx.set_yscale("log")
-        dx.set_xlabel("tokens n")
-        dx.set_ylabel("moment error (circles: mean; squares: covariance)")
-        dx.set_title("(d) moment errors of truncated Gaussians vs n", fontsize=9)
-        dx.legend(fontsize=6.5, loc="lower left")
-    else:
-        for axis in (cx, dx):
-            axis.text(0.5, 0.5, "no moment-prefactor group in this store", ha="center", va="center")
-            axis.set_axis_off()
-    ticks = {bx: R}
-    if mom is not None:
-        ticks[cx] = mom["support_radius"].values
-        ticks[dx] = mom["n"].values.astype(float)
-    for axis, vals in ticks.items():  # label the grid points themselves (log axes over a short range)
+
+def _prefactor_panel(cx, mom) -> None:
+    """(c) the moment prefactor C' against the support radius, with the delta-method C' and the
+    uniform constant C(R_mu) of the same laws."""
+    Rmu = mom["support_radius"].values
+    cl_mom = _claims(mom)
+    for mkey, mk, col in (("mean", "o", "C0"), ("cov", "s", "C3")):
+        cx.errorbar(Rmu, mom[f"Cprime_{mkey}"].values, yerr=mom[f"Cprime_{mkey}_se"].values, fmt=mk, color=col,
+                    ms=6, capsize=2, label=f"C' of the output {mkey}: level {cl_mom.get(f'Cprime_level[{mkey}]', '?')}, "
+                                          f"form {cl_mom.get(f'Cprime_form[{mkey}]', '?')}")
+        cx.plot(Rmu, mom[f"theory_Cprime_{mkey}"].values, "-", color=col, lw=1.2)
+    cx.plot([], [], "-", color="0.4", label="delta-method C' (lines)")
+    cx.plot(Rmu, np.exp(mom["theory_log_C_sup"].values), "^--", color="0.3", ms=6,
+            label=r"uniform constant $C(R_\mu)$ of the same laws (delta method)")
+    cx.set_xscale("log")
+    cx.set_yscale("log")
+    cx.set_xlabel(r"support radius $R_\mu = c\,\sigma\sqrt{d}$ of the truncated Gaussian")
+    cx.set_ylabel("prefactor")
+    cx.set_title("(c) moment prefactor C' (polynomial) vs the uniform constant (exponential)", fontsize=9)
+    cx.legend(fontsize=7, loc="upper left")
+
+
+def _moment_errors_panel(dx, mom) -> None:
+    """(d) the moment errors against n per truncation level, with the n^{-1/2} reference."""
+    n = mom["n"].values.astype(float)
+    cs = mom["c"].values
+    cmap = plt.get_cmap("viridis")
+    for i, c in enumerate(cs):
+        col = cmap(i / max(1, len(cs) - 1))
+        dx.errorbar(n, mom["mean_err_mean"].values[i], yerr=mom["mean_err_sem"].values[i], fmt="o-", color=col,
+                    ms=3.5, lw=1, capsize=1.5,
+                    label=f"c={c:g}: mean beta {mom['beta_mean'].values[i]:.2f}, cov beta {mom['beta_cov'].values[i]:.2f}")
+        dx.errorbar(n, mom["cov_err_mean"].values[i], yerr=mom["cov_err_sem"].values[i], fmt="s--", color=col,
+                    ms=3.5, lw=1, capsize=1.5)
+    ref = mom["mean_err_mean"].values[-1, 0]
+    dx.plot(n, ref * (n / n[0]) ** -0.5, ":", color="black", lw=1.4, label=r"$n^{-1/2}$")
+    dx.set_xscale("log")
+    dx.set_yscale("log")
+    dx.set_xlabel("tokens n")
+    dx.set_ylabel("moment error (circles: mean; squares: covariance)")
+    dx.set_title("(d) moment errors of truncated Gaussians vs n", fontsize=9)
+    dx.legend(fontsize=6.5, loc="lower left")
+
+
+def _label_grid_points(ticks: dict) -> None:
+    """Tick labels at the grid points themselves (log axes over a short range)."""
+    for axis, vals in ticks.items():
         axis.set_xticks(vals)
         axis.set_xticklabels([f"{v:.0f}" if v >= 100 and float(v).is_integer() else f"{v:.3g}" for v in vals])
         axis.xaxis.set_minor_formatter(NullFormatter())
-    outs = list(cl_sup.values()) + (list(_claims(mom).values()) if mom is not None else [])
-    count = ("; claims: " + ", ".join(f"{outs.count(k)} {k}" for k in ("holds", "fails", "not tested"))) if outs else ""
-    fig.suptitle(f"Token sample complexity, bounded vs unbounded tokens — {sup.sizes['rep']} samples per (law, n)"
-                 f"{count}", fontsize=9.5)
-    fig.tight_layout()
-    save_figure(fig, out, dpi)
-    return [out]
 
 
 def main(argv=None) -> int:

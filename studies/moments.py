@@ -14,7 +14,11 @@ laws with Gaussian tails, 1/2 at every H for bounded laws: the drop of beta the 
 * weights W_q, W_k, W_v from a fixed seed, ``normalized`` (N(0, 1/d), W_q, W_k <- sqrt(s) base:
   A(s) = s W_k^T W_q / sqrt(d)) or ``unnormalized`` (N(0, 1), W_q, W_k <- s base: A = s^2 ...);
 * references: ``exact`` (closed form / RQMC, computed before the sweep) and, with
-  ``--reference finite:N``, also the authors' protocol (moments of N fresh tokens), side by side;
+  ``--reference finite:N``, also the authors' protocol (moments of N fresh tokens), side by side.
+  Both are deterministic given the stored parameters and root seed, so the analysis
+  (:func:`analyze`, which reads the store alone) derives them again where it does not have them
+  from the run (a re-analysis of a ``finite:N`` store recomputes the N-token reference, on the
+  device the run used);
 * horizons in both conventions: H_eff (exact exponent) and H_code = sqrt(d) H_eff (the authors',
   without the softmax scale). Predictions use H_eff, the exponent the derivations use.
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 import sys
 import time
@@ -53,30 +58,33 @@ from sim.backend import make_rng
 from sim.distributions import make_distribution
 from sim.token_moments import WEIGHT_CONVENTIONS, MomentProblem, moment_errors
 from studies.claims import ClaimSpec, worst_of, z_family
-from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, nonnegative_int,
-                         parse_n_grid, positive_int, run_main, run_study, validate_run_options,
-                         PAIR_RATE, check_resources, check_scores, positive_float)
+from studies.cli import (PAIR_RATE, Part, UsageError, check_resources, check_scores, nonnegative_int, parse_n_grid,
+                         positive_float, positive_int, run_params, study_main, use_device)
 from studies.fits import loglog_rate
 from studies.sweep import Sweep, str_coord
 from theory import token_sample as ts
 
 STUDY = "moments"
-PRESETS = {
-    # the default: the authors' Gaussian protocol on a grid that runs in about 2 minutes
-    "default": {"dist": "gaussian", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "normalized",
-                "scales": "0.05..50/12", "n": "1000..8000/6", "reps": 32, "reference": "exact"},
-    # the authors' Gaussian experiment (experiments/gaussian): hours on 2 cores
-    "paper": {"dist": "gaussian", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "normalized",
-              "scales": "0.05..50/12", "n": "1000..30000/12", "reps": 200, "reference": "finite:100000"},
-    # uniform sphere, d = 50, the authors' weight convention, scales from soft to hard attention
-    "sphere": {"dist": "sphere", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "unnormalized",
-               "scales": "0.1..100/12", "n": "1000..8000/6", "reps": 24, "reference": "exact"},
-    # the authors' sphere experiment (experiments/uniform_sphere_d50): GPU-sized (days on 2 cores)
-    "paper-sphere": {"dist": "sphere", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "unnormalized",
-                     "scales": "10..1e5/12", "n": "1e4..1e5/12", "reps": 200, "reference": "exact"},
-}
-QUICK = {"scales": "0.05..50/5", "n": "200..800/4", "reps": 6, "rqmc_log2": 11}
 RQMC = {"log2_points": 16, "n_scrambles": 8}
+# the default: the authors' Gaussian protocol on a grid that runs in about 2 minutes
+DEFAULTS = {"dist": "gaussian", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "normalized",
+            "scales": "0.05..50/12", "n": "1000..8000/6", "reps": 32, "reference": "exact",
+            "rqmc_log2": RQMC["log2_points"]}
+QUICK = {"scales": "0.05..50/5", "n": "200..800/4", "reps": 6, "rqmc_log2": 11}
+PRESETS = {
+    # the authors' Gaussian experiment (experiments/gaussian): hours on 2 cores
+    "paper": ({"dist": "gaussian", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "normalized",
+               "scales": "0.05..50/12", "n": "1000..30000/12", "reps": 200, "reference": "finite:100000"}, QUICK,
+              "the authors' Gaussian protocol: n=1000..30000/12, k=200, finite:100000 reference: ~2 h on 2 cores"),
+    # uniform sphere, d = 50, the authors' weight convention, scales from soft to hard attention
+    "sphere": ({"dist": "sphere", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "unnormalized",
+                "scales": "0.1..100/12", "n": "1000..8000/6", "reps": 24, "reference": "exact"}, QUICK,
+               "uniform sphere d=50, the authors' weights, scales 0.1..100/12 from soft to hard attention, ~1-2 min"),
+    # the authors' sphere experiment (experiments/uniform_sphere_d50): GPU-sized (days on 2 cores)
+    "paper-sphere": ({"dist": "sphere", "d": 50, "rho": 0.1, "radius": 1.0, "weights": "unnormalized",
+                      "scales": "10..1e5/12", "n": "1e4..1e5/12", "reps": 200, "reference": "exact"}, QUICK,
+                     "the authors' sphere protocol, n=1e4..1e5/12, k=200: GPU-sized, days on 2 cores"),
+}
 FINITE_SPAWN = 1_000_003  # spawn key of the finite reference's seed (cells use 2-tuples)
 RQMC_SPAWN = 1_000_033
 ERRS = ("mean_err", "cov_err", "cov_err_op")
@@ -150,19 +158,12 @@ def parse_reference(text: str) -> tuple[str, int]:
     return ("finite", int(float(m.group(1))))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = StudyParser(
-        prog="python -m studies.moments",
-        description="Moments of self-attention outputs of n i.i.d. tokens against their infinite-token "
-                    "limit, vs n, for a sweep of attention scales (horizons): the rate beta(H).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                   help="parameter set: default (Gaussian d=50, 12 scales, n=1000..8000/6, k=32: ~1-2 min "
-                        "on 2 cores), paper (the authors' Gaussian protocol: n=1000..30000/12, k=200, "
-                        "finite:100000 reference: ~2 h on 2 cores), sphere (uniform sphere d=50, the authors' "
-                        "weights, scales 0.1..100/12 from soft to hard attention, ~1-2 min), paper-sphere "
-                        "(the authors' sphere protocol, n=1e4..1e5/12, k=200: GPU-sized, days on 2 cores). "
-                        "Options given explicitly override the preset")
+DESCRIPTION = ("Moments of self-attention outputs of n i.i.d. tokens against their infinite-token limit, vs n, "
+               "for a sweep of attention scales (horizons): the rate beta(H). The default parameter set: Gaussian "
+               "d=50, 12 scales, n=1000..8000/6, k=32 (~1-2 min on 2 cores).")
+
+
+def add_arguments(p) -> None:
     p.add_argument("--dist", choices=("gaussian", "sphere"), default=None, help="token law")
     p.add_argument("--d", type=positive_int, default=None, help="token dimension (presets: 50)")
     p.add_argument("--rho", type=positive_float, default=None,
@@ -175,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the fixed W_q, W_k, W_v (default 42, as the authors)")
     p.add_argument("--scales", type=parse_scales, default=None, metavar="GRID",
                    help="attention scales: 0.05..50/12 (12 geometric points, inclusive), 0.1,1,10 "
-                        f"(default {PRESETS['default']['scales']}; --quick {QUICK['scales']})")
+                        f"(default {DEFAULTS['scales']}; --quick {QUICK['scales']})")
     p.add_argument("--n", type=parse_n_grid, default=None, metavar="GRID",
-                   help=f"token counts: 1000..8000/6, 2^10..2^13, 1000,3000 (default {PRESETS['default']['n']}; "
+                   help=f"token counts: 1000..8000/6, 2^10..2^13, 1000,3000 (default {DEFAULTS['n']}; "
                         f"--quick {QUICK['n']})")
     p.add_argument("--reps", type=positive_int, default=None,
-                   help=f"independent samples per n (default {PRESETS['default']['reps']}; --quick {QUICK['reps']})")
+                   help=f"independent samples per n (default {DEFAULTS['reps']}; --quick {QUICK['reps']})")
     p.add_argument("--reference", type=parse_reference, default=None, metavar="REF",
                    help="exact (closed form; always computed) or finite:N (also the authors' protocol: "
                         "moments of N fresh tokens, e.g. finite:100000)")
@@ -188,8 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whether each query attends to itself (default include, as the paper)")
     p.add_argument("--method", choices=("auto", "numba", "stream", "naive"), default="auto",
                    help="self-attention implementation (naive materialises n x n scores: tests only)")
-    add_common_arguments(p, STUDY)
-    return p
 
 
 # --------------------------------------------------------------------------------- sweep
@@ -218,16 +217,23 @@ def _config(args) -> dict:
             "weights": args.weights, "weight_seed": args.weight_seed, "scales": list(args.scales)}
 
 
-def make_sweep(args, problem: MomentProblem, refs: dict) -> Sweep:
-    n = np.asarray(args.n, dtype=np.int64)
-    ref_names = list(refs)
-    H_eff, H_code = problem.horizons()
-    params = {
-        **_config(args), "preset": args.preset, "n": n.tolist(), "reps": args.reps,
+def _params(args) -> dict:
+    """The run's stored parameters: the problem (:func:`_config`), the grid, the references and
+    how they are computed -- everything :func:`analyze` needs to re-derive the analysis."""
+    return {
+        **_config(args), "preset": getattr(args, "preset", "default"), "n": [int(v) for v in args.n],
+        "reps": args.reps,
         "reference": f"{args.reference[0]}" + (f":{args.reference[1]}" if args.reference[0] == "finite" else ""),
         "self_token": args.self_token, "method": args.method, "device": args.device,
         "softmax_scale": "1/sqrt(d)", "rqmc": {"log2_points": args.rqmc_log2, "n_scrambles": RQMC["n_scrambles"]},
     }
+
+
+def make_sweep(args, problem: MomentProblem, refs: dict) -> Sweep:
+    n = np.asarray(args.n, dtype=np.int64)
+    ref_names = list(refs)
+    H_eff, H_code = problem.horizons()
+    params = _params(args)
     run_cell = functools.partial(_cell, problem=problem, ref_means=[refs[r][0] for r in ref_names],
                                  ref_covs=[refs[r][1] for r in ref_names],
                                  exclude_self=args.self_token == "exclude", method=args.method, device=args.device)
@@ -257,9 +263,27 @@ def make_sweep(args, problem: MomentProblem, refs: dict) -> Sweep:
 
 
 # ------------------------------------------------------------------------------ analysis
-def analyze(ds: xr.Dataset, H_eff, H_code, law) -> tuple[xr.Dataset, list]:
-    """Slopes, theory and claims from the raw sweep: a pure function of the dataset, the
-    horizons (recorded in the dataset's attributes) and the token law (for its predicted rate)."""
+def analyze(ds: xr.Dataset) -> tuple[xr.Dataset, list]:
+    """Slopes, theory, claims and the reference moments: a pure function of the stored run. The
+    horizons are the ones the run recorded (``H_eff_values``, ``H_code_values``), the token law
+    and the references are rebuilt from its stored parameters and root seed (the references are
+    deterministic given them: :func:`_run_references`)."""
+    params = run_params(ds)
+    problem = _problem(params)
+    H_eff, H_code = (np.asarray(_stored_list(ds.attrs[key]), dtype=float) for key in ("H_eff_values", "H_code_values"))
+    analysis, claims = _rates(ds, H_eff, H_code, problem.dist.law)
+    refs = _run_references(params, int(ds.attrs.get("root_seed", 0)), problem, key=_run_key(ds.attrs))
+    return analysis.merge(reference_vars(refs, analysis)), claims
+
+
+def _stored_list(value) -> list:
+    """A list attribute of the store (written as a JSON string, or a list)."""
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
+def _rates(ds: xr.Dataset, H_eff, H_code, law) -> tuple[xr.Dataset, list]:
+    """Slopes, theory and claims from the raw sweep, given the horizons and the token law (for
+    its predicted rate)."""
     refs = [str(r) for r in ds["ref"].values]
     scales = ds["scale"].values
     n = ds["n"].values.astype(float)
@@ -355,7 +379,8 @@ def _claims(mom, scales, H, b, e, law_beta, k) -> list:
     return out
 
 
-def summary_table(an: xr.Dataset) -> str:
+def summary(an: xr.Dataset) -> str:
+    """The rates per scale (exact reference; the finite reference's next to them)."""
     refs = [str(r) for r in an["ref"].values]
     ex = refs.index("exact")
     fin = refs.index("finite") if "finite" in refs else None
@@ -381,9 +406,7 @@ def summary_table(an: xr.Dataset) -> str:
 
 
 # ---------------------------------------------------------------------------------- main
-def _validate(args):
-    defaults = {**PRESETS[args.preset], "rqmc_log2": RQMC["log2_points"]}
-    apply_defaults(args, defaults, QUICK, {"scales": parse_scales, "n": parse_n_grid, "reference": parse_reference})
+def validate(args) -> None:
     if args.d < 2:
         raise UsageError("--d must be >= 2")
     if len(args.n) < 3:
@@ -404,23 +427,43 @@ def _validate(args):
     check_resources(f"{biggest} tokens in d = {d} at {S} scales",
                     memory=8.0 * (4 * biggest * d + 6 * d * d * (S + 4) + 2 * rqmc * d),
                     work_s=(args.reps * sum(n * n for n in args.n) + args.reference[1] ** 2) * d * S / PAIR_RATE)
-    validate_run_options(args)
 
 
-def _references(args, problem: MomentProblem, progress: bool) -> dict:
-    """The references, computed before the sweep (deterministic given the seed, so a resumed
-    run recomputes them identically): ``exact`` (closed form or RQMC) and ``finite``."""
+_RUN_REFERENCES: dict = {}  # the references of the latest run of this process, by _run_key
+
+
+def _run_key(attrs) -> tuple[str, str]:
+    """What the references depend on: the run's parameters and root seed, as stored."""
+    return str(attrs.get("params_json", "")), str(attrs.get("root_seed", 0))
+
+
+def _run_references(params, seed: int, problem: MomentProblem, *, key=None, progress: bool = False) -> dict:
+    """The references of a run (deterministic given its parameters and root seed, so a resumed
+    run and a re-analysis recompute them identically): ``exact`` (closed form or RQMC) and, for
+    ``reference = finite:N``, ``finite`` (the output moments of N fresh tokens, drawn on the
+    run's device). The references :func:`parts` computed for the cells are kept under ``key``
+    for the analysis of the same run in this process, so a run computes them once."""
+    if key is not None and key in _RUN_REFERENCES:
+        return _RUN_REFERENCES[key]
     refs = {}
-    rq = np.random.SeedSequence(args.seed, spawn_key=(RQMC_SPAWN,))
-    refs["exact"] = problem.exact_reference(seed=rq, log2_points=args.rqmc_log2, n_scrambles=RQMC["n_scrambles"])
-    if args.reference[0] == "finite":
-        N = args.reference[1]
+    rq = np.random.SeedSequence(seed, spawn_key=(RQMC_SPAWN,))
+    rqmc = params["rqmc"]
+    refs["exact"] = problem.exact_reference(seed=rq, log2_points=int(rqmc["log2_points"]),
+                                            n_scrambles=int(rqmc["n_scrambles"]))
+    kind, N = parse_reference(params["reference"])
+    if kind == "finite":
         if progress:
-            print(f"finite reference: output moments of N = {N} fresh tokens at {len(args.scales)} scales "
+            print(f"finite reference: output moments of N = {N} fresh tokens at {problem.factors.size} scales "
                   "(recomputed identically on resume)...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        rng = make_rng(np.random.SeedSequence(args.seed, spawn_key=(FINITE_SPAWN,)), args.device)
-        m, c = problem.finite_reference(rng, N, exclude_self=args.self_token == "exclude", method=args.method)
+        try:
+            device = use_device(params["device"])
+        except UsageError as e:
+            raise UsageError(f"the run's finite reference was drawn on the {params['device']}: re-deriving it needs "
+                             f"one ({e})") from None
+        rng = make_rng(np.random.SeedSequence(seed, spawn_key=(FINITE_SPAWN,)), device)
+        m, c = problem.finite_reference(rng, N, exclude_self=params["self_token"] == "exclude",
+                                        method=params["method"])
         refs["finite"] = (m, c, None)
         if progress:
             print(f"finite reference done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
@@ -456,28 +499,19 @@ def reference_vars(refs: dict, analysis: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def _analyze_with_references(ds, *, H_eff, H_code, law, refs):
-    analysis, claims = analyze(ds, H_eff, H_code, law)
-    return analysis.merge(reference_vars(refs, analysis)), claims
-
-
-def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _validate(args)
-    from paper_figs.moments import draw
-
-    problem = _problem(_config(args))
-    refs = _references(args, problem, progress=not args.no_progress)
-    H_eff, H_code = problem.horizons()
-    analyze_run = functools.partial(_analyze_with_references, H_eff=H_eff, H_code=H_code, law=problem.dist.law,
-                                    refs=refs)
+def parts(args) -> list[Part]:
+    """The sweep, its references computed first (and kept for this run's analysis)."""
+    params = _params(args)
+    problem = _problem(params)
+    refs = _run_references(params, args.seed, problem, progress=not args.no_progress)
     sweep = make_sweep(args, problem, {k: v[:2] for k, v in refs.items()})
-    run_study(args, Part("", analyze_run, sweep=sweep, summary=summary_table), draw)
-    return 0
+    _RUN_REFERENCES.clear()
+    _RUN_REFERENCES[(sweep.params_json, str(sweep.root_seed))] = refs
+    return [Part("", sweep=sweep)]
 
 
 def main(argv=None) -> int:
-    return run_main(_main, argv, prog="python -m studies.moments")
+    return study_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

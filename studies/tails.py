@@ -2,7 +2,8 @@
 
 How the constants of the token sample complexity grow with the size of the tokens
 (Bohbot, Letrouit, Peyré, Vialard; spec token_sample §2.1-2.2, §6 checks 3 and 5). The store
-has two groups (``run_study`` parts; the root records them):
+has two groups, ``sup`` and ``moments`` (the shared ``--parts`` flag selects them; the root
+records them); :func:`analyze` and :func:`summary` tell them apart by the stored group name:
 
 Group ``sup``: the uniform constant C(R) = sqrt(n) E sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)|
 against the query radius R, for three token laws, each set against the delta method for its
@@ -41,11 +42,13 @@ Bonferroni z with Student-t quantiles for replicate standard errors):
 
 Dataset (``results/tails.zarr``, groups ``sup`` and ``moments``): raw ``sup_err(law, R, n, rep)``
 and ``mean_err``/``cov_err(c, n, rep)``; C(R), C'(c), fits, ``theory_*`` (delta method, lower
-bound, Berry-Esseen scale, prefactors) and the claims of each group.
+bound, Berry-Esseen scale, prefactors) and the claims of each group. Each group's stored
+parameters hold everything its analysis reads: the laws (``laws``; the truncated law's ``d``,
+``sigma``, ``A``) and ``theory_search``, the sup search of the delta-method curves (finer by
+default, coarser with ``--quick``).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 
@@ -58,9 +61,8 @@ from sim.distributions import make_atom_distribution, make_distribution
 from sim.token_moments import moment_errors
 from sim.token_sample import sup_errors
 from studies.claims import ClaimSpec, predicted_form, worst_of, z_family
-from studies.cli import (Part, StudyParser, UsageError, add_common_arguments, apply_defaults, parse_n_grid,
-                         parse_range, positive_int, run_main, run_study, validate_run_options,
-                         PAIR_RATE, check_resources, check_scores, positive_float)
+from studies.cli import (PAIR_RATE, Part, StoreParamsError, UsageError, check_resources, check_scores, group_of,
+                         parse_n_grid, parse_range, positive_float, positive_int, run_params, study_main)
 from studies.fits import loglog_rate, ols
 from studies.sweep import Sweep, str_coord
 from theory import token_sample as ts
@@ -68,15 +70,17 @@ from theory import token_sample as ts
 STUDY = "tails"
 LAWS = ("gaussian", "sphere", "atom")
 SUP_GROUP, MOMENT_GROUP = "sup", "moments"
-DEFAULTS = {"R": "1..8", "n": "2^12,2^14,2^16", "reps": 24, "queries": 48,
-            "c": "0.5,0.75,1,1.5,2,3,4", "moment_n": "2^8..2^13", "moment_reps": 32}
-QUICK = {"R": "1,3,5,8", "n": "2^9,2^10,2^11", "reps": 4, "queries": 8,
-         "c": "0.5,1,2,3", "moment_n": "2^7..2^9", "moment_reps": 6}
-PARSE = {"R": lambda t: parse_range(t, float), "n": parse_n_grid, "c": lambda t: parse_range(t, float),
-         "moment_n": parse_n_grid}
 SEARCH = {"n_shells": 4, "n_refine": 4, "refine_iters": 5}
 THEORY_SEARCH = {"n_dirs": 32, "n_shells": 6, "refine": 2}  # sup search of the delta-method C(R)
 THEORY_SEARCH_QUICK = {"n_dirs": 16, "n_shells": 4, "refine": 1}
+# theory_search (no option of its own): the sup search of the delta-method curves, stored with
+# each group's parameters so the analysis reads it from the store
+DEFAULTS = {"R": "1..8", "n": "2^12,2^14,2^16", "reps": 24, "queries": 48,
+            "c": "0.5,0.75,1,1.5,2,3,4", "moment_n": "2^8..2^13", "moment_reps": 32, "theory_search": THEORY_SEARCH}
+QUICK = {"R": "1,3,5,8", "n": "2^9,2^10,2^11", "reps": 4, "queries": 8,
+         "c": "0.5,1,2,3", "moment_n": "2^7..2^9", "moment_reps": 6, "theory_search": THEORY_SEARCH_QUICK}
+PRESETS: dict = {}
+GROUPS = (SUP_GROUP, MOMENT_GROUP)
 LAYOUT = "tails-v3: groups sup (cells (n, rep) x laws) and moments (cells (n, rep) x truncation levels)"
 
 CLT_FACTOR = 100.0  # the CLT regime: n >= CLT_FACTOR n_3(R), i.e. the Berry-Esseen distance of the
@@ -120,13 +124,12 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = StudyParser(
-        prog="python -m studies.tails",
-        description="Growth of the token-sample constants with the token size: C(R) for Gaussian, "
-                    "sphere and bounded-with-an-atom tokens; the moment prefactor C' for truncated "
-                    "Gaussians of growing support.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+DESCRIPTION = ("Growth of the token-sample constants with the token size: C(R) for Gaussian, sphere and "
+               "bounded-with-an-atom tokens (group sup); the moment prefactor C' for truncated Gaussians of "
+               "growing support (group moments).")
+
+
+def add_arguments(p) -> None:
     g = p.add_argument_group("group sup: the uniform constant C(R)")
     g.add_argument("--R", type=lambda t: parse_range(t, float), default=None, metavar="RANGE",
                    help=f"query-ball radii, inclusive ranges (default {DEFAULTS['R']}; --quick {QUICK['R']})")
@@ -158,21 +161,35 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--trunc-sigma", type=positive_float, default=1.0, help="sigma (default 1)")
     m.add_argument("--trunc-A", dest="trunc_a", type=positive_float, default=0.5,
                    help="A = TRUNC_A * I, V = I (default 0.5: horizon ~0.5, the CLT regime)")
-    add_common_arguments(p, STUDY)
-    return p
 
 
 # ------------------------------------------------------------------------------- the laws
-def _law_setup(name: str, args):
-    """(distribution, A) of one law of the sup group."""
+def _law_setup(name: str, laws: dict):
+    """(distribution, A) of one law of the sup group, from the laws' stored parameters
+    (:func:`_law_params`): the run's cells and its analysis build them the same way."""
+    law = laws[name]
+    d = int(law["d"])
+    A = _scale_of(law["A"]) * np.eye(d)
     if name == "gaussian":
-        return make_distribution("gaussian", 2), args.gauss_a * np.eye(2)
+        return make_distribution("gaussian", d), A
     if name == "sphere":
-        return make_distribution("sphere", args.sphere_d), args.sphere_a * np.eye(args.sphere_d)
+        return make_distribution("sphere", d), A
     if name == "atom":
-        return (make_atom_distribution(2, eps=args.atom_eps, atom_radius=args.atom_radius, bulk="ball",
-                                       bulk_radius=args.bulk_radius), args.atom_a * np.eye(2))
+        return (make_atom_distribution(d, eps=float(law["eps"]), atom_radius=float(law["atom_radius"]),
+                                       bulk=law["bulk"], bulk_radius=float(law["bulk_radius"])), A)
     raise ValueError(name)
+
+
+def _scale_of(text: str) -> float:
+    """``a`` of a stored matrix ``"a I"`` (written with the float's repr, so it reads back exactly)."""
+    value, _, unit = str(text).partition(" ")
+    try:
+        if unit == "I":
+            return float(value)
+    except ValueError:
+        pass
+    raise StoreParamsError(f"the stored matrix {text!r} is not of the form 'a I': the store was written by another "
+                           "version of the study; rerun it (with --overwrite)")
 
 
 def _law_params(args) -> dict:
@@ -196,8 +213,8 @@ def _sup_cell(cell, *, setups, radii, n_dirs, device):
     return {"sup_err": np.stack(sup), "argmax_radius": np.stack(arg)}
 
 
-def _trunc(c, args):
-    return make_distribution("truncated", args.trunc_d, sigma=args.trunc_sigma, c=float(c))
+def _trunc(c, d: int, sigma: float):
+    return make_distribution("truncated", d, sigma=sigma, c=float(c))
 
 
 def _moment_cell(cell, *, args_t, cs, refs, device):
@@ -219,12 +236,19 @@ def _moment_cell(cell, *, args_t, cs, refs, device):
 
 def make_sweeps(args) -> tuple[Sweep, Sweep]:
     """The sweeps of the two groups, ``sup`` and ``moments``."""
+    return sup_sweep(args), moment_sweep(args)
+
+
+def sup_sweep(args) -> Sweep:
+    """The sweep of group ``sup``: every law's searched sup error per (R, n, rep)."""
     radii = np.asarray(args.R, dtype=float)
     n = np.asarray(args.n, dtype=np.int64)
-    setups = {name: _law_setup(name, args) for name in LAWS}
-    params = {"layout": LAYOUT, "R": radii.tolist(), "n": n.tolist(), "reps": args.reps, "laws": _law_params(args),
-              "search": {"n_dirs": args.queries, **SEARCH}, "V": "I", "device": args.device}
-    sup = Sweep(
+    laws = _law_params(args)
+    setups = {name: _law_setup(name, laws) for name in LAWS}
+    params = {"layout": LAYOUT, "R": radii.tolist(), "n": n.tolist(), "reps": args.reps, "laws": laws,
+              "search": {"n_dirs": args.queries, **SEARCH}, "V": "I", "device": args.device,
+              "theory_search": dict(args.theory_search)}
+    return Sweep(
         study=f"{STUDY}/{SUP_GROUP}",
         cell_dims={"n": n, "rep": np.arange(args.reps)},
         variables={"sup_err": ("law", "R", "n", "rep"), "argmax_radius": ("law", "R", "n", "rep")},
@@ -239,19 +263,25 @@ def make_sweeps(args) -> tuple[Sweep, Sweep]:
         var_attrs={"sup_err": {"long_name": "sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)|_2 (searched)"},
                    "argmax_radius": {"long_name": "|x| where the largest error was found"}},
     )
+
+
+def moment_sweep(args) -> Sweep:
+    """The sweep of group ``moments``: the moment errors of every truncation level per (n, rep)."""
     cs = np.asarray(args.c, dtype=float)
     mn = np.asarray(args.moment_n, dtype=np.int64)
     mparams = {"layout": LAYOUT, "c": cs.tolist(), "n": mn.tolist(), "reps": args.moment_reps, "d": args.trunc_d,
-               "sigma": args.trunc_sigma, "A": f"{args.trunc_a} I", "V": "I", "device": args.device}
-    mom = Sweep(
+               "sigma": args.trunc_sigma, "A": f"{args.trunc_a} I", "V": "I", "device": args.device,
+               "theory_search": dict(args.theory_search)}
+    return Sweep(
         study=f"{STUDY}/{MOMENT_GROUP}",
         cell_dims={"n": mn, "rep": np.arange(args.moment_reps)},
         variables={"mean_err": ("c", "n", "rep"), "cov_err": ("c", "n", "rep")},
         coords={"c": cs},
         params=mparams,
         run_cell=functools.partial(_moment_cell, args_t=(args.trunc_d, args.trunc_sigma, args.trunc_a), cs=cs,
-                                   refs={float(c): ts.truncated_output_moments(_trunc(c, args).law, args.trunc_a)
-                                         for c in cs}, device=args.device),
+                                   refs={float(c): ts.truncated_output_moments(
+                                       _trunc(c, args.trunc_d, args.trunc_sigma).law, args.trunc_a) for c in cs},
+                                   device=args.device),
         root_seed=args.seed + 1,
         attrs={"device": args.device, "part": "moment prefactor C' for box-truncated Gaussians",
                "convention": "self-attention of n tokens (self token included), A = a I, V = I, one scale; "
@@ -261,11 +291,29 @@ def make_sweeps(args) -> tuple[Sweep, Sweep]:
         var_attrs={"mean_err": {"long_name": "|mean(o) - mean_ref|_2"},
                    "cov_err": {"long_name": "|cov(o) - cov_ref|_F"}},
     )
-    return sup, mom
 
 
 # ------------------------------------------------------------------------------ analysis
-def analyze_sup(ds: xr.Dataset, setups: dict, theory_search: dict = THEORY_SEARCH) -> tuple[xr.Dataset, list]:
+def analyze(ds: xr.Dataset) -> tuple[xr.Dataset, list]:
+    """The analysis of one group (:func:`studies.cli.group_of`), a pure function of its stored
+    data and parameters: the laws (group ``sup``) or the truncated law (group ``moments``), and
+    the sup search of the delta-method curves (``theory_search``, chosen by ``--quick``)."""
+    params = run_params(ds)
+    group = group_of(ds)
+    search = dict(params["theory_search"])
+    if group == SUP_GROUP:
+        setups = {name: _law_setup(name, params["laws"]) for name in (str(v) for v in ds["law"].values)}
+        out, claims = _analyze_sup(ds, setups, search)
+    elif group == MOMENT_GROUP:
+        out, claims = _analyze_moments(ds, int(params["d"]), float(params["sigma"]), _scale_of(params["A"]), search)
+    else:
+        raise StoreParamsError(f"{ds.attrs.get('study', '')!r} is not a group of the {STUDY} study "
+                               f"({', '.join(GROUPS)})")
+    out.attrs["theory_sup_search"] = str(search)
+    return out, claims
+
+
+def _analyze_sup(ds: xr.Dataset, setups: dict, theory_search: dict) -> tuple[xr.Dataset, list]:
     """C(R) per law, the delta-method theory for each law's own A and grid, and the claims."""
     R = ds["R"].values.astype(float)
     n = ds["n"].values.astype(float)
@@ -360,8 +408,7 @@ def _sup_claims(law, R, n, k, regime, clt, slope, slope_se, C, C_se, th, lower, 
     return out
 
 
-def analyze_moments(ds: xr.Dataset, d: int, sigma: float, a: float,
-                    theory_search: dict = THEORY_SEARCH) -> tuple[xr.Dataset, list]:
+def _analyze_moments(ds: xr.Dataset, d: int, sigma: float, a: float, theory_search: dict) -> tuple[xr.Dataset, list]:
     """beta_hat and C' per truncation level, the delta-method C' and the claims."""
     cs = ds["c"].values.astype(float)
     n = ds["n"].values.astype(float)
@@ -431,7 +478,12 @@ def _moment_claims(mom, cs, Rmu, H, k, beta, se, Cp, Cp_se, pref) -> list:
     return out
 
 
-def summary_sup(sup: xr.Dataset) -> str:
+def summary(an: xr.Dataset) -> str:
+    """The table of the analysis' group (:func:`studies.cli.group_of`)."""
+    return {SUP_GROUP: _summary_sup, MOMENT_GROUP: _summary_moments}[group_of(an)](an)
+
+
+def _summary_sup(sup: xr.Dataset) -> str:
     laws = [str(v) for v in sup["law"].values]
     R = sup["R"].values
     rows = ["C(R) = sqrt(n) E sup at n = " + str(int(sup["n"].values[-1])) + "  (theory: delta method; "
@@ -450,7 +502,7 @@ def summary_sup(sup: xr.Dataset) -> str:
     return "\n".join(rows)
 
 
-def summary_moments(mom: xr.Dataset) -> str:
+def _summary_moments(mom: xr.Dataset) -> str:
     rows = [f"{'c':>5} {'R_mu':>6} {'H':>6} {'beta_mean':>16} {'beta_cov':>16} {'C_mean (theory)':>18} "
             f"{'C_cov (theory)':>18} {'log C_sup(th)':>13}"]
     for i, c in enumerate(mom["c"].values):
@@ -464,8 +516,7 @@ def summary_moments(mom: xr.Dataset) -> str:
 
 
 # ---------------------------------------------------------------------------------- main
-def _validate(args):
-    apply_defaults(args, DEFAULTS, QUICK, PARSE)
+def validate(args) -> None:
     if min(args.R) <= 0:
         raise UsageError(f"--R: radii must be positive (got {min(args.R):g})")
     if len(args.R) < 4:
@@ -498,36 +549,17 @@ def _validate(args):
                     work_s=(3 * args.reps * sum(args.n) * queries * d_sup
                             + len(args.c) * args.moment_reps * sum(n * n for n in args.moment_n) * args.trunc_d)
                     / PAIR_RATE)
-    validate_run_options(args)
 
 
-def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _validate(args)
-    from paper_figs.tails import draw
-
-    sup_sweep, mom_sweep = make_sweeps(args)
-    setups = {name: _law_setup(name, args) for name in LAWS}
-    search = THEORY_SEARCH_QUICK if args.quick else THEORY_SEARCH
-
-    def with_search(analysis):
-        def run(ds):
-            an, claims = analysis(ds)
-            an.attrs["theory_sup_search"] = str(search)
-            return an, claims
-        return run
-
-    parts = [Part(SUP_GROUP, with_search(functools.partial(analyze_sup, setups=setups, theory_search=search)),
-                  sweep=sup_sweep, summary=summary_sup),
-             Part(MOMENT_GROUP, with_search(functools.partial(analyze_moments, d=args.trunc_d, sigma=args.trunc_sigma,
-                                                              a=args.trunc_a, theory_search=search)),
-                  sweep=mom_sweep, summary=summary_moments)]
-    run_study(args, parts, draw, study=STUDY)
-    return 0
+def parts(args) -> list[Part]:
+    """The groups selected by ``--parts`` (default both), in the order sup, moments."""
+    chosen = getattr(args, "parts", None) or GROUPS
+    make = {SUP_GROUP: sup_sweep, MOMENT_GROUP: moment_sweep}
+    return [Part(group, sweep=make[group](args)) for group in GROUPS if group in chosen]
 
 
 def main(argv=None) -> int:
-    return run_main(_main, argv, prog="python -m studies.tails")
+    return study_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,21 @@ def test_small_horizon_rate_is_one_half_on_the_quick_grid(quick_store):
     assert abs(b - 0.5) <= 0.05 + 3 * se, (b, se)  # the covariance fluctuation is the plain CLT one
 
 
+def test_reanalysis_rederives_the_references_from_the_store(quick_store, monkeypatch):
+    """With nothing kept from the run, the analysis recomputes the references from the stored
+    parameters and root seed: the same exact and finite moments, the same claims."""
+    from studies.claims import read_claims
+    from studies.cli import analyze_quietly
+    from studies.reanalyze import compare
+
+    monkeypatch.setattr(moments, "_RUN_REFERENCES", {})
+    ds = open_result(quick_store)
+    an, got = analyze_quietly(moments.analyze, ds)
+    for v in ("exact_mean", "exact_cov", "finite_mean", "finite_cov", "finite_ref_rel_err_cov", "beta_cov"):
+        np.testing.assert_array_equal(an[v].values, ds[v].values, err_msg=v)
+    assert not compare(read_claims(quick_store), got)
+
+
 def test_sphere_and_self_exclusion_run(tmp_path, claims):
     out = tmp_path / "s.zarr"
     assert run(QUICK + ["--preset", "sphere", "--d", "8", "--scales", "0.5,5,50", "--self-token", "exclude",
@@ -198,8 +213,23 @@ def _synthetic(betas, H, k=40, seed=0, law=GAUSS):
                      (("mean_err", 1.0), ("cov_err", 0.1), ("cov_err_op", 0.05))},
                     coords={"ref": np.array(["exact", "finite"], dtype=object), "scale": np.arange(S) + 1.0,
                             "n": n, "rep": np.arange(k)})
-    an, got = moments.analyze(ds, np.asarray(H), np.sqrt(50) * np.asarray(H), law)
+    ds.attrs.update(_stored_run(S, law, H))
+    an, got = moments.analyze(ds)
     return an, {c.key: c for c in got}
+
+
+def _stored_run(S, law, H) -> dict:
+    """The attributes a run stores that the analysis reads: its parameters (the token law, here
+    ``law``), its root seed and its horizons (``H``, and the authors' axis sqrt(50) H)."""
+    import json
+
+    sphere = isinstance(law, ts.SphereLaw)
+    params = {"dist": "sphere" if sphere else "gaussian", "d": int(law.dim), "rho": 1.0,
+              "radius": float(law.radius) if sphere else 1.0, "weights": "normalized", "weight_seed": 42,
+              "scales": [float(s) for s in np.arange(S) + 1.0], "reference": "exact", "self_token": "include",
+              "method": "auto", "device": "cpu", "rqmc": {"log2_points": 8, "n_scrambles": 2}}
+    return {"params_json": json.dumps(params), "root_seed": "0", "H_eff_values": json.dumps(list(map(float, H))),
+            "H_code_values": json.dumps([float(np.sqrt(50) * h) for h in H])}
 
 
 H5 = np.array([0.01, 0.1, 0.5, 1.0, 2.0])

@@ -115,9 +115,22 @@ def test_wrong_truncated_sampler_fails_the_moment_claims(tmp_path, monkeypatch, 
 
 
 def _args():
-    args = tails.build_parser().parse_args([])
-    tails.apply_defaults(args, tails.DEFAULTS, None, tails.PARSE)
+    from studies.cli import apply_defaults, build_parser
+
+    parser = build_parser(tails)
+    args = parser.parse_args([])
+    apply_defaults(args, tails.DEFAULTS, None, parser)
     return args
+
+
+def _stored(ds, group, params):
+    """``ds`` as its group of a tails store: the group's name and the parameters its analysis
+    reads (with the --quick sup search of the delta-method curves)."""
+    import json
+
+    ds.attrs.update(study=f"tails/{group}", params_json=json.dumps({**params,
+                                                                   "theory_search": tails.THEORY_SEARCH_QUICK}))
+    return ds
 
 
 def _lognormal(shape, seed=0):
@@ -128,7 +141,7 @@ def test_growth_of_the_wrong_form_fails_the_form_claim(claims):
     """A measured C(R) that grows exponentially for the sphere, where the delta method predicts
     a power of R: the form comparison fails (the other laws follow their theory and hold)."""
     args = _args()
-    setups = {name: tails._law_setup(name, args) for name in tails.LAWS}
+    setups = {name: tails._law_setup(name, tails._law_params(args)) for name in tails.LAWS}
     R = np.arange(1.0, 9.0)
     n = np.array([2**12, 2**14, 2**16])
     k = 24
@@ -137,7 +150,7 @@ def test_growth_of_the_wrong_form_fails_the_form_claim(claims):
     err = np.exp(logC)[:, :, None, None] / np.sqrt(n)[None, None, :, None] * _lognormal((3, R.size, n.size, k))
     ds = xr.Dataset({"sup_err": (("law", "R", "n", "rep"), err)},
                     coords={"law": np.array(tails.LAWS, dtype=object), "R": R, "n": n, "rep": np.arange(k)})
-    _, got = tails.analyze_sup(ds, setups, tails.THEORY_SEARCH_QUICK)
+    _, got = tails.analyze(_stored(ds, "sup", {"laws": tails._law_params(args)}))
     bad = claims.some_fail(got, "C_growth")
     assert set(bad) == {"tails.C_growth[sphere]"}
 
@@ -160,8 +173,28 @@ def test_exponential_moment_prefactor_fails_the_form_claim(claims):
     err = Cp[:, None, None] / np.sqrt(n)[None, :, None] * _lognormal((cs.size, n.size, k))
     ds = xr.Dataset({"mean_err": (("c", "n", "rep"), err), "cov_err": (("c", "n", "rep"), err)},
                     coords={"c": cs, "n": n, "rep": np.arange(k)})
-    _, got = tails.analyze_moments(ds, 2, 1.0, 0.5, tails.THEORY_SEARCH_QUICK)
+    _, got = tails.analyze(_stored(ds, "moments", {"d": 2, "sigma": 1.0, "A": "0.5 I"}))
     claims.some_fail(got, "Cprime_form")
+
+
+def test_the_analysis_reads_the_stored_theory_search():
+    """The sup search of the delta-method curves is a stored parameter (--quick picks a coarser
+    one): the same data analysed with the other search gives other uniform constants and the
+    same prefactors, which do not depend on it."""
+    cs = np.array([0.5, 1.0, 2.0])
+    n = 2 ** np.arange(7, 10)
+    err = 1 / np.sqrt(n)[None, :, None] * _lognormal((cs.size, n.size, 6))
+    ds = xr.Dataset({"mean_err": (("c", "n", "rep"), err), "cov_err": (("c", "n", "rep"), err)},
+                    coords={"c": cs, "n": n, "rep": np.arange(6)})
+    quick, _ = tails.analyze(_stored(ds.copy(), "moments", {"d": 2, "sigma": 1.0, "A": "0.5 I"}))
+    import json
+
+    ds.attrs.update(study="tails/moments", params_json=json.dumps({"d": 2, "sigma": 1.0, "A": "0.5 I",
+                                                                   "theory_search": tails.THEORY_SEARCH}))
+    full, _ = tails.analyze(ds)
+    assert not np.array_equal(quick["theory_log_C_sup"].values, full["theory_log_C_sup"].values)
+    np.testing.assert_array_equal(quick["theory_Cprime_cov"].values, full["theory_Cprime_cov"].values)
+    assert full.attrs["theory_sup_search"] == str(tails.THEORY_SEARCH)
 
 
 # ------------------------------------------------------------------------------ input checks
