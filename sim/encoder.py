@@ -122,13 +122,57 @@ def model_dir(model: str = DEFAULT_MODEL) -> Path:
             raise EncoderUnavailable(f"the weights of {origin} are not installed: {INSTALL_HINT}")
         path = Path(list(spec.submodule_search_locations)[0]) / "model"
     else:
-        path = Path(model).expanduser()
+        path = _user_path(model, "--model")
     need = ("config.json", "model.safetensors", "tokenizer.json")
-    missing = [f for f in need if not (path / f).is_file()]
+    try:
+        missing = [f for f in need if not (path / f).is_file()]
+    except (OSError, ValueError) as e:
+        raise EncoderUnavailable(f"--model {model}: cannot look into {path} ({_why(e)})") from None
     if missing:
         raise EncoderUnavailable(f"--model {model}: {path} lacks {', '.join(missing)} (a BERT folder needs "
                                  f"{', '.join(need)}; PyTorch .bin weights are not read)")
     return path
+
+
+def _why(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+def _user_path(text: str, option: str) -> Path:
+    """``text`` as a path with ``~`` expanded; an unknown user (``~nosuchuser``), a NUL byte or
+    an empty name is an :class:`EncoderUnavailable` naming ``option``."""
+    label = f"{option}{'' if option.endswith(':') else ' '}{text}"
+    if not text or "\x00" in text:
+        raise EncoderUnavailable(f"{label!r}: not a usable path")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as e:  # ~nosuchuser: no such user or home directory
+        raise EncoderUnavailable(f"{label}: cannot expand {text.split('/')[0]} ({e})") from None
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a BERT config.json is a few hundred bytes
+MAX_TEXT_BYTES = 64 << 20  # text files read by --text file:PATH (the quick run needs ~100 KB, the default ~2 MB)
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused when it is larger than ``limit`` (read at
+    most ``limit + 1`` bytes, so a device or a growing file never reads without end); ``what``
+    names it in the messages."""
+    import stat
+
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise EncoderUnavailable(f"{what}: not a regular file")
+        if st.st_size > limit:
+            raise EncoderUnavailable(f"{what}: {st.st_size / 2**20:.3g} MiB; at most {limit / 2**20:.3g} MiB is read")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except (OSError, ValueError) as e:
+        raise EncoderUnavailable(f"{what}: cannot read it ({_why(e)})") from None
+    if len(data) > limit:
+        raise EncoderUnavailable(f"{what}: more than {limit / 2**20:.3g} MiB; at most that is read")
+    return data
 
 
 def _missing_modules() -> list[str]:
@@ -162,21 +206,73 @@ class BertConfig:
     def d_head(self) -> int:
         return self.d_model // self.heads
 
+    # field -> (upper bound, name in config.json); every size is an integer in 1..bound
+    FIELDS = {"layers": (1_000, "num_hidden_layers"), "d_model": (1 << 16, "hidden_size"),
+              "heads": (1 << 10, "num_attention_heads"), "intermediate": (1 << 18, "intermediate_size"),
+              "max_positions": (1 << 20, "max_position_embeddings"), "vocab": (1 << 24, "vocab_size")}
+
     @classmethod
-    def from_json(cls, cfg: dict) -> "BertConfig":
+    def from_json(cls, cfg, where: str = "config.json") -> "BertConfig":
+        """Read and check a BERT ``config.json`` field by field: each size an integer in its
+        range, ``layer_norm_eps`` a small positive number, the architecture one implemented
+        here. Anything else is an :class:`EncoderUnavailable` naming the file and the field."""
+        if not isinstance(cfg, dict):
+            raise EncoderUnavailable(f"{where}: expected a JSON object of BERT settings, got {type(cfg).__name__}")
+
+        def bad(field, why):
+            return EncoderUnavailable(f"{where}: {field} {why}")
+
         if cfg.get("model_type", "bert") != "bert":
-            raise EncoderUnavailable(f"model_type {cfg.get('model_type')!r}: only BERT encoders are read")
+            raise bad("model_type", f"{cfg.get('model_type')!r}: only BERT encoders are read")
         act = cfg.get("hidden_act", "gelu")
         if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
-            raise EncoderUnavailable(f"hidden_act {act!r} is not implemented")
+            raise bad("hidden_act", f"{act!r} is not implemented")
         if cfg.get("position_embedding_type", "absolute") != "absolute":
-            raise EncoderUnavailable("only absolute position embeddings are implemented")
-        out = cls(int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["num_attention_heads"]),
-                  int(cfg["intermediate_size"]), int(cfg["max_position_embeddings"]), int(cfg["vocab_size"]),
-                  float(cfg.get("layer_norm_eps", 1e-12)), act)
+            raise bad("position_embedding_type", "other than absolute is not implemented")
+        sizes = {}
+        for attr, (hi, key) in cls.FIELDS.items():
+            if key not in cfg:
+                raise bad(key, "is missing")
+            v = cfg[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise bad(key, f"must be an integer in 1..{hi}, got {v!r}"[:120])
+            sizes[attr] = v
+        eps = cfg.get("layer_norm_eps", 1e-12)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) <= 0.1:
+            raise bad("layer_norm_eps", f"must be a number in (0, 0.1], got {eps!r}"[:120])
+        out = cls(**sizes, ln_eps=float(eps), act=act)
         if out.d_model % out.heads:
-            raise EncoderUnavailable("hidden_size is not a multiple of num_attention_heads")
+            raise bad("hidden_size", f"{out.d_model} is not a multiple of num_attention_heads {out.heads}")
         return out
+
+    def expected_shapes(self) -> dict:
+        """The weights a BERT of this configuration must have, with their shapes."""
+        d, f = self.d_model, self.intermediate
+        out = {"embeddings.word_embeddings.weight": (self.vocab, d),
+               "embeddings.position_embeddings.weight": (self.max_positions, d),
+               "embeddings.token_type_embeddings.weight": (None, d),
+               "embeddings.LayerNorm.weight": (d,), "embeddings.LayerNorm.bias": (d,)}
+        for layer in range(self.layers):
+            pre = f"encoder.layer.{layer}."
+            for name in ("query", "key", "value"):
+                out[pre + f"attention.self.{name}.weight"] = (d, d)
+                out[pre + f"attention.self.{name}.bias"] = (d,)
+            out.update({pre + "attention.output.dense.weight": (d, d), pre + "attention.output.dense.bias": (d,),
+                        pre + "attention.output.LayerNorm.weight": (d,), pre + "attention.output.LayerNorm.bias": (d,),
+                        pre + "intermediate.dense.weight": (f, d), pre + "intermediate.dense.bias": (f,),
+                        pre + "output.dense.weight": (d, f), pre + "output.dense.bias": (d,),
+                        pre + "output.LayerNorm.weight": (d,), pre + "output.LayerNorm.bias": (d,)})
+        return out
+
+    def check_weights(self, params: dict, where: str) -> None:
+        """Every weight of :meth:`expected_shapes` is present with its shape."""
+        for key, shape in self.expected_shapes().items():
+            if key not in params:
+                raise EncoderUnavailable(f"{where}: no weight {key} (config.json promises {self.layers} layers)")
+            got = params[key].shape
+            if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)) or 0 in got:
+                raise EncoderUnavailable(f"{where}: weight {key} has shape {got}, config.json implies "
+                                         f"{tuple('*' if s is None else s for s in shape)}")
 
 
 @dataclass(frozen=True)
@@ -340,15 +436,29 @@ def load_encoder(model: str = DEFAULT_MODEL) -> Encoder:
     from tokenizers import Tokenizer
 
     path = model_dir(model)
-    config = BertConfig.from_json(json.loads((path / "config.json").read_text()))
-    raw = load_file(str(path / "model.safetensors"))
+    cfg_file = path / "config.json"
+    try:
+        cfg = json.loads(_read_bounded(cfg_file, MAX_CONFIG_BYTES, str(cfg_file)).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise EncoderUnavailable(f"{cfg_file}: not valid JSON ({str(e)[:80] or type(e).__name__})") from None
+    config = BertConfig.from_json(cfg, str(cfg_file))
+    try:
+        raw = load_file(str(path / "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise EncoderUnavailable(f"{path / 'model.safetensors'}: cannot read the weights "
+                                 f"({str(e)[:80] or type(e).__name__})") from None
     params = {}
     for k, v in raw.items():
         key = k[5:] if k.startswith("bert.") else k
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         if key.startswith(("embeddings.", "encoder.")) and v.dtype.kind == "f":
             params[key] = np.asarray(v, dtype=np.float64)
-    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    config.check_weights(params, str(path / "model.safetensors"))
+    try:
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own error types
+        raise EncoderUnavailable(f"{path / 'tokenizer.json'}: cannot read the tokenizer "
+                                 f"({str(e)[:80] or type(e).__name__})") from None
     tok.no_padding()
     tok.no_truncation()
     return Encoder(model, path, config, params, tok)
@@ -382,7 +492,7 @@ def load_text(name: str) -> tuple[str, str]:
       prose paragraphs only;
     * ``lee`` -- gensim's ``test/test_data/lee_background.cor`` (300 news articles, LGPL),
       when gensim is installed (read as a file; gensim is not imported);
-    * ``file:PATH`` -- any UTF-8 text file.
+    * ``file:PATH`` -- any UTF-8 text file, a regular file of at most :data:`MAX_TEXT_BYTES`.
     """
     if name == "pydoc":
         from pydoc_data import topics
@@ -390,8 +500,6 @@ def load_text(name: str) -> tuple[str, str]:
         paras = _prose_paragraphs(topics.topics[k] for k in sorted(topics.topics))
         return "\n\n".join(paras), "CPython pydoc_data/topics.py (prose paragraphs)"
     if name == "docstrings":
-        import importlib
-
         blocks = []
         for mod in DOCSTRING_MODULES:
             try:
@@ -408,13 +516,14 @@ def load_text(name: str) -> tuple[str, str]:
         path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / "lee_background.cor"
         if not path.is_file():
             raise EncoderUnavailable(f"--text lee: {path} not found in the gensim installation")
-        return path.read_text(encoding="utf-8", errors="replace"), "gensim lee_background.cor (news articles)"
+        return (_read_bounded(path, MAX_TEXT_BYTES, f"--text lee ({path})").decode("utf-8", errors="replace"),
+                "gensim lee_background.cor (news articles)")
     if name.startswith("file:"):
-        path = Path(name[5:]).expanduser()
+        path = _user_path(name[5:], "--text file:")
         try:
-            return path.read_text(encoding="utf-8"), f"file {path.name}"
-        except (OSError, UnicodeDecodeError) as e:
-            raise EncoderUnavailable(f"--text {name}: cannot read it ({e})") from None
+            return _read_bounded(path, MAX_TEXT_BYTES, f"--text {name}").decode("utf-8"), f"file {path.name}"
+        except UnicodeDecodeError as e:
+            raise EncoderUnavailable(f"--text {name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     raise EncoderUnavailable(f"--text {name!r}: choose one of {', '.join(TEXTS)} or file:PATH")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import contextlib
 import importlib.util
 import platform
 import sys
@@ -30,7 +31,10 @@ from pathlib import Path
 
 import xarray as xr
 
-from studies.cli import StudyParser, UsageError, check_out_path, run_main
+from studies.cli import StudyParser, UsageError, run_main, store_errors
+from studies.guards import check_output
+from studies.lock import store_lock
+from studies.parsing import out_path
 
 SUITES = ("attention", "moments", "random_features", "icl", "tensor_attention", "gpu")
 
@@ -42,7 +46,8 @@ def available_suites() -> list[str]:
 def machine_attrs() -> dict:
     import numba
 
-    from gpu import device_name
+    import gpu  # noqa: F401  (a benchmark always asks for the device: registers it with sim.backend)
+    from sim.backend import device_name
     from studies.sweep import _versions
 
     return {"device": device_name(), "cpu": platform.processor() or platform.machine(),
@@ -54,6 +59,9 @@ def machine_attrs() -> dict:
 def _parse_suites(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     avail = available_suites()
+    if not names:
+        raise argparse.ArgumentTypeError(f"empty list of suites; choose from {', '.join(avail)} (or leave "
+                                         "--suite out to run them all)")
     bad = [n for n in names if n not in avail]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown suite(s) {', '.join(bad)}; available: {', '.join(avail)}")
@@ -65,8 +73,10 @@ def build_parser():
                     epilog="suites: " + ", ".join(available_suites()))
     p.add_argument("--suite", type=_parse_suites, default=None,
                    help="comma list of suites to run (default: all available)")
-    p.add_argument("--out", type=Path, default=Path("results") / "benchmark.zarr",
+    p.add_argument("--out", type=out_path, default=Path("results") / "benchmark.zarr",
                    help="Zarr store for the timings (default results/benchmark.zarr)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="refuse at once when another run is writing the same --out (default: wait for it)")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds): checks the machinery, not the targets")
     p.add_argument("--plot", action="store_true", help="draw the timings figure next to the store")
     return p
@@ -74,11 +84,36 @@ def build_parser():
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    check_out_path(args.out)
+    check_output(args.out, kind="store", study=STUDY, option="--out")
     suites = args.suite or available_suites()
     if not suites:
         raise UsageError("no benchmark suites are installed")
     explicit = args.suite is not None
+    with contextlib.ExitStack() as stack:
+        with store_errors(args.out):  # one writer per store, for the whole run
+            stack.enter_context(store_lock(args.out, wait=not args.no_wait))
+        _run_suites(args, suites, explicit)
+    if args.plot:
+        from paper_figs.benchmark import draw
+
+        print(f"figure: {draw(args.out)}")
+    return 0
+
+
+STUDY = "benchmark"  # the ``study`` attribute of the store's root: the output rule tells it from a study's store
+
+
+def _open_root(out: Path) -> None:
+    """The store's root carries ``study = "benchmark"`` (a store written before it did, whose
+    root has no study, gets it), so other commands know whose store it is."""
+    import zarr
+
+    grp = zarr.open_group(str(out), mode="a")
+    if grp.attrs.get("study") != STUDY:
+        grp.attrs.update({"study": STUDY, "layout": "one group per suite"})
+
+
+def _run_suites(args, suites, explicit: bool) -> None:
     for name in suites:
         mod = importlib.import_module(f"studies.benchmarks.{name}")
         print(f"== {name}: {mod.DESCRIPTION}", flush=True)
@@ -94,15 +129,12 @@ def _main(argv=None) -> int:
             continue
         ds.attrs.update({k: v for k, v in machine_attrs().items() if k not in ds.attrs})
         ds.attrs.update({"suite": name, "quick": int(args.quick), "cli": " ".join(sys.argv)})
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        ds.to_zarr(str(args.out), group=name, mode="w", consolidated=False)
-        print(mod.summary(ds))
+        print(mod.summary(ds), flush=True)  # first: a store that cannot be written loses no result
+        with store_errors(args.out):  # a full disk or an unwritable place is one line
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            _open_root(args.out)
+            ds.to_zarr(str(args.out), group=name, mode="w", consolidated=False)
         print(f"   ({time.perf_counter() - t0:.1f} s; stored in {args.out} group {name!r})", flush=True)
-    if args.plot:
-        from paper_figs.benchmark import draw
-
-        print(f"figure: {draw(args.out)}")
-    return 0
 
 
 def open_suite(store, name: str) -> xr.Dataset:

@@ -21,8 +21,8 @@ import numpy as np
 
 from studies.guards import (MAX_SCORE, PAIR_RATE, UsageError, available_memory, check_out_path, check_resources,
                             check_scheduler, check_scores, executor_options)
-from studies.parsing import (choice_list, finite_float, float_type, nonnegative_float, nonnegative_int, parse_n_grid,
-                             parse_range, positive_float, positive_int)
+from studies.parsing import (choice_list, finite_float, float_type, nonnegative_float, nonnegative_int, out_path,
+                             parse_n_grid, parse_range, positive_float, positive_int)
 
 __all__ = [
     "UsageError",
@@ -87,16 +87,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, study: str) -> None:
                                                    f"{', '.join(groups)} (default: all)")
     g = parser.add_argument_group("run control (shared by all studies)")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="root seed of the run (default 0)")
-    g.add_argument("--out", type=Path, default=Path("results") / f"{study}.zarr",
+    g.add_argument("--out", type=out_path, default=Path("results") / f"{study}.zarr",
                    help=f"Zarr store to write (default results/{study}.zarr); an existing store "
                         "with the same parameters is resumed")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing store that holds a run with other parameters")
     g.add_argument("--repair", action="store_true",
-                   help="recompute only the damaged cells of a store that cannot be read whole "
-                        "(truncated chunks, unreadable array metadata)")
-    g.add_argument("--workers", type=positive_int, default=1,
-                   help="local worker processes (default 1: in-process)")
+                   help="restore the damaged parts of a store that cannot be read whole (truncated chunks, "
+                        "unreadable metadata): cells are computed again, done/coordinates/metadata rewritten, the "
+                        "analysis derived again; its identity and provenance are kept")
+    g.add_argument("--no-wait", action="store_true",
+                   help="refuse at once when another run is writing the same --out (default: wait for it)")
+    g.add_argument("--workers", type=positive_int, default=None,
+                   help="local worker processes (default 1, in-process, unless the study's catalogue entry "
+                        "says otherwise for a full CPU run)")
     g.add_argument("--dask-local", type=positive_int, default=None, metavar="N",
                    help="run the cells on a local Dask cluster of N worker processes (needs the dist extra)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -142,18 +146,23 @@ def run_study_sweep(sweep, args, path=None, **kw):
 
 @contextlib.contextmanager
 def store_errors(out):
-    """The one error mapping of every runner: a store of another run
-    (:class:`studies.sweep.StoreMismatch`) or an unwritable path becomes a one-line
-    :class:`UsageError`."""
+    """The one error mapping of every runner: a store of another run, a damaged store
+    (:class:`studies.sweep.StoreMismatch`), a store another run is writing
+    (:class:`studies.lock.StoreBusy`), an unwritable path or a full disk becomes a one-line
+    :class:`UsageError` (a full disk loses nothing: the rerun resumes)."""
+    from studies.lock import StoreBusy
     from studies.sweep import StoreMismatch
 
     try:
         yield
-    except StoreMismatch as e:
+    except (StoreMismatch, StoreBusy) as e:
         raise UsageError(str(e)) from None
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UsageError(f"--out {out}: {e.strerror or 'no space left'}; what was computed is kept: free some "
+                             "space and rerun the same command to resume") from None
         if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)) or \
-                e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES):
+                e.errno in (errno.EROFS, errno.EACCES, errno.ENAMETOOLONG, errno.ELOOP):
             raise UsageError(f"--out {out}: {e.strerror or e}") from None
         raise
 
@@ -267,6 +276,10 @@ def run_study(args, study, draw=None):
     every: list = []
     infos = []
     with contextlib.ExitStack() as stack:
+        from studies.lock import store_lock
+
+        with store_errors(root):  # one writer per store, for the whole run (--no-wait: refuse at once)
+            stack.enter_context(store_lock(root, wait=not getattr(args, "no_wait", False)))
         if multi:
             with store_errors(root):
                 _open_root(root, study.STUDY, getattr(args, "seed", 0), [p.group for p in parts], args.overwrite)
@@ -287,23 +300,25 @@ def run_study(args, study, draw=None):
             except UsageError as e:
                 raise UsageError(f"group {part.group}: {e}" if part.group else str(e)) from None
             analysis, claims = analyze_quietly(study.analyze, ds)
-            write_analysis(path, analysis.merge(cl.to_dataset(claims)))
+            with store_errors(root):  # a full disk here is one line too; the rerun re-analyses
+                write_analysis(path, analysis.merge(cl.to_dataset(claims)))
             every.extend(claims)
             infos.append(info)
             print((f"== {part.group}\n" if part.group else "") + study.summary(analysis), flush=True)
             if part.group:
                 print(f"   ({info['cells']} cells, {info['computed']} computed, {info['resumed']} already done; "
                       f"{time.perf_counter() - t1:.1f} s)", flush=True)
-    print(cl.format_claims(every))
-    cells = sum(i["cells"] for i in infos)
-    computed = sum(i["computed"] for i in infos)
-    resumed = sum(i["resumed"] for i in infos)
-    unit = infos[0].get("unit", "cells") if len(infos) == 1 else "cells"
-    print(f"wrote {args.out}: {cells} {unit} ({computed} computed, {resumed} already done) "
-          f"in {time.perf_counter() - t0:.1f} s")
-    if getattr(args, "plot", False) and draw is not None:
-        for path in draw(args.out, Path(args.out).with_suffix(".png")):
-            print(f"figure: {path}")
+        print(cl.format_claims(every))
+        cells = sum(i["cells"] for i in infos)
+        computed = sum(i["computed"] for i in infos)
+        resumed = sum(i["resumed"] for i in infos)
+        unit = infos[0].get("unit", "cells") if len(infos) == 1 else "cells"
+        print(f"wrote {args.out}: {cells} {unit} ({computed} computed, {resumed} already done) "
+              f"in {time.perf_counter() - t0:.1f} s")
+        if getattr(args, "plot", False) and draw is not None:
+            with store_errors(root):
+                for path in draw(args.out, Path(args.out).with_suffix(".png")):
+                    print(f"figure: {path}")
     return every
 
 
@@ -382,6 +397,10 @@ def prepare(study, parser: argparse.ArgumentParser, args) -> None:
     if args.device == "gpu" and "gpu" not in devices:
         raise UsageError(f"{study.STUDY} runs on the CPU only; --device gpu does not apply")
     args.device = use_device(args.device if "gpu" in devices else "cpu")
+    if getattr(args, "workers", 1) is None:
+        # the catalogue's default for a full CPU run; one in-process worker owns a GPU
+        busy = args.quick or args.scheduler or args.dask_local or args.device == "gpu"
+        args.workers = 1 if busy else entry.workers
     study.validate(args)
     validate_run_options(args)
 
@@ -422,13 +441,21 @@ def _prog(study) -> str:
 
 def run_main(main_impl, argv=None, prog: str | None = None) -> int:
     """Run a study's ``main_impl(argv)``, turning usage errors into one line and exit 2,
-    and Ctrl-C into a resumable stop (exit 130)."""
-    try:
-        return int(main_impl(argv) or 0)
-    except UsageError as e:
-        print(f"{prog or 'study'}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\n{prog or 'study'}: interrupted; finished cells are saved — rerun the same "
-              "command to resume", file=sys.stderr)
-        return 130
+    and Ctrl-C into a resumable stop (exit 130). Printing never fails on a narrow encoding
+    (characters the terminal lacks are written in ASCII forms), and the stores' I/O is shut
+    down before returning, so no asyncio noise follows the last line."""
+    from studies.guards import ascii_fallback
+    from studies.store import close_io
+
+    with ascii_fallback():
+        try:
+            return int(main_impl(argv) or 0)
+        except UsageError as e:
+            print(f"{prog or 'study'}: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"\n{prog or 'study'}: interrupted; finished cells are saved — rerun the same "
+                  "command to resume", file=sys.stderr)
+            return 130
+        finally:
+            close_io(keep_loop=True)

@@ -69,3 +69,56 @@ def test_parser_errors_are_one_line_exit_2(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "descending range" in err and err.startswith("prog: error:")
+
+
+# ---------------------------------------------------------------- limits before work
+@pytest.mark.parametrize("parse,text,msg", [
+    (parse_range, "1..1e12", "1e+12 values; at most 100000"),
+    (parse_range, "1..100001", "100001 values"),
+    (lambda t: parse_range(t, float), "1..1e999", "finite"),
+    (lambda t: parse_range(t, float), "0..1:1e-9", "values; at most"),
+    (parse_range, "9^99999999", "too large"),
+    (parse_range, "99999999999999999999", "too large"),
+    (parse_range, "9" * 401, "characters long"),
+    (parse_range, ",".join(["1"] * 100_001), "at most 100000"),
+    (lambda t: parse_range(t, float), "2^1024", "too large"),
+    (parse_n_grid, "2^8..2^99999999", "too large"),
+    (parse_n_grid, "2^8..2^63", "too large"),
+    (parse_n_grid, "2^8..2^20:99999999999999999999", "too large"),
+    (parse_n_grid, "1e3..1e5/1e10", "asks for 10000000000 points"),
+    (parse_n_grid, "1..1e9", "at most 100000"),
+    (parse_n_grid, "1..50000,50001..100001", "more than 100000 values"),
+    (positive_int, "2^64", "too large"),
+    (positive_int, "9223372036854775808", "too large"),
+])
+def test_sizes_and_counts_are_bounded_when_parsed(parse, text, msg):
+    import re
+
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(msg)):
+        parse(text)
+
+
+@pytest.mark.parametrize("parse,text,expected", [
+    (positive_int, "2^62", 2**62),
+    (positive_int, "9223372036854775807", 2**63 - 1),
+    (positive_int, "9007199254740993", 9007199254740993),  # exact, not through a float
+    (positive_int, "1e18", 10**18),
+    (parse_n_grid, "2^60..2^62", (2**60, 2**61, 2**62)),
+    (parse_n_grid, "1e3..1e5/100000", None),
+    (lambda t: parse_range(t, float), "2^1023", (2.0**1023,)),
+])
+def test_the_largest_allowed_values_still_parse(parse, text, expected):
+    got = parse(text)
+    if expected is None:
+        assert len(got) > 50_000 and got[0] == 1000 and got[-1] == 100_000  # rounding merges some
+    else:
+        assert got == expected
+
+
+def test_out_path_refuses_an_empty_name():
+    from studies.parsing import out_path
+
+    assert str(out_path("results/x.zarr")) == "results/x.zarr"
+    for bad in ("", "  ", "a\x00b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            out_path(bad)

@@ -1,5 +1,6 @@
 """studies/sweep.py: seeds per cell, executors, resumption, store checks."""
 import functools
+import shutil
 import time
 
 import numpy as np
@@ -192,3 +193,131 @@ def test_other_variable_layout_refuses_to_resume(tmp_path):
     other.variables = {"x": ("k", "a", "b")}  # same parameters, one variable fewer
     with pytest.raises(StoreMismatch):
         run_sweep(other, path, progress=False)
+
+
+# ------------------------------------------------------------------ the split, the lock
+def test_names_other_modules_import_from_sweep_still_resolve():
+    import studies.sweep as sw
+
+    for name in ("Sweep", "SweepStore", "StoreSpec", "StoreMismatch", "StoreDamaged", "open_store", "open_group",
+                 "open_result", "replace_group", "store_attrs", "str_coord", "write_analysis", "provenance",
+                 "make_executor", "SerialExecutor", "consolidate", "cell_seed", "run_sweep", "_versions",
+                 "_git_info", "store_lock", "StoreBusy"):
+        assert hasattr(sw, name), name
+    assert sum(1 for _ in open(sw.__file__)) < 600
+
+
+def test_a_second_writer_is_refused_while_a_sweep_holds_the_lock(tmp_path):
+    import threading
+
+    from studies.sweep import StoreBusy, store_lock
+
+    path = tmp_path / "s.zarr"
+    got, release, errors = threading.Event(), threading.Event(), []
+
+    def hold():
+        with store_lock(path):
+            got.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    got.wait(10)
+    try:
+        with pytest.raises(StoreBusy, match="pid"):
+            run_sweep(make(), path, progress=False, wait=False)
+        assert not path.exists()
+    finally:
+        release.set()
+        t.join()
+    ds, info = run_sweep(make(), path, progress=False, wait=False)
+    assert info["computed"] == 9
+
+
+# ------------------------------------------------------------- damaged parts, repaired
+def _trunc(p):
+    p.write_bytes(p.read_bytes()[:3])
+
+
+def _chunk(store, var, i=0):
+    return sorted(q for q in (store / var / "c").rglob("*") if q.is_file())[i]
+
+
+PARTS = {
+    "raw chunk": (lambda s: _trunc(_chunk(s, "x", 2)), 1),
+    "raw metadata": (lambda s: (s / "x" / "zarr.json").write_text("{bad"), 0),
+    "raw metadata deleted": (lambda s: (s / "y" / "zarr.json").unlink(), 0),
+    "done chunk": (lambda s: _trunc(_chunk(s, "done", 4)), 0),
+    "done metadata": (lambda s: (s / "done" / "zarr.json").write_text("{bad"), 0),
+    "wall_s chunk": (lambda s: _trunc(_chunk(s, "wall_s", 1)), 1),
+    "wall_s metadata": (lambda s: (s / "wall_s" / "zarr.json").write_text(""), 0),
+    "coordinate chunk": (lambda s: _trunc(_chunk(s, "a", 0)), 0),
+    "coordinate metadata": (lambda s: (s / "k" / "zarr.json").write_text("nope"), 0),
+    "analysis chunk": (lambda s: _trunc(_chunk(s, "m", 0)), 0),
+    "analysis metadata": (lambda s: (s / "m" / "zarr.json").write_text("nope"), 0),
+    "root metadata": (lambda s: (s / "zarr.json").write_text("garbage"), 0),
+    "root metadata deleted": (lambda s: (s / "zarr.json").unlink(), 0),
+}
+
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory):
+    import xarray as xr
+
+    path = tmp_path_factory.mktemp("toy") / "s.zarr"
+    ds, _ = run_sweep(make(seed=3), path, progress=False)
+    write_analysis(path, xr.Dataset({"m": (("a",), ds["y"].mean("b").values)}, coords={"a": ds["a"].values}))
+    return path
+
+
+@pytest.mark.parametrize("part", list(PARTS))
+def test_each_damaged_part_is_refused_then_repaired_keeping_identity(toy_store, tmp_path, part):
+    import xarray as xr
+
+    from studies.sweep import IDENTITY_KEYS, StoreDamaged
+
+    hurt, recomputed = PARTS[part]
+    path = shutil.copytree(toy_store, tmp_path / "s.zarr")
+    hurt(path)
+    with pytest.raises(StoreDamaged, match="--repair") as e:
+        run_sweep(make(seed=3), path, progress=False)
+    assert len(str(e.value).splitlines()) == 1 and str(path) in str(e.value)
+    ds, info = run_sweep(make(seed=3), path, progress=False, repair=True)
+    assert info["computed"] == recomputed  # only a lost measurement (a value, a timing) is computed again
+    write_analysis(path, xr.Dataset({"m": (("a",), ds["y"].mean("b").values)}, coords={"a": ds["a"].values}))
+    got, want = open_result(path), open_result(toy_store)
+    for v in ("x", "y", "done", "m"):
+        np.testing.assert_array_equal(got[v].values, want[v].values)
+    for c in ("a", "b", "k"):
+        np.testing.assert_array_equal(got[c].values, want[c].values)
+    assert np.all(np.isfinite(got["wall_s"].values))
+    for k in (*IDENTITY_KEYS, "created_utc", "git_sha", "cli", "versions"):
+        assert got.attrs[k] == want.attrs[k], k
+    assert len(got.attrs["repairs"].splitlines()) == 1
+    assert run_sweep(make(seed=3), path, progress=False)[1]["computed"] == 0  # healthy again
+
+
+def test_a_root_whose_copy_is_another_runs_is_not_restored(toy_store, tmp_path):
+    from studies.sweep import StoreDamaged
+
+    path = shutil.copytree(toy_store, tmp_path / "s.zarr")
+    (path / "zarr.json").write_text("garbage")
+    with pytest.raises(StoreDamaged, match="cannot be recomputed.*--overwrite"):
+        run_sweep(make(seed=4), path, progress=False, repair=True)  # another seed: not this store's run
+    ds, info = run_sweep(make(seed=4), path, progress=False, overwrite=True)
+    assert info["computed"] == 9 and ds.attrs["root_seed"] == "4"
+
+
+def test_a_damaged_chunk_of_an_unfinished_cell_is_simply_written_over(tmp_path):
+    path = tmp_path / "s.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(make(seed=5, fail_after=4), path, progress=False)
+    done = zarr.open_group(str(path))["done"][...]
+    idx = tuple(int(i) for i in np.argwhere(~done)[0])
+    chunk = path / "x" / "c" / "0" / str(idx[0]) / str(idx[1])
+    chunk.parent.mkdir(parents=True, exist_ok=True)
+    chunk.write_bytes(b"\x00\x01")  # a torn write of a cell that never finished
+    ds, info = run_sweep(make(seed=5), path, progress=False)
+    assert info["computed"] == 5
+    full, _ = run_sweep(make(seed=5), tmp_path / "full.zarr", progress=False)
+    np.testing.assert_array_equal(ds["x"].values, full["x"].values)
