@@ -96,14 +96,20 @@ def _heat(ax, M, vmax, xlabels=None, ylabels=None, annotate=False):
 
 
 def _draw_train(ds, store, out, dpi):
+    """The four figures of a ``train`` store (module docstring)."""
     paths = _paths(store, out, ["heatmaps", "dynamics", "metrics", "evolution"])
+    for draw_one, path in zip((_train_heatmaps, _train_dynamics, _train_metrics, _train_evolution), paths):
+        draw_one(ds, path, dpi)
+    return paths
+
+
+def _train_heatmaps(ds, path, dpi, s0=0):
+    """KQ and OV heat maps per head, one row per H: seed ``s0``, last step."""
     Hs = [int(h) for h in ds["H"].values]
     d = int(ds.attrs.get("d", ds.sizes["row"] - 1))
     D = ds.sizes["row"]
     lab = _labels(D, d)
-    s0 = 0
     steps = ds["step"].values
-    # ---- (1) heat maps, seed 0, last step
     Hm = max(Hs)
     height = 1.0 + 1.6 * len(Hs)
     fig = plt.figure(figsize=(max(7.5, 1.0 + 1.75 * Hm), height))
@@ -129,9 +135,13 @@ def _draw_train(ds, store, out, dpi):
     fig.suptitle(f"Trained KQ W_h = Q_hᵀK_h/√D (rows: query entry, columns: key entry; the query's y-row is 0 "
                  f"and left blank)\nand OV u_h = V_hᵀo_h per head; seed {s0}, step {int(steps[-1])}; "
                  "colour bar: KQ scale of the row (OV has its own symmetric scale)", fontsize=7)
-    _save(fig, paths[0], dpi)
+    return _save(fig, path, dpi)
 
-    # ---- (2) dynamics
+
+def _train_dynamics(ds, path, dpi, s0=0):
+    """omega_h(t), mu_h(t) with their sums and eta(t), and the validation MSE, per H >= 2."""
+    Hs = [int(h) for h in ds["H"].values]
+    steps = ds["step"].values
     multi = [i for i, H in enumerate(Hs) if H >= 2] or list(range(len(Hs)))
     fig, axes = plt.subplots(3, len(multi), figsize=(3.3 * len(multi), 7.2), squeeze=False, sharex=True)
     for c, i in enumerate(multi):
@@ -165,9 +175,12 @@ def _draw_train(ds, store, out, dpi):
     fig.suptitle(f"Training dynamics (seed {s0}; positive heads ω, μ > 0 and negative heads ω, μ < 0)\n"
                  f"{_claims_line(ds)}", fontsize=9)
     fig.tight_layout()
-    _save(fig, paths[1], dpi)
+    return _save(fig, path, dpi)
 
-    # ---- (3) pattern metrics vs H
+
+def _train_metrics(ds, path, dpi):
+    """Pattern metrics and the final MSE against H (bars: kept heads; crosses: head groups)."""
+    Hs = [int(h) for h in ds["H"].values]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
     xs = np.arange(len(Hs))
     seeds = ds["seed"].values
@@ -203,9 +216,13 @@ def _draw_train(ds, store, out, dpi):
                  "metric), dots = seeds; crosses: the worse of the two head groups (|μ|-weighted KQ, summed OV), "
                  "which the claims test", fontsize=8)
     fig.tight_layout()
-    _save(fig, paths[2], dpi)
+    return _save(fig, path, dpi)
 
-    # ---- (4) KQ evolution for H = 4 (or the largest H <= 4)
+
+def _train_evolution(ds, path, dpi, s0=0):
+    """KQ of every head at checkpoints, for H = 4 (or the largest H <= 4)."""
+    Hs = [int(h) for h in ds["H"].values]
+    steps = ds["step"].values
     cand = [i for i, H in enumerate(Hs) if H <= 4]
     i = cand[-1] if cand else 0
     H = Hs[i]
@@ -222,13 +239,12 @@ def _draw_train(ds, store, out, dpi):
             _heat(axes[h, c], W[k, h], vk, None, None)
             if c == 0:
                 axes[h, c].set_ylabel(f"head {h}", fontsize=7)
-        im = _heat(axes[H, c], U[k, :H], vo, None, None)
+        _heat(axes[H, c], U[k, :H], vo, None, None)
         axes[0, c].set_title(f"step {cols[c]}", fontsize=7)
     axes[H, 0].set_ylabel("OV (heads × entries)", fontsize=6)
     fig.suptitle(f"Emergence of the KQ / OV patterns, H = {H}, seed {s0}", fontsize=8)
     fig.tight_layout()
-    _save(fig, paths[3], dpi)
-    return paths
+    return _save(fig, path, dpi)
 
 
 # =========================================================================== estimators

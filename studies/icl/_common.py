@@ -29,13 +29,55 @@ def spec(number, section: str) -> str:
     return f"spec number {number} (spec icl_regression {section})"
 
 
-def data_args(sp, d=5, L=40):
-    """--d, --L, --sigma2 of a sub-study."""
+def data_args(sp, defaults: dict, *, sigma2: bool = True) -> None:
+    """--d, --L and (unless the sub-study fixes its own noise) --sigma2, left at None: their
+    defaults are the sub-study's ``DEFAULTS``."""
     from studies.cli import positive_int
 
-    sp.add_argument("--d", type=positive_int, default=d, help=f"covariate dimension (default {d})")
-    sp.add_argument("--L", type=positive_int, default=L, help=f"prompt length for training (default {L})")
-    sp.add_argument("--sigma2", type=nonnegative_float, default=0.1, help="label-noise variance (default 0.1)")
+    sp.add_argument("--d", type=positive_int, default=None, help=f"covariate dimension (default {defaults['d']})")
+    sp.add_argument("--L", type=positive_int, default=None,
+                    help=f"prompt length for training (default {defaults['L']})")
+    if sigma2:
+        sp.add_argument("--sigma2", type=nonnegative_float, default=None,
+                        help=f"label-noise variance (default {defaults['sigma2']})")
+
+
+MAX_VARIANCE = 1e6
+"""The largest label variance an ICL run takes, in units of the signal's (the covariates and the
+task vectors are scaled so that x^T beta has variance 1): a noise variance above 1e6 x the
+signal's leaves nothing to learn at any prompt length the studies allow (L <= 10^4), and the
+squared errors, their second moments and Adam's moment estimates stay far inside float64."""
+
+
+def check_variance(variance: float, what: str) -> None:
+    """The variance check every ICL float that scales labels or predictions goes through (the
+    label variance 1 + sigma2; a value weight's square, which scales the predictor's output):
+    finite and at most :data:`MAX_VARIANCE`. Raises a one-line
+    :class:`~studies.cli.UsageError` before anything is created."""
+    from studies.cli import UsageError
+
+    if not (math.isfinite(variance) and variance <= MAX_VARIANCE):
+        raise UsageError(f"{what}: a label or prediction variance of {variance:.3g} is outside the range the "
+                         f"studies take (at most {MAX_VARIANCE:g} x the signal's variance 1)")
+
+
+def sub_main(study: str, argv=None) -> int:
+    """``main(argv)`` of a sub-study module: ``python -m studies.icl SUB argv`` (its catalogue
+    entry's command and arguments), so every way in runs the same flow."""
+    import sys
+
+    from studies.catalog import by_name
+
+    return by_name(study).main(list(sys.argv[1:] if argv is None else argv))
+
+
+def check_in_process(args) -> None:
+    """``--device gpu`` keeps the cells in this process (the GPU's owner): no workers."""
+    from studies.cli import UsageError
+
+    if args.device == "gpu" and (args.workers > 1 or args.dask_local or args.scheduler):
+        raise UsageError("--device gpu runs the cells in this process (the GPU's owner); "
+                         "drop --workers / --dask-local / --scheduler")
 
 
 def floats(text):
@@ -54,7 +96,8 @@ def device_params(device) -> dict:
 def device_attr(device) -> str:
     if device != "gpu":
         return "cpu"
-    from gpu import device_name
+    import gpu  # noqa: F401  (a GPU run: registers the device with sim.backend, if not done yet)
+    from sim.backend import device_name
 
     return device_name()
 

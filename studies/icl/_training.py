@@ -9,11 +9,13 @@ A training sub-study is one :class:`~studies.cli.Part` whose ``run`` is
   ``--steps`` on an existing store continues its training; ``steps`` is recorded in the attrs
   (with ``train_complete``) and a store of other parameters needs ``--overwrite``;
 * the checkpoint (parameters, Adam's moments, step, data keys, the logs so far) lives *inside*
-  the store, as the group ``checkpoint``, rewritten whole and atomically
-  (:func:`~studies.sweep.replace_group`) every ``--checkpoint-every`` steps: an interrupted run
-  resumes from it and ends bit for bit identical to an uninterrupted one (the data of step t is
-  a pure function of the run's key and t);
-* the raw variables (``RAW_VARS``) are written to the store root once training is complete.
+  the store, as the group ``checkpoint``, rewritten whole and atomically every
+  ``--checkpoint-every`` steps with the one before kept (:mod:`studies.icl._checkpoint`): an
+  interrupted run resumes from it and ends bit for bit identical to an uninterrupted one (the
+  data of step t is a pure function of the run's key and t); a damaged checkpoint is a one-line
+  error, and ``--repair`` restores it to the last intact one (or trains from the start);
+* the raw variables (``RAW_VARS``) are written to the store root once training is complete; a
+  damaged one is rebuilt from the final checkpoint with ``--repair``.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import xarray as xr
 from sim import icl_regression as sim
 from studies.cli import PAIR_RATE, Part, UsageError, check_resources, float_type, positive_int
 from studies.icl._common import device_attr, device_params
-from studies.sweep import StoreSpec, open_group, open_result, open_store, replace_group, store_attrs
+from studies.icl._checkpoint import check_root, load_checkpoint, save_checkpoint
+from studies.sweep import StoreSpec, open_result, open_store, store_attrs
 
 RAW_VARS = ("W", "U", "train_loss", "val_mse", "final_val_blocks", "n_heads", "head_exists")
 CHECKPOINT = "checkpoint"
@@ -98,6 +101,13 @@ def validate_training_device(args, D: int, N: int) -> None:
                          "(max H x D x (D + N) + 1 <= 6144 numbers); use fewer heads or a smaller --d")
 
 
+def check_training(args, D: int) -> None:
+    """Every check of a training sub-study's options (after the defaults, with the device
+    resolved): :func:`validate_training` and the device's limits; ``D`` = the token dimension."""
+    validate_training(args, D)
+    validate_training_device(args, D, D - args.d)
+
+
 class TrainLogs:
     """What training records every ``log_every`` steps (and what a checkpoint holds)."""
 
@@ -146,10 +156,12 @@ def _checkpoint(trainer, logs: TrainLogs, wall_s: float) -> xr.Dataset:
 
 
 def train_runs(runs, *, L, batch, lr, steps, log_every, ckpt_every, n_val, n_final, path, group=CHECKPOINT,
-               progress=True, label="train", device="cpu"):
+               progress=True, label="train", device="cpu", repair=False):
     """Train ``runs`` (batched) with their checkpoint in the group ``group`` of the store at
     ``path`` (which must exist and hold this run: :func:`studies.sweep.open_store`). Resumes
-    from the checkpoint when there is one; a checkpoint past ``steps`` is a usage error. Returns
+    from the checkpoint when there is one (:mod:`studies.icl._checkpoint`: a damaged one is a
+    one-line error, or with ``repair`` restored to the last intact one); a checkpoint past
+    ``steps`` is a usage error. Returns
     (trainer, logs, final per-block validation MSE (R, 20, N), info). ``device="gpu"``: the
     device trainer, advanced one log interval per host synchronisation."""
     from tqdm.auto import tqdm
@@ -157,7 +169,7 @@ def train_runs(runs, *, L, batch, lr, steps, log_every, ckpt_every, n_val, n_fin
     trainer = sim.BatchedTrainer(runs, L=L, batch=batch, lr=lr, device=device)
     logs = TrainLogs()
     wall0 = 0.0
-    ck = open_group(path, group)
+    ck = load_checkpoint(path, group, repair=repair)
     if ck is not None:
         if int(ck["step"]) > steps:
             raise UsageError(f"{path}: its training checkpoint is at step {int(ck['step'])} > --steps {steps}; "
@@ -173,7 +185,7 @@ def train_runs(runs, *, L, batch, lr, steps, log_every, ckpt_every, n_val, n_fin
         return trainer.evaluate(n_val, stream=sim.STREAM_VAL, t=0).mean(axis=1)  # (R, N)
 
     def save():
-        replace_group(path, group, _checkpoint(trainer, logs, wall0 + time.perf_counter() - t0))
+        save_checkpoint(path, group, _checkpoint(trainer, logs, wall0 + time.perf_counter() - t0))
 
     if trainer.step_count == 0 and not logs.steps:
         W, U = trainer.merged()
@@ -257,6 +269,11 @@ def _layout(gdims) -> dict:
             "cell_dims": []}
 
 
+def raw_names(grid) -> set:
+    """The arrays of a training store's raw part: :data:`RAW_VARS` and their coordinates."""
+    return set(RAW_VARS) | set(grid) | {"step", "head", "row", "col", "out", "vblock"}
+
+
 def write_raw(path, raw: xr.Dataset, attrs: dict) -> None:
     """Replace the raw variables at the store root (the checkpoint group is kept); the
     store's attributes (provenance) are kept and updated with ``attrs``. ``train_complete`` is
@@ -274,20 +291,22 @@ def write_raw(path, raw: xr.Dataset, attrs: dict) -> None:
     zarr.open_group(str(path), mode="r+").attrs["train_complete"] = 1
 
 
-def training_part(args, *, study: str, grid: dict, make_run, task_attrs: dict, analyze, summary,
-                  figure_kind: str, extra_attrs: dict | None = None) -> Part:
-    """The :class:`~studies.cli.Part` of a training sub-study (module docstring)."""
-    params = {"sub": args.sub, "grid": {k: np.asarray(v).tolist() for k, v in grid.items()}, "L": args.L,
+def training_part(args, *, study: str, grid: dict, make_run, task_attrs: dict, figure_kind: str, token_dim: int,
+                  extra_params: dict | None = None, extra_attrs: dict | None = None) -> Part:
+    """The :class:`~studies.cli.Part` of a training sub-study (module docstring); ``study`` is
+    ``icl_<sub>``, ``token_dim`` the token dimension D; ``extra_params`` join the run's stored
+    parameters (what its analysis reads)."""
+    sub = study.removeprefix("icl_")
+    params = {"sub": sub, "grid": {k: np.asarray(v).tolist() for k, v in grid.items()}, "L": args.L,
               "batch": args.batch, "lr": args.lr, "betas": [0.9, 0.999], "eps": 1e-8, "log_every": args.log_every,
               "val_prompts": args.val_prompts, "final_prompts": args.final_prompts, "task": task_attrs,
               "seed": args.seed, "nchunk": sim.DEFAULT_CHUNKS,
               "init": "PyTorch nn.Linear default: Q,K,V ~ U(±1/sqrt(D)), O ~ U(±1/sqrt(H D))",
-              **device_params(args.device)}
-    D = args.d + (2 if args.sub == "multitask" else 1)
+              **(extra_params or {}), **device_params(args.device)}
     spec = StoreSpec(study=study, params=params, root_seed=args.seed, layout=_layout(grid), seed_policy=SEED_POLICY,
-                     attrs={"substudy": args.sub, "figure_kind": figure_kind, "device": device_attr(args.device),
-                            "temperature": 1.0 / np.sqrt(D), "task": json.dumps(task_attrs), "d": args.d, "L": args.L,
-                            "batch": args.batch, "lr": args.lr,
+                     attrs={"substudy": sub, "figure_kind": figure_kind, "device": device_attr(args.device),
+                            "temperature": 1.0 / np.sqrt(token_dim), "task": json.dumps(task_attrs), "d": args.d,
+                            "L": args.L, "batch": args.batch, "lr": args.lr,
                             "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-8), PyTorch bias correction",
                             "loss": "mean over prompts and outputs of (ŷ - y_q)^2 (query label noisy unless the task "
                                     "says not)",
@@ -297,25 +316,29 @@ def training_part(args, *, study: str, grid: dict, make_run, task_attrs: dict, a
                             **(extra_attrs or {})})
 
     def runner(path, args_, executor):
-        open_store(path, spec, spec.create_empty, overwrite=args.overwrite)
+        repair = getattr(args, "repair", False)
+        open_store(path, spec, spec.create_empty, overwrite=args.overwrite, repair=repair)
+        check_root(path, raw_names(grid), repair=repair)
         attrs = store_attrs(path) or {}
         runs = grid_runs(grid, make_run)
         R = len(runs)
+        unit = "steps"  # of every run ("training: R runs x S steps" says how many)
         if attrs.get("train_complete") and int(attrs.get("steps", -1)) == args.steps:
             raw = open_result(path)
             raw = raw[[v for v in raw.data_vars if v in RAW_VARS]]
             print(f"training: {R} runs x {args.steps} steps already complete "
                   f"(wall time {float(attrs.get('train_wall_s', 0.0)):.1f} s); re-analysing", flush=True)
-            return raw, {"cells": args.steps, "computed": 0, "resumed": args.steps, "unit": f"steps of {R} runs"}
+            return raw, {"cells": args.steps, "computed": 0, "resumed": args.steps, "unit": unit}
         trainer, logs, blocks, tinfo = train_runs(
             runs, L=args.L, batch=args.batch, lr=args.lr, steps=args.steps, log_every=args.log_every,
             ckpt_every=args.checkpoint_every, n_val=args.val_prompts, n_final=args.final_prompts, path=path,
-            progress=not args.no_progress, label=f"icl {args.sub}", device=args.device)
+            progress=not args.no_progress, label=f"icl {sub}", device=args.device, repair=repair)
         raw = raw_dataset(grid, runs, logs, blocks, trainer)
         write_raw(path, raw, {"steps": args.steps, "train_wall_s": tinfo["wall_s"]})
+        raw.attrs = store_attrs(path)  # the analysis reads the run's parameters from them
         res = tinfo["resumed_from"]
         print(f"training: {R} runs x {args.steps} steps ({'resumed at step ' + str(res) if res else 'from scratch'}; "
               f"training wall time {tinfo['wall_s']:.1f} s)", flush=True)
-        return raw, {"cells": args.steps, "computed": args.steps - res, "resumed": res, "unit": f"steps of {R} runs"}
+        return raw, {"cells": args.steps, "computed": args.steps - res, "resumed": res, "unit": unit}
 
-    return Part("", analyze, run=runner, summary=summary)
+    return Part("", run=runner)

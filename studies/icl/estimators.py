@@ -36,14 +36,24 @@ import xarray as xr
 
 from sim import icl_regression as sim
 from studies.claims import ClaimSpec, worst_of, z_family
-from studies.cli import PAIR_RATE, Part, UsageError, check_resources, check_scores, finite_float, positive_float, positive_int
+from studies.cli import (PAIR_RATE, Part, UsageError, check_resources, check_scores, finite_float, positive_float,
+                         positive_int, run_params)
 from studies.icl import _common as C
 from studies.sweep import Sweep, str_coord
 from theory import icl_regression as th
 
+STUDY = "icl_estimators"
+DESCRIPTION = ("Monte Carlo risks of the closed-form predictors (softmax kernels, GD, debiased GD, ridge) against "
+               "their exact finite-L risks, over prompt lengths L.")
+EXAMPLES = """\
+examples:
+  python -m studies.icl estimators --L 10..100:5 --prompts 50000   # seconds
+  python -m studies.icl estimators --quick --plot
+"""
 ESTIMATORS = ("multihead_tf", "singlehead_tf", "gd", "gd_opt", "dgd", "dgd_opt", "ridge")
-DEFAULTS = {"L": "10..100:5", "prompts": 50000, "reps": 10}
+DEFAULTS = {"L": "10..100:5", "d": 5, "sigma2": 0.1, "prompts": 50000, "reps": 10, "omega": 0.13, "mu": 3.45}
 QUICK = {"L": "10,40,100", "prompts": 8000, "reps": 4}
+PRESETS: dict = {}
 
 S = C.SOURCE
 EXACT = ClaimSpec(
@@ -57,37 +67,40 @@ BEATS = ClaimSpec(
     "The two-head softmax kernel has a lower risk than the single-head kernel wherever the exact risks say so.")
 
 
-def add_parser(sub, add_common):
-    sp = sub.add_parser("estimators", help="Monte Carlo risks of closed-form predictors vs their exact risks, over L",
-                        description="Monte Carlo risks of the closed-form predictors (softmax kernels, GD, debiased "
-                                    "GD, ridge) against their exact finite-L risks, over prompt lengths L.",
-                        epilog="example: python -m studies.icl estimators --L 10..100:5 --prompts 50000")
-    sp.add_argument("--L", type=C.ints, default=None, metavar="RANGE",
-                    help=f"prompt lengths, 10..100:5 (inclusive) or a list (default {DEFAULTS['L']}; "
-                         f"--quick {QUICK['L']})")
-    sp.add_argument("--d", type=positive_int, default=5, help="covariate dimension (default 5)")
-    sp.add_argument("--sigma2", type=positive_float, default=0.1, help="label-noise variance (default 0.1)")
-    sp.add_argument("--prompts", type=positive_int, default=None,
-                    help=f"Monte Carlo prompts per L (default {DEFAULTS['prompts']}; --quick {QUICK['prompts']})")
-    sp.add_argument("--reps", type=positive_int, default=None,
-                    help=f"replicate blocks the prompts are split into (default {DEFAULTS['reps']}; "
-                         f"--quick {QUICK['reps']})")
-    sp.add_argument("--omega", type=positive_float, default=0.13, help="multi-head kernel |omega| (default 0.13)")
-    sp.add_argument("--mu", type=finite_float, default=3.45, help="multi-head kernel |mu| (default 3.45)")
-    add_common(sp, "icl_estimators")
-    return sp
+def add_arguments(p) -> None:
+    p.add_argument("--L", type=C.ints, default=None, metavar="RANGE",
+                   help=f"prompt lengths, 10..100:5 (inclusive) or a list (default {DEFAULTS['L']}; "
+                        f"--quick {QUICK['L']})")
+    p.add_argument("--d", type=positive_int, default=None, help=f"covariate dimension (default {DEFAULTS['d']})")
+    p.add_argument("--sigma2", type=positive_float, default=None,
+                   help=f"label-noise variance (default {DEFAULTS['sigma2']})")
+    p.add_argument("--prompts", type=positive_int, default=None,
+                   help=f"Monte Carlo prompts per L (default {DEFAULTS['prompts']}; --quick {QUICK['prompts']})")
+    p.add_argument("--reps", type=positive_int, default=None,
+                   help=f"replicate blocks the prompts are split into (default {DEFAULTS['reps']}; "
+                        f"--quick {QUICK['reps']})")
+    p.add_argument("--omega", type=positive_float, default=None,
+                   help=f"multi-head kernel |omega| (default {DEFAULTS['omega']})")
+    p.add_argument("--mu", type=finite_float, default=None, help=f"multi-head kernel |mu| (default {DEFAULTS['mu']})")
 
 
-def validate(args):
+def validate(args) -> None:
     if min(args.L) < 2 or max(args.L) > 10000:
         raise UsageError("--L: prompt lengths must be in 2..10000")
     if args.reps < 2 or args.prompts % args.reps:
         raise UsageError("--reps must be >= 2 and divide --prompts")
+    C.check_variance(1.0 + args.sigma2, "--sigma2")
+    C.check_variance(args.mu * args.mu, "--mu (the multi-head kernel's value weight, squared)")
     check_scores(args.omega * max(args.L) * args.d * (1 + args.sigma2), "--omega x --L x --d")
     n_per = args.prompts // args.reps
     check_resources(f"{args.prompts} prompts of length up to {max(args.L)} in d = {args.d}",
                     memory=8.0 * 8 * n_per * max(args.L) * (args.d + 1),
                     work_s=args.prompts * sum(args.L) * (args.d + 1) ** 2 * 8 / PAIR_RATE)
+    C.check_in_process(args)
+
+
+def main(argv=None) -> int:
+    return C.sub_main(STUDY, argv)
 
 
 def single_head_params(d, L, sigma2):
@@ -129,7 +142,7 @@ def make_sweep(args) -> Sweep:
     params = {"L": L.tolist(), "d": args.d, "sigma2": args.sigma2, "prompts": args.prompts, "reps": args.reps,
               "omega": args.omega, "mu": args.mu, "estimators": list(ESTIMATORS), **C.device_params(args.device)}
     return Sweep(
-        study="icl_estimators", cell_dims={"L": L, "rep": np.arange(args.reps)},
+        study=STUDY, cell_dims={"L": L, "rep": np.arange(args.reps)},
         variables={"mse": ("estimator", "L", "rep"), "m2": ("estimator", "L", "rep"),
                    "ridge_cond_risk": ("L", "rep"), "ridge_cond_m2": ("L", "rep"),
                    "ridge_diff": ("L", "rep"), "ridge_diff_m2": ("L", "rep"),
@@ -155,10 +168,8 @@ def make_sweep(args) -> Sweep:
                    "md_diff": {"long_name": "mean of multihead_tf minus dgd squared errors (paired)"}})
 
 
-def part(args) -> Part:
-    n_per = args.prompts // args.reps
-    return Part("", functools.partial(analyze_estimators, d=args.d, sigma2=args.sigma2, omega=args.omega, mu=args.mu,
-                                      n_per_rep=n_per), sweep=make_sweep(args), summary=summary_estimators)
+def parts(args) -> list[Part]:
+    return [Part("", sweep=make_sweep(args))]
 
 
 def exact_risks(est, L, d, sigma2, omega, mu):
@@ -184,7 +195,12 @@ def exact_risks(est, L, d, sigma2, omega, mu):
     return out
 
 
-def analyze_estimators(ds, d, sigma2, omega, mu, n_per_rep):
+def analyze(ds):
+    """Pooled Monte Carlo risks against the exact ones, and the claims (d, sigma2, omega, mu and
+    the prompts per replicate are the run's stored parameters)."""
+    p = run_params(ds)
+    d, sigma2, omega, mu = int(p["d"]), float(p["sigma2"]), float(p["omega"]), float(p["mu"])
+    n_per_rep = int(p["prompts"]) // int(p["reps"])
     L = ds["L"].values
     est = [str(e) for e in ds["estimator"].values]
     mc, se = C.pooled(ds["mse"].values, ds["m2"].values, n_per_rep)
@@ -259,7 +275,7 @@ def _claims(est, L, mc, se, theory, dd, ddse, rd, rdse):
     return claims
 
 
-def summary_estimators(a):
+def summary(a):
     est = list(a["estimator"].values)
     rows = [f"{'L':>5} " + " ".join(f"{e:>14}" for e in est) + f" {'ridge MP':>9}"]
     for j, L in enumerate(a["L"].values):
@@ -267,3 +283,9 @@ def summary_estimators(a):
         rows.append(f"{L:>5} " + " ".join(f"{c:>14}" for c in cells) + f" {a['theory_ridge_mp'].values[j]:>9.4f}")
     rows.append("(each entry: MC risk / exact finite-L risk; ridge: / mean Bayes risk given the sampled designs)")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -5,7 +5,10 @@ L_train, at test lengths L'.
 
 The linear baseline's training keeps its checkpoint inside this store (group
 ``linear_checkpoint``, the shared runner of :mod:`studies.icl._training`); the test-length grid
-is a resumable sweep (L', rep).
+is a resumable sweep (L', rep). What the analysis needs of the models and of the baseline (their
+learned omega, mu, eta, validation logs; :data:`INPUTS`) is written into the store beside the
+sweep's data and listed in its layout, so the store re-derives its claims on its own (the
+parameters d, L_train, sigma2 of the models are stored with the run's).
 
 Claims (predictions from :mod:`theory.icl_regression` for the models' d, L_train, sigma2 and
 their learned omega, mu; the claims about a trained model are "not tested" when that model's own
@@ -29,6 +32,7 @@ import functools
 import hashlib
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +40,31 @@ import xarray as xr
 
 from sim import icl_regression as sim
 from studies.claims import ClaimSpec, worst_of, z_family
-from studies.cli import PAIR_RATE, Part, UsageError, check_resources, positive_int, run_study_sweep
+from studies.cli import PAIR_RATE, Part, UsageError, check_resources, positive_int, run_params, run_study_sweep
 from studies.icl import _common as C
 from studies.icl._training import train_runs
 from studies.icl.train import pair_parameters
-from studies.sweep import Sweep, SweepStore, open_result
+from studies.sweep import Sweep, SweepStore, open_result, store_attrs
 from theory import icl_regression as th
 
-DEFAULTS = {"L_test": "10..100:5,200,400", "prompts": 20000, "reps": 10, "linear_steps": 20000}
+STUDY = "icl_length"
+DESCRIPTION = ("Length generalisation of the models of a finished 'icl train' store and of a linear-attention "
+               "baseline, at test lengths L'.")
+EXAMPLES = """\
+examples:
+  python -m studies.icl length                      # needs results/icl_train.zarr (run train first)
+  python -m studies.icl length --models results/icl_train.zarr --L-test 10..100:5,200,400
+"""
+DEFAULTS = {"models": "results/icl_train.zarr", "L_test": "10..100:5,200,400", "prompts": 20000, "reps": 10,
+            "linear_steps": 20000, "linear_H": 1}
 QUICK = {"L_test": "10,40,100,400", "prompts": 2000, "reps": 4, "linear_steps": 300}
+PRESETS: dict = {}
 LINEAR_CHECKPOINT = "linear_checkpoint"
+INPUTS = {  # what the analysis reads of the models (--models) and of the trained baseline: name -> dims
+    "linear_W": ("seed", "lhead", "row", "col"), "linear_U": ("seed", "lhead", "row"), "linear_eta": ("seed",),
+    "linear_train_steps": (), "linear_val_mse": ("seed",), "linear_val_log": ("seed", "lstep"),
+    "model_omega": ("H", "seed", "mhead"), "model_mu": ("H", "seed", "mhead"), "model_exists": ("H", "seed", "mhead"),
+    "softmax_eta": ("H", "seed"), "model_val_log": ("H", "seed", "mstep"), "model_val_se": ("H", "seed")}
 
 S = C.SOURCE
 EXACT = ClaimSpec("icl_length.softmax_exact", f"{S}: length generalisation of softmax attention (spec §7, §13.7)",
@@ -63,29 +82,23 @@ BEATS = ClaimSpec("icl_length.multihead_beats_single", f"{S}: multi-head beats s
                   "kernel risks say so.")
 
 
-def add_parser(sub, add_common):
-    sp = sub.add_parser("length", help="length generalisation of trained models and a linear-attention baseline",
-                        description="Length generalisation of the models of a finished 'icl train' store and of a "
-                                    "linear-attention baseline.",
-                        epilog="example: python -m studies.icl length --models results/icl_train.zarr "
-                               "--L-test 10..100:5,200,400")
-    sp.add_argument("--models", type=Path, default=Path("results") / "icl_train.zarr",
-                    help="store written by 'python -m studies.icl train' (default results/icl_train.zarr)")
-    sp.add_argument("--L-test", dest="L_test", type=C.ints, default=None, metavar="RANGE",
-                    help=f"test lengths (default {DEFAULTS['L_test']}; --quick {QUICK['L_test']})")
-    sp.add_argument("--prompts", type=positive_int, default=None,
-                    help=f"test prompts per length (default {DEFAULTS['prompts']}; --quick {QUICK['prompts']})")
-    sp.add_argument("--reps", type=positive_int, default=None,
-                    help=f"replicate blocks (default {DEFAULTS['reps']}; --quick {QUICK['reps']})")
-    sp.add_argument("--linear-steps", type=positive_int, default=None,
-                    help=f"Adam steps of the linear-attention baseline (default {DEFAULTS['linear_steps']}; "
-                         f"--quick {QUICK['linear_steps']})")
-    sp.add_argument("--linear-H", type=positive_int, default=1, help="heads of the linear baseline (default 1)")
-    add_common(sp, "icl_length")
-    return sp
+def add_arguments(p) -> None:
+    p.add_argument("--models", type=Path, default=None,
+                   help=f"store written by 'python -m studies.icl train' (default {DEFAULTS['models']})")
+    p.add_argument("--L-test", dest="L_test", type=C.ints, default=None, metavar="RANGE",
+                   help=f"test lengths (default {DEFAULTS['L_test']}; --quick {QUICK['L_test']})")
+    p.add_argument("--prompts", type=positive_int, default=None,
+                   help=f"test prompts per length (default {DEFAULTS['prompts']}; --quick {QUICK['prompts']})")
+    p.add_argument("--reps", type=positive_int, default=None,
+                   help=f"replicate blocks (default {DEFAULTS['reps']}; --quick {QUICK['reps']})")
+    p.add_argument("--linear-steps", type=positive_int, default=None,
+                   help=f"Adam steps of the linear-attention baseline (default {DEFAULTS['linear_steps']}; "
+                        f"--quick {QUICK['linear_steps']})")
+    p.add_argument("--linear-H", type=positive_int, default=None,
+                   help=f"heads of the linear baseline (default {DEFAULTS['linear_H']})")
 
 
-def validate(args):
+def validate(args) -> None:
     if min(args.L_test) < 2 or max(args.L_test) > 5000:
         raise UsageError("--L-test: lengths must be in 2..5000")
     if args.reps < 2 or args.prompts % args.reps:
@@ -106,6 +119,11 @@ def validate(args):
     if attrs.get("study") != "icl_train" or not attrs.get("train_complete"):
         raise UsageError(f"--models {models} is not a finished 'icl train' store")
     args.models_attrs = attrs
+    C.check_in_process(args)
+
+
+def main(argv=None) -> int:
+    return C.sub_main(STUDY, argv)
 
 
 def _length_cell(cell, *, W, U, nh, Wl, Ul, nhl, task, key, n_per, L_train, device="cpu"):
@@ -122,85 +140,150 @@ def _length_cell(cell, *, W, U, nh, Wl, Ul, nhl, task, key, n_per, L_train, devi
             "mse_linear": sql.mean(1), "m2_linear": (sql**2).mean(1)}
 
 
-def part(args) -> Part:
-    mattrs = args.models_attrs
-    task_p = json.loads(mattrs["task"])
-    d, L_train, sigma2 = int(mattrs["d"]), int(mattrs["L"]), float(task_p["sigma2"])
-    mds = open_result(args.models)
-    W = mds["W"].isel(step=-1).values  # (H, seed, head, D, D)
-    U = mds["U"].isel(step=-1).values
-    nh = mds["n_heads"].values
-    seeds = mds["seed"].values
-    Hs = mds["H"].values
-    task = sim.isotropic_task(d, sigma2)
-    digest = hashlib.sha256(np.ascontiguousarray(W).tobytes() + np.ascontiguousarray(U).tobytes()).hexdigest()[:16]
-    lin_params = {"H": args.linear_H, "seeds": len(seeds), "L": L_train, "d": d, "sigma2": sigma2, "batch": 256,
-                  "lr": 1e-3, "seed": args.seed, "kind": "linear", "normalisation": "1/L_train",
-                  "steps": args.linear_steps}
+@dataclass
+class InputSweep(Sweep):
+    """A sweep whose store also holds ``inputs`` (name -> dims): arrays its runner writes beside
+    the cells (what the analysis needs of other stores), listed with the variables in the store's
+    layout, so the analysis write keeps them as data."""
+
+    inputs: dict = field(default_factory=dict)
+
+    @property
+    def layout_json(self) -> str:
+        return json.dumps({"variables": {**{k: list(v) for k, v in self.variables.items()},
+                                         **{k: list(v) for k, v in self.inputs.items()}},
+                           "cell_dims": list(self.cell_dims)}, sort_keys=True)
+
+
+@dataclass
+class Models:
+    """The trained models of a finished ``train`` store (their last step)."""
+
+    path: Path
+    d: int
+    L_train: int
+    sigma2: float
+    W: np.ndarray  # (H, seed, head, D, D)
+    U: np.ndarray
+    n_heads: np.ndarray
+    Hs: np.ndarray
+    seeds: np.ndarray
+    params_json: str
+    store: xr.Dataset
+
+    @classmethod
+    def read(cls, path, attrs) -> "Models":
+        task_p = json.loads(attrs["task"])
+        mds = open_result(path)
+        return cls(Path(path), int(attrs["d"]), int(attrs["L"]), float(task_p["sigma2"]),
+                   mds["W"].isel(step=-1).values, mds["U"].isel(step=-1).values, mds["n_heads"].values,
+                   mds["H"].values, mds["seed"].values, attrs.get("params_json"), mds)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.W).tobytes()
+                              + np.ascontiguousarray(self.U).tobytes()).hexdigest()[:16]
+
+    def inputs(self) -> xr.Dataset:
+        """The models' part of :data:`INPUTS`: learned omega, mu, eta and validation logs."""
+        m = sim.pattern_metrics(self.W, self.U, self.d)
+        exists = self.store["head_exists"].values
+        mu_m = np.where(exists, m["mu"], 0.0)
+        ds = xr.Dataset(coords={"H": self.Hs, "seed": self.seeds, "mhead": np.arange(self.W.shape[2]),
+                                "mstep": self.store["step"].values})
+        ds["model_omega"] = (("H", "seed", "mhead"), m["omega"])
+        ds["model_mu"] = (("H", "seed", "mhead"), mu_m)
+        ds["model_exists"] = (("H", "seed", "mhead"), exists)
+        ds["softmax_eta"] = (("H", "seed"), (mu_m * m["omega"]).sum(-1))
+        ds["model_val_log"] = (("H", "seed", "mstep"), self.store["val_mse"].values[..., 0],
+                               {"long_name": "the models' validation MSE during their training (from --models)"})
+        ds["model_val_se"] = (("H", "seed"), C.block_mean_se(self.store["final_val_blocks"].values[..., 0])[1])
+        return ds
+
+
+def _linear_inputs(trainer, logs, blocks, steps, d, seeds) -> xr.Dataset:
+    """The trained baseline's part of :data:`INPUTS`."""
+    Wl, Ul = trainer.merged()
+    ml = sim.pattern_metrics(Wl, Ul, d)
+    ds = xr.Dataset(coords={"seed": seeds, "lhead": np.arange(trainer.H_max), "row": np.arange(d + 1),
+                            "col": np.arange(d + 1), "lstep": np.asarray(logs.steps, dtype=np.int64)})
+    ds["linear_W"] = (("seed", "lhead", "row", "col"), Wl, {"long_name": "merged KQ of the linear baseline"})
+    ds["linear_U"] = (("seed", "lhead", "row"), Ul[..., 0])
+    ds["linear_eta"] = (("seed",), (ml["mu"] * ml["omega"]).sum(-1),
+                        {"long_name": "sum_h mu_h omega_h of the linear baseline"})
+    ds["linear_train_steps"] = ((), int(steps))
+    ds["linear_val_mse"] = (("seed",), blocks[..., 0].mean(-1), {"long_name": "linear baseline MSE at L_train"})
+    ds["linear_val_log"] = (("seed", "lstep"), np.asarray(logs.val_mse)[:, :, 0].T,
+                            {"long_name": "linear baseline validation MSE during its training"})
+    return ds
+
+
+def make_sweep(args, models: Models) -> InputSweep:
+    """The (L', rep) sweep; its cell function is set by the runner once the baseline is trained."""
+    lin_params = {"H": args.linear_H, "seeds": len(models.seeds), "L": models.L_train, "d": models.d,
+                  "sigma2": models.sigma2, "batch": 256, "lr": 1e-3, "seed": args.seed, "kind": "linear",
+                  "normalisation": "1/L_train", "steps": args.linear_steps}
     L_test = np.asarray(args.L_test, dtype=np.int64)
-    n_per = args.prompts // args.reps
-    key = sim.data_key(np.random.SeedSequence(args.seed, spawn_key=(11,)))
     params = {"L_test": L_test.tolist(), "prompts": args.prompts, "reps": args.reps, "models": str(args.models),
-              "models_digest": digest, "models_params": mattrs.get("params_json"), "linear": lin_params,
-              **C.device_params(args.device)}
-    sweep = Sweep(
-        study="icl_length", cell_dims={"L_test": L_test, "rep": np.arange(args.reps)},
+              "models_digest": models.digest, "models_params": models.params_json, "linear": lin_params,
+              "d": models.d, "L_train": models.L_train, "sigma2": models.sigma2, **C.device_params(args.device)}
+    return InputSweep(
+        study=STUDY, cell_dims={"L_test": L_test, "rep": np.arange(args.reps)},
         variables={"mse_softmax": ("L_test", "rep", "H", "seed"), "m2_softmax": ("L_test", "rep", "H", "seed"),
                    "mse_linear": ("L_test", "rep", "seed"), "m2_linear": ("L_test", "rep", "seed")},
-        coords={"H": Hs, "seed": seeds}, params=params, run_cell=None, root_seed=args.seed,
-        attrs={"substudy": "length", "figure_kind": "length", "device": C.device_attr(args.device), "d": d,
-               "L_train": L_train, "sigma2": sigma2, "prompts_per_rep": n_per, "models_store": str(args.models),
+        coords={"H": models.Hs, "seed": models.seeds}, params=params, run_cell=None, root_seed=args.seed,
+        attrs={"substudy": "length", "figure_kind": "length", "device": C.device_attr(args.device), "d": models.d,
+               "L_train": models.L_train, "sigma2": models.sigma2, "prompts_per_rep": args.prompts // args.reps,
+               "models_store": str(args.models),
                "linear_baseline": "same one-layer model with softmax replaced by s/L_train (fixed normalisation, "
                                   "reconstructed [?]); trained here with Adam 1e-3, B = 256, at L_train; its "
                                   f"checkpoint is the group {LINEAR_CHECKPOINT}",
                "convention": "test prompts: Philox stream 2 at t = L_test, shared by all models (common random "
-                             "numbers)"})
-    m = sim.pattern_metrics(W, U, d)
-    exists = mds["head_exists"].values
-    mu_m = np.where(exists, m["mu"], 0.0)
+                             "numbers)"},
+        inputs=INPUTS)
+
+
+def write_inputs(path, inputs: xr.Dataset) -> None:
+    """Write :data:`INPUTS` into the store beside the sweep's data, keeping the store's own
+    attributes (``to_zarr(mode="a")`` would replace them with the dataset's)."""
+    inputs = inputs.copy()
+    inputs.attrs = store_attrs(path) or {}
+    inputs.to_zarr(str(path), mode="a", consolidated=False)
+
+
+def parts(args) -> list[Part]:
+    models = Models.read(args.models, args.models_attrs)
+    sweep = make_sweep(args, models)
+    task = sim.isotropic_task(models.d, models.sigma2)
+    n_per = args.prompts // args.reps
+    key = sim.data_key(np.random.SeedSequence(args.seed, spawn_key=(11,)))
 
     def runner(path, args_, executor):
         SweepStore(path, sweep).open(overwrite=args.overwrite)  # the identity check, before any training
         log_every = 100 if args.linear_steps % 1000 else 1000
         runs = []
-        for s in seeds:
+        for s in models.seeds:
             ds_, is_ = C.seed_seqs(args.seed, s, args.linear_H)
             runs.append(sim.RunSpec(args.linear_H, task, ds_, is_, kind="linear"))
         trainer, logs, blocks, info = train_runs(
-            runs, L=L_train, batch=256, lr=1e-3, steps=args.linear_steps, log_every=log_every,
+            runs, L=models.L_train, batch=256, lr=1e-3, steps=args.linear_steps, log_every=log_every,
             ckpt_every=5 * log_every, n_val=1000, n_final=2000, path=path, group=LINEAR_CHECKPOINT,
-            progress=not args.no_progress, label="linear baseline", device=args.device)
+            progress=not args.no_progress, label="linear baseline", device=args.device, repair=args.repair)
         Wl, Ul = trainer.merged()
-        sweep.run_cell = functools.partial(_length_cell, W=W, U=U, nh=nh, Wl=Wl, Ul=Ul, nhl=trainer.n_heads, task=task,
-                                           key=key, n_per=n_per, L_train=L_train, device=args.device)
+        sweep.run_cell = functools.partial(_length_cell, W=models.W, U=models.U, nh=models.n_heads, Wl=Wl, Ul=Ul,
+                                           nhl=trainer.n_heads, task=task, key=key, n_per=n_per,
+                                           L_train=models.L_train, device=args.device)
         kw = {"executor": executor} if executor is not None else {}
         ds, sinfo = run_study_sweep(sweep, args, path, **kw)
-        ml = sim.pattern_metrics(Wl, Ul, d)
-        ds = ds.assign_coords(lhead=np.arange(trainer.H_max), row=np.arange(d + 1), col=np.arange(d + 1),
-                              mhead=np.arange(W.shape[2]))
-        ds["linear_W"] = (("seed", "lhead", "row", "col"), Wl, {"long_name": "merged KQ of the linear baseline"})
-        ds["linear_U"] = (("seed", "lhead", "row"), Ul[..., 0])
-        ds["linear_eta"] = (("seed",), (ml["mu"] * ml["omega"]).sum(-1),
-                            {"long_name": "sum_h mu_h omega_h of the linear baseline"})
-        ds["linear_train_steps"] = ((), int(args.linear_steps))
-        ds["linear_val_mse"] = (("seed",), blocks[..., 0].mean(-1), {"long_name": "linear baseline MSE at L_train"})
-        ds = ds.assign_coords(lstep=np.asarray(logs.steps, dtype=np.int64))
-        ds["linear_val_log"] = (("seed", "lstep"), np.asarray(logs.val_mse)[:, :, 0].T,
-                                {"long_name": "linear baseline validation MSE during its training"})
-        ds["model_omega"] = (("H", "seed", "mhead"), m["omega"])
-        ds["model_mu"] = (("H", "seed", "mhead"), mu_m)
-        ds["model_exists"] = (("H", "seed", "mhead"), exists)
-        ds["softmax_eta"] = (("H", "seed"), (mu_m * m["omega"]).sum(-1))
-        ds = ds.assign_coords(mstep=mds["step"].values)
-        ds["model_val_log"] = (("H", "seed", "mstep"), mds["val_mse"].values[..., 0],
-                               {"long_name": "the models' validation MSE during their training (from --models)"})
-        ds["model_val_se"] = (("H", "seed"), C.block_mean_se(mds["final_val_blocks"].values[..., 0])[1])
-        print(f"linear baseline: {args.linear_steps} steps ({'resumed at ' + str(info['resumed_from']) if info['resumed_from'] else 'trained'}; "
+        inputs = xr.merge([_linear_inputs(trainer, logs, blocks, args.linear_steps, models.d, models.seeds),
+                           models.inputs()])
+        write_inputs(path, inputs.drop_vars(["H", "seed"]))
+        res = info["resumed_from"]
+        print(f"linear baseline: {args.linear_steps} steps ({'resumed at ' + str(res) if res else 'trained'}; "
               f"wall time {info['wall_s']:.1f} s)", flush=True)
-        return ds, sinfo
+        return ds.drop_vars(list(INPUTS), errors="ignore").merge(inputs), sinfo
 
-    return Part("", functools.partial(analyze_length, d=d, L_train=L_train, sigma2=sigma2, n_per_rep=n_per),
-                run=runner, summary=summary_length)
+    return [Part("", run=runner)]
 
 
 def kernel_risks(Hs, omega, mu, exists, Lt, d, sigma2):
@@ -221,10 +304,19 @@ def kernel_risks(Hs, omega, mu, exists, Lt, d, sigma2):
     return out
 
 
-def analyze_length(ds, d, L_train, sigma2, n_per_rep):
-    Lt = ds["L_test"].values.astype(int)
-    Hs = [int(h) for h in ds["H"].values]
-    seeds = [int(s) for s in ds["seed"].values]
+def analyze(ds):
+    """Pooled test MSEs against the exact risks at the learned parameters, and the claims (the
+    models' d, L_train, sigma2 and the prompts per replicate are the run's stored parameters;
+    the learned parameters are the store's :data:`INPUTS`)."""
+    p = run_params(ds)
+    d, L_train, sigma2 = int(p["d"]), int(p["L_train"]), float(p["sigma2"])
+    out, res = _pooled(ds, int(p["prompts"]) // int(p["reps"]))
+    _theory_variables(out, ds, d, L_train, sigma2)
+    return out, _claims(ds, out, res, L_train)
+
+
+def _pooled(ds, n_per_rep):
+    """Pooled MSE and SE of the softmax models and of the baseline at each test length."""
     out = xr.Dataset(coords={"L_test": ds["L_test"], "H": ds["H"], "seed": ds["seed"]})
     res = {}
     for k in ("softmax", "linear"):
@@ -234,35 +326,54 @@ def analyze_length(ds, d, L_train, sigma2, n_per_rep):
         dims = ("L_test", "H", "seed") if k != "linear" else ("L_test", "seed")
         out[f"{k}_mse"] = (dims, res[k][0])
         out[f"{k}_se"] = (dims, res[k][1])
-    for v in ("linear_W", "linear_U", "linear_eta", "linear_train_steps", "linear_val_mse", "linear_val_log", "softmax_eta",
-              "model_omega", "model_mu", "model_exists", "model_val_log", "model_val_se"):
-        if v in ds:
-            out[v] = ds[v]
+    return out, res
+
+
+def _theory_variables(out, ds, d, L_train, sigma2) -> None:
+    """The exact risks at the learned parameters (kernel, debiased GD, the baseline's GD with
+    the rescaled step) and the Bayes risk's large-L limit."""
+    Lt = ds["L_test"].values.astype(int)
+    Hs = [int(h) for h in ds["H"].values]
     eta = ds["softmax_eta"].values
     out["theory_dgd_risk"] = (("L_test", "H", "seed"), th.dgd_risk(eta[None], d, Lt[:, None, None].astype(float), sigma2),
                               {"long_name": "exact debiased-GD risk at the learned eta"})
     kr = kernel_risks(Hs, ds["model_omega"].values, ds["model_mu"].values, ds["model_exists"].values, Lt, d, sigma2)
     out["theory_kernel_risk"] = (("L_test", "H", "seed"), kr, {
         "long_name": "exact risk of the softmax kernel at the learned parameters (H >= 2: the antisymmetric pair)"})
-    el = ds["linear_eta"].values
-    lin_th = th.linear_baseline_risk(el[None], L_train, Lt[:, None], d, sigma2)
+    lin_th = th.linear_baseline_risk(ds["linear_eta"].values[None], L_train, Lt[:, None], d, sigma2)
     out["theory_linear_risk"] = (("L_test", "seed"), lin_th,
                                  {"long_name": "GD risk with step eta_lin L'/L_train (fixed 1/L_train normalisation)"})
     out["theory_bayes_mp"] = (("L_test",), th.ridge_bayes_risk_mp(sigma2, d / Lt.astype(float)))
-    sm, sse = res["softmax"]
-    lm, lse = res["linear"]
 
-    claims = []
-    z, zs = z_family(len(Lt) * len(Hs) * len(seeds))
-    itr = int(np.argmin(np.abs(Lt - L_train)))
-    far = Lt >= 2 * L_train
-    # the models' own stage (as in 'train'): the exact kernel describes a model once its training has settled
+
+def _model_gates(ds, Hs, seeds) -> dict:
+    """The models' own stage (as in 'train'): the exact kernel describes a model once its
+    training has settled."""
     zm, _ = z_family(len(Hs) * len(seeds))
-    gate = {(i, j): (C.settled(ds["mstep"].values, ds["model_val_log"].values[i, j],
+    return {(i, j): (C.settled(ds["mstep"].values, ds["model_val_log"].values[i, j],
                                zm * float(ds["model_val_se"].values[i, j]) + C.MODEL_ALLOWANCE,
                                what="validation MSE of the trained model (--models)")
                      if "model_val_log" in ds else (True, 0.0, ""))
             for i in range(len(Hs)) for j in range(len(seeds))}
+
+
+def _claims(ds, out, res, L_train) -> list:
+    Lt = ds["L_test"].values.astype(int)
+    Hs = [int(h) for h in ds["H"].values]
+    seeds = [int(s) for s in ds["seed"].values]
+    gate = _model_gates(ds, Hs, seeds)
+    kr = out["theory_kernel_risk"].values
+    claims = _exact_claims(Lt, Hs, seeds, gate, res["softmax"], kr)
+    claims += _generalises_claims(Lt, Hs, seeds, gate, res["softmax"], kr, L_train)
+    claims += _blow_up_claims(ds, Lt, seeds, res["linear"], out["theory_linear_risk"].values, L_train)
+    return claims + _beats_claims(Lt, Hs, seeds, gate, res["softmax"], kr)
+
+
+def _exact_claims(Lt, Hs, seeds, gate, soft, kr) -> list:
+    """softmax_exact per model: its MSE at every L' against its exact kernel risk (worst L')."""
+    sm, sse = soft
+    z, zs = z_family(len(Lt) * len(Hs) * len(seeds))
+    claims = []
     for i, H in enumerate(Hs):
         for j, s in enumerate(seeds):
             wh = C.where(H=H, seed=s)
@@ -275,7 +386,16 @@ def analyze_length(ds, d, L_train, sigma2, n_per_rep):
                                    where=f"L'={int(L)}", prediction_text=f"{kr[k, i, j]:.4g} (exact kernel risk)")
                        for k, L in enumerate(Lt)]
             claims.append(worst_of(members, where=wh, every="L'"))
+    return claims
+
+
+def _generalises_claims(Lt, Hs, seeds, gate, soft, kr, L_train) -> list:
+    """softmax_generalises per model: MSE(longest L') below MSE(L_train), as the exact risks say."""
+    sm, sse = soft
+    itr = int(np.argmin(np.abs(Lt - L_train)))
+    far = Lt >= 2 * L_train
     zg, zgs = z_family(len(Hs) * len(seeds))
+    claims = []
     for i, H in enumerate(Hs):
         for j, s in enumerate(seeds):
             wh = C.where(H=H, seed=s)
@@ -289,19 +409,28 @@ def analyze_length(ds, d, L_train, sigma2, n_per_rep):
                                       z=zg, z_source=zgs, where=wh, below=not pred > 0,
                                       prediction_text=f"MSE(L'={int(Lt[k])}) - MSE(L'={int(Lt[itr])}) "
                                                       f"{'<' if not pred > 0 else '>'} 0 (exact: {pred:+.3g})"))
+    return claims
+
+
+def _blow_up_claims(ds, Lt, seeds, lin, lin_th, L_train) -> list:
+    """linear_blows_up per seed: the baseline worse at every L' >= 2 L_train than at L_train."""
+    lm, lse = lin
+    itr = int(np.argmin(np.abs(Lt - L_train)))
+    far = Lt >= 2 * L_train
     zl, zls = z_family(max(1, int(far.sum())) * len(seeds))
+    ptxt = "MSE(L') > MSE(L_train) for L' >= 2 L_train"
+    claims = []
     for j, s in enumerate(seeds):
         wh = C.where(seed=s)
         if not far.any():
             claims.append(BLOW.not_tested(f"no test length >= 2 L_train = {2 * L_train}", where=wh,
-                                          prediction_text="MSE(L') > MSE(L_train) for L' >= 2 L_train"))
+                                          prediction_text=ptxt))
             continue
         if "linear_val_log" in ds:  # the theory is GD with the learned step: the baseline must have settled
             ok, _, why = C.settled(ds["lstep"].values, ds["linear_val_log"].values[j], C.MODEL_ALLOWANCE,
                                    what="validation MSE of the linear baseline", longer="--linear-steps")
             if not ok:
-                claims.append(BLOW.not_tested(why, where=wh,
-                                              prediction_text="MSE(L') > MSE(L_train) for L' >= 2 L_train"))
+                claims.append(BLOW.not_tested(why, where=wh, prediction_text=ptxt))
                 continue
         members = []
         for k in np.nonzero(far)[0]:
@@ -311,28 +440,36 @@ def analyze_length(ds, d, L_train, sigma2, n_per_rep):
                                         prediction_text=f"MSE(L') - MSE(L_train) {'>' if pred > 0 else '<'} 0 "
                                                         f"(GD with step eta L'/L_train: {pred:+.3g})"))
         claims.append(worst_of(members, where=wh, every="L' >= 2 L_train"))
-    if 1 in Hs:
-        i1 = Hs.index(1)
-        multi = [i for i, H in enumerate(Hs) if H >= 2]
-        zb, zbs = z_family(max(1, len(multi) * len(seeds) * len(Lt)))
-        for i in multi:
-            for j, s in enumerate(seeds):
-                if not (gate[i1, j][0] and gate[i, j][0]):
-                    claims.append(BEATS.not_tested(gate[i1, j][2] or gate[i, j][2], where=C.where(H=Hs[i], seed=s),
-                                                   prediction_text="MSE(H=1) > MSE(H) at every L'"))
-                    continue
-                members = []
-                for k, L in enumerate(Lt):
-                    pred = kr[k, i1, j] - kr[k, i, j]
-                    members.append(BEATS.exceeds(sm[k, i1, j] - sm[k, i, j], math.hypot(sse[k, i1, j], sse[k, i, j]),
-                                                 0.0, z=zb, z_source=zbs, where=f"L'={int(L)}", below=not pred > 0,
-                                                 prediction_text=f"MSE(H=1) - MSE(H={Hs[i]}) "
-                                                                 f"{'>' if pred > 0 else '<'} 0 (exact: {pred:+.3g})"))
-                claims.append(worst_of(members, where=C.where(H=Hs[i], seed=s), every="L'"))
-    return out, claims
+    return claims
 
 
-def summary_length(a):
+def _beats_claims(Lt, Hs, seeds, gate, soft, kr) -> list:
+    """multihead_beats_single per H >= 2 and seed, at every L' (worst shown)."""
+    if 1 not in Hs:
+        return []
+    sm, sse = soft
+    i1 = Hs.index(1)
+    multi = [i for i, H in enumerate(Hs) if H >= 2]
+    zb, zbs = z_family(max(1, len(multi) * len(seeds) * len(Lt)))
+    claims = []
+    for i in multi:
+        for j, s in enumerate(seeds):
+            if not (gate[i1, j][0] and gate[i, j][0]):
+                claims.append(BEATS.not_tested(gate[i1, j][2] or gate[i, j][2], where=C.where(H=Hs[i], seed=s),
+                                               prediction_text="MSE(H=1) > MSE(H) at every L'"))
+                continue
+            members = []
+            for k, L in enumerate(Lt):
+                pred = kr[k, i1, j] - kr[k, i, j]
+                members.append(BEATS.exceeds(sm[k, i1, j] - sm[k, i, j], math.hypot(sse[k, i1, j], sse[k, i, j]),
+                                             0.0, z=zb, z_source=zbs, where=f"L'={int(L)}", below=not pred > 0,
+                                             prediction_text=f"MSE(H=1) - MSE(H={Hs[i]}) "
+                                                             f"{'>' if pred > 0 else '<'} 0 (exact: {pred:+.3g})"))
+            claims.append(worst_of(members, where=C.where(H=Hs[i], seed=s), every="L'"))
+    return claims
+
+
+def summary(a):
     Hs = list(a["H"].values)
     rows = [f"{'L_test':>6} " + " ".join(f"{'H=' + str(h):>9}" for h in Hs)
             + " ".join(f"{'exact H=' + str(h):>11}" for h in Hs) + f" {'linear':>9} {'GD(L/Lt)':>9}"
@@ -344,3 +481,9 @@ def summary_length(a):
                     + f" {a['linear_mse'].values[j].mean():>9.4f} {a['theory_linear_risk'].values[j].mean():>9.4f}"
                     f" {a['theory_bayes_mp'].values[j]:>9.4f}")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

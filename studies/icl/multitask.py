@@ -1,6 +1,8 @@
 """``python -m studies.icl multitask``: two regression tasks on x[0:4] and x[2:6] (d = 6,
 beta_n ~ N(0, I_4) on its support, label-noise variance 0.4, noiseless query; spec
 icl_regression §1, §9, §13.9; sweep S8): per-task debiased GD and the superposition of heads.
+The tasks fix their own noise (the spec's 0.4), so this sub-study has no ``--sigma2``; the
+analysis rebuilds the tasks from the stored ``task`` parameters.
 
 Per task n the first-order (debiased-GD) theory has the optimal preconditioner
 Gamma*_n = L B_n [L B_n + (tr B_n + sigma_n^2) I]^-1 (B_n = the task's prior covariance:
@@ -27,7 +29,6 @@ preconditioners, fewer than the N the tasks need, so the first-order theory has 
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -35,13 +36,22 @@ import xarray as xr
 
 from sim import icl_regression as sim
 from studies.claims import ClaimSpec, z_family
-from studies.cli import UsageError
+from studies.cli import Part, UsageError, run_params
 from studies.icl import _common as C
-from studies.icl._training import add_training_args, training_part
+from studies.icl._training import TRAIN_DEFAULTS, TRAIN_QUICK, add_training_args, check_training, training_part
 from theory import icl_regression as th
 
-DEFAULTS = {"steps": 30000, "seeds": 1, "H": "3,4"}
-QUICK = {"steps": 600, "seeds": 1, "H": "3"}
+STUDY = "icl_multitask"
+DESCRIPTION = ("Two regression tasks on x[0:4] and x[2:6] (d = 6, L = 48) sharing coordinates: per-task debiased GD "
+               "and the superposition of heads.")
+EXAMPLES = """\
+examples:
+  python -m studies.icl multitask --H 3,4 --steps 30000
+  python -m studies.icl multitask --quick --plot
+"""
+DEFAULTS = {**TRAIN_DEFAULTS, "d": 6, "L": 48, "steps": 30000, "seeds": 1, "H": "3,4"}
+QUICK = {**TRAIN_QUICK, "steps": 600, "seeds": 1, "H": "3"}
+PRESETS: dict = {}
 SUPPORT_TOL = 0.1  # spec §13.9
 
 S = C.SOURCE
@@ -57,27 +67,22 @@ SPLIT = ClaimSpec("icl_multitask.split", f"{S}: one head pair per task when H >=
                   "With at least two heads per task, every task gets a pair of heads of its own.")
 
 
-def add_parser(sub, add_common):
-    sp = sub.add_parser("multitask", help="two tasks on x[0:4] and x[2:6] (d = 6, L = 48): superposition of heads",
-                        description="Two regression tasks sharing coordinates: per-task debiased GD and the "
-                                    "superposition of heads.",
-                        epilog="example: python -m studies.icl multitask --H 3,4 --steps 30000")
-    C.data_args(sp, d=6, L=48)
-    add_training_args(sp, DEFAULTS, QUICK)
-    add_common(sp, "icl_multitask")
-    return sp
-
-
-def validate(args):
-    if args.d != 6:
-        raise UsageError("multitask: the task layout (x[0:4], x[2:6]) needs --d 6")
+def add_arguments(p) -> None:
+    C.data_args(p, DEFAULTS, sigma2=False)
+    add_training_args(p, DEFAULTS, QUICK)
 
 
 def token_dim(args) -> int:
     return args.d + 2
 
 
-def part(args):
+def validate(args) -> None:
+    if args.d != 6:
+        raise UsageError("multitask: the task layout (x[0:4], x[2:6]) needs --d 6")
+    check_training(args, token_dim(args))
+
+
+def parts(args) -> list[Part]:
     task = sim.multitask_task(args.d)
     grid = {"H": np.asarray(args.H, dtype=np.int64), "seed": np.arange(args.seeds)}
 
@@ -85,10 +90,19 @@ def part(args):
         ds_, is_ = C.seed_seqs(args.seed, seed, H)
         return sim.RunSpec(int(H), task, ds_, is_)
 
-    return training_part(args, study="icl_multitask", grid=grid, make_run=make_run,
-                         task_attrs={**task.describe(), "sigma2_ignored": True},
-                         analyze=functools.partial(analyze_multitask, task=task, L=args.L),
-                         summary=summary_multitask, figure_kind="multitask")
+    return [training_part(args, study=STUDY, grid=grid, make_run=make_run, task_attrs=task.describe(),
+                          figure_kind="multitask", token_dim=token_dim(args))]
+
+
+def main(argv=None) -> int:
+    return C.sub_main(STUDY, argv)
+
+
+def stored_task(params):
+    """The tasks of a run, rebuilt from its stored ``task`` parameters."""
+    t = params["task"]
+    return sim.multitask_task(int(t["d"]), supports=[tuple(s) for s in t["supports"]], beta_var=float(t["beta_var"]),
+                              noise_var=float(t["noise_var"]), query_noise=bool(t["query_noise"]))
 
 
 def task_theory(task, L):
@@ -108,7 +122,19 @@ def task_theory(task, L):
     return np.stack(G), np.array(R), np.array(tv)
 
 
-def analyze_multitask(ds, task, L):
+def analyze(ds):
+    """Per-task preconditioners, risks and head usage, and the claims (the tasks and L are the
+    run's stored parameters)."""
+    p = run_params(ds)
+    task, L = stored_task(p), int(p["L"])
+    out, fit = _task_variables(ds, task, L)
+    return out, _claims(ds, task, fit)
+
+
+def _task_variables(ds, task, L):
+    """The analysis dataset, and what the claims read from it: mu (H, seed, head, N), the
+    normalised final MSE and its SE, the zero-sum ratios, Gamma on / off the supports, the heads
+    serving each task, and the theory (Gamma*_n on its support, risk per task, task variance)."""
     d, N = task.d, task.n_out
     Wf = ds["W"].isel(step=-1).values  # (H, seed, head, D, D)
     Uf = ds["U"].isel(step=-1).values  # (H, seed, head, D, N)
@@ -137,8 +163,7 @@ def analyze_multitask(ds, task, L):
     nse = blocks.std(2, ddof=1) / math.sqrt(blocks.shape[2]) / tv
     out["final_val_mse_per_task"] = (gd + ["task"], norm, {"long_name": "final val MSE of output n / task variance"})
     out["final_val_se_per_task"] = (gd + ["task"], nse)
-    s_mu, s_abs = mu.sum(2), np.abs(mu).sum(2)
-    zsr = np.abs(s_mu) / np.maximum(s_abs, 1e-300)
+    zsr = np.abs(mu.sum(2)) / np.maximum(np.abs(mu).sum(2), 1e-300)
     out["zero_sum_ratio"] = (gd + ["task"], zsr)
     out["cross_task_max"] = (gd + ["head"], np.where(exists, cross, 0.0))
     on = np.where(mask[None, None], Gam, np.nan)
@@ -150,82 +175,100 @@ def analyze_multitask(ds, task, L):
     out["Gamma_off_support_max"] = (gd + ["task"], goff)
     serves = np.abs(mu) > C.ACTIVE_MU_FRAC * np.abs(mu).max(axis=2, keepdims=True)  # (H, seed, head, N)
     out["serves"] = (gd + ["head", "task"], serves, {"description": f"|mu_(h,n)| > {C.ACTIVE_MU_FRAC} max_h |mu_(h,n)|"})
+    fit = {"mu": mu, "norm": norm, "nse": nse, "zsr": zsr, "gon": gon, "goff": goff, "serves": serves,
+           "gstar_on": gstar_on, "risk": Rs, "tv": tv}
+    return out, fit
 
+
+def _gate(ds, task, fit, i, j, H, z):
+    """(ok, why): has run (i, j) reached the stage its claims are about? Every task's validation
+    MSE settled, every task's heads split into positive and negative groups, and H >= N + 1
+    (fewer heads have no theory value)."""
+    N = task.n_out
+    steps = ds["step"].values
+    val_t = ds["val_mse"].values / fit["tv"]  # (H, seed, step, N)
+    gates = [C.settled(steps, val_t[i, j, :, n], z * fit["nse"][i, j, n] + C.MODEL_ALLOWANCE,
+                       what=f"validation MSE / variance of task {n + 1}") for n in range(N)]
+    ok = all(g[0] for g in gates)
+    why = next((g[2] for g in gates if not g[0]), "")
+    if ok:  # per task, the heads must have split into positive and negative groups
+        exists = ds["head_exists"].values
+        splits = [C.split_gate(fit["mu"][i, j, :, n], exists[i, j], what=f"the heads of task {n + 1}")
+                  for n in range(N)]
+        ok = all(g[0] for g in splits)
+        why = next((g[1] for g in splits if not g[0]), "")
+    if H < N + 1:  # zero-sum combinations of H heads span H - 1 < N preconditioners
+        ok, why = False, (f"no theory value: with H = {H} heads the zero-sum combinations sum_h mu_(h,n) W_h "
+                          f"span at most H - 1 = {H - 1} < N = {N} preconditioners, so the first-order theory "
+                          "cannot realise every task's debiased GD (it needs H >= N + 1)")
+    return ok, why
+
+
+def _claims(ds, task, fit):
+    N = task.n_out
     Hs = [int(h) for h in ds["H"].values]
     seeds = [int(s) for s in ds["seed"].values]
-    steps = ds["step"].values
-    val_t = ds["val_mse"].values / tv  # (H, seed, step, N)
     z, zs = z_family(len(Hs) * len(seeds) * N)
     claims = []
     for i, H in enumerate(Hs):
         for j, s in enumerate(seeds):
-            gates = [C.settled(steps, val_t[i, j, :, n], z * nse[i, j, n] + C.MODEL_ALLOWANCE,
-                               what=f"validation MSE / variance of task {n + 1}") for n in range(N)]
-            ok = all(g[0] for g in gates)
-            why = next((g[2] for g in gates if not g[0]), "")
-            if ok:  # per task, the heads must have split into positive and negative groups
-                splits = [C.split_gate(mu[i, j, :, n], exists[i, j], what=f"the heads of task {n + 1}")
-                          for n in range(N)]
-                ok = all(g[0] for g in splits)
-                why = next((g[1] for g in splits if not g[0]), "")
-            if H < N + 1:  # zero-sum combinations of H heads span H - 1 < N preconditioners
-                ok, why = False, (f"no theory value: with H = {H} heads the zero-sum combinations sum_h mu_(h,n) W_h "
-                                  f"span at most H - 1 = {H - 1} < N = {N} preconditioners, so the first-order theory "
-                                  "cannot realise every task's debiased GD (it needs H >= N + 1)")
+            ok, why = _gate(ds, task, fit, i, j, H, z)
             for n in range(N):
-                wh = C.where(H=H, seed=s, task=n + 1)
-                otxt = f"{Rs[n]:.4g} (debiased GD with Gamma*_{n + 1})"
-                stxt = f"{gstar_on[n]:.3f} on the support, 0 off"
-                if not ok:
-                    claims += [OPT.not_tested(why, where=wh, prediction=Rs[n], prediction_text=otxt),
-                               ZS.not_tested(why, where=wh, prediction_text="0 (|sum mu| / sum |mu|)"),
-                               SUPPORT.not_tested(why, where=wh, prediction_text=stxt)]
-                    continue
-                claims.append(OPT.equal(norm[i, j, n], nse[i, j, n], Rs[n], z=z, z_source=zs,
-                                        allowance=C.MODEL_ALLOWANCE,
-                                        allowance_source=C.MODEL_ALLOWANCE_SOURCE + " (on the task-variance scale)",
-                                        where=wh, prediction_text=otxt))
-                claims.append(ZS.at_most(float(zsr[i, j, n]), math.nan, 0.0, z=0.0, z_source="",
-                                         allowance=C.ZERO_SUM_FRAC, allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.9"),
-                                         where=wh, prediction_text="0 (|sum mu| / sum |mu|)"))
-                dev = max(abs(gon[i, j, n] - gstar_on[n]), float(goff[i, j, n]))
-                claims.append(SUPPORT.at_most(dev, math.nan, 0.0, z=0.0, z_source="", allowance=SUPPORT_TOL,
-                                              allowance_source=C.spec(SUPPORT_TOL, "§13.9"), where=wh,
-                                              prediction_text=stxt + " (max deviation)"))
-            wh = C.where(H=H, seed=s)
-            both = int(np.sum(serves[i, j, :H].all(axis=-1)))
-            if H < N + 1:
-                claims.append(SUPER.not_tested(why, where=wh, prediction_text="no prediction for H <= N"))
-            elif H < 2 * N:
-                need = 2 * N - H
-                ptxt = f">= {need} shared head(s)"
-                if not ok:
-                    claims.append(SUPER.not_tested(why, where=wh, prediction=need, prediction_text=ptxt))
-                else:
-                    claims.append(SUPER.decided(both >= need, test="heads serving both tasks >= 2N - H",
-                                                tolerance_source="exact count (pigeonhole: a zero-sum pair per task)",
-                                                where=wh, prediction=need, prediction_text=ptxt, measured=both,
-                                                reason="" if both >= need else f"{both} shared head(s) < {need}"))
-            else:
-                own = [int(np.sum(serves[i, j, :H, n] & ~np.delete(serves[i, j, :H], n, axis=-1).any(axis=-1)))
-                       for n in range(N)]
-                ptxt = ">= 2 heads of its own per task"
-                if int(steps[-1]) < C.SPLIT_STEPS:
-                    claims.append(SPLIT.not_tested(f"the split needs >= {C.SPLIT_STEPS:,} Adam steps (spec §9, §13.9); "
-                                                   f"this run stopped at {int(steps[-1]):,}", where=wh,
-                                                   prediction_text=ptxt, measured=min(own)))
-                elif not ok:
-                    claims.append(SPLIT.not_tested(why, where=wh, prediction_text=ptxt))
-                else:
-                    claims.append(SPLIT.decided(min(own) >= 2, test="min over tasks of heads serving only it >= 2",
-                                                tolerance_source="exact count", where=wh, prediction=2,
-                                                prediction_text=ptxt, measured=min(own),
-                                                reason="" if min(own) >= 2 else f"a task has {min(own)} head(s) "
-                                                                                "of its own"))
-    return out, claims
+                claims += _task_claims(fit, i, j, n, C.where(H=H, seed=s, task=n + 1), ok, why, (z, zs))
+            claims.append(_heads_claim(fit, i, j, H, N, C.where(H=H, seed=s), ok, why, int(ds["step"].values[-1])))
+    return claims
 
 
-def summary_multitask(a):
+def _task_claims(fit, i, j, n, wh, ok, why, zz) -> list:
+    """task_optimal, zero_sum and task_support of task n of run (i, j)."""
+    z, zs = zz
+    Rs, gstar_on = fit["risk"], fit["gstar_on"]
+    otxt = f"{Rs[n]:.4g} (debiased GD with Gamma*_{n + 1})"
+    stxt = f"{gstar_on[n]:.3f} on the support, 0 off"
+    if not ok:
+        return [OPT.not_tested(why, where=wh, prediction=Rs[n], prediction_text=otxt),
+                ZS.not_tested(why, where=wh, prediction_text="0 (|sum mu| / sum |mu|)"),
+                SUPPORT.not_tested(why, where=wh, prediction_text=stxt)]
+    dev = max(abs(fit["gon"][i, j, n] - gstar_on[n]), float(fit["goff"][i, j, n]))
+    return [OPT.equal(fit["norm"][i, j, n], fit["nse"][i, j, n], Rs[n], z=z, z_source=zs, allowance=C.MODEL_ALLOWANCE,
+                      allowance_source=C.MODEL_ALLOWANCE_SOURCE + " (on the task-variance scale)", where=wh,
+                      prediction_text=otxt),
+            ZS.at_most(float(fit["zsr"][i, j, n]), math.nan, 0.0, z=0.0, z_source="", allowance=C.ZERO_SUM_FRAC,
+                       allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.9"), where=wh,
+                       prediction_text="0 (|sum mu| / sum |mu|)"),
+            SUPPORT.at_most(dev, math.nan, 0.0, z=0.0, z_source="", allowance=SUPPORT_TOL,
+                            allowance_source=C.spec(SUPPORT_TOL, "§13.9"), where=wh,
+                            prediction_text=stxt + " (max deviation)")]
+
+
+def _heads_claim(fit, i, j, H, N, wh, ok, why, last_step):
+    """superposition (N + 1 <= H < 2N) or split (H >= 2N) of run (i, j)."""
+    serves = fit["serves"][i, j, :H]  # (head, N)
+    if H < N + 1:
+        return SUPER.not_tested(why, where=wh, prediction_text="no prediction for H <= N")
+    if H < 2 * N:
+        need = 2 * N - H
+        both = int(np.sum(serves.all(axis=-1)))
+        ptxt = f">= {need} shared head(s)"
+        if not ok:
+            return SUPER.not_tested(why, where=wh, prediction=need, prediction_text=ptxt)
+        return SUPER.decided(both >= need, test="heads serving both tasks >= 2N - H",
+                             tolerance_source="exact count (pigeonhole: a zero-sum pair per task)", where=wh,
+                             prediction=need, prediction_text=ptxt, measured=both,
+                             reason="" if both >= need else f"{both} shared head(s) < {need}")
+    own = [int(np.sum(serves[:, n] & ~np.delete(serves, n, axis=-1).any(axis=-1))) for n in range(N)]
+    ptxt = ">= 2 heads of its own per task"
+    if last_step < C.SPLIT_STEPS:
+        return SPLIT.not_tested(f"the split needs >= {C.SPLIT_STEPS:,} Adam steps (spec §9, §13.9); this run "
+                                f"stopped at {last_step:,}", where=wh, prediction_text=ptxt, measured=min(own))
+    if not ok:
+        return SPLIT.not_tested(why, where=wh, prediction_text=ptxt)
+    return SPLIT.decided(min(own) >= 2, test="min over tasks of heads serving only it >= 2",
+                         tolerance_source="exact count", where=wh, prediction=2, prediction_text=ptxt,
+                         measured=min(own), reason="" if min(own) >= 2 else f"a task has {min(own)} head(s) of its own")
+
+
+def summary(a):
     rows = [f"{'H':>3} {'seed':>4} {'MSE/var t1':>10} {'MSE/var t2':>10} {'zero-sum t1,t2':>15} "
             f"{'Γ on-support':>14} {'Γ off max':>11}  mu_h (task1, task2)"]
     for i, H in enumerate(a["H"].values):
@@ -240,3 +283,9 @@ def summary_multitask(a):
     rows.append(f"theory (debiased GD with Gamma*_n): MSE/var {', '.join(f'{r:.4f}' for r in a['theory_task_risk'].values)}; "
                 f"Gamma*_n on the support {float(a['theory_Gamma_star_diag'].values[0].max()):.3f}")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -18,7 +18,6 @@ negative groups, :func:`studies.icl._common.settled`, :func:`~studies.icl._commo
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -26,14 +25,24 @@ import xarray as xr
 
 from sim import icl_regression as sim
 from studies.claims import ClaimSpec, z_family
-from studies.cli import UsageError
+from studies.cli import Part, UsageError, run_params
 from studies.icl import _common as C
-from studies.icl._training import add_training_args, training_part
+from studies.icl._training import TRAIN_DEFAULTS, TRAIN_QUICK, add_training_args, check_training, training_part
 from studies.icl.train import head_stats
 from theory import icl_regression as th
 
-DEFAULTS = {"steps": 40000, "seeds": 1, "H": "2,4", "rho": "0,0.5,0.8"}
-QUICK = {"steps": 600, "seeds": 1, "H": "2", "rho": "0.5"}
+STUDY = "icl_noniso"
+DESCRIPTION = ("Anisotropic covariates Sigma_ij = rho^|i-j|: the learned preconditioner sum_h mu_h W_h against "
+               "Gamma* of debiased GD.")
+EXAMPLES = """\
+examples:
+  python -m studies.icl noniso --rho 0,0.5,0.8 --H 2,4 --steps 40000
+  python -m studies.icl noniso --quick --plot
+"""
+DEFAULTS = {**TRAIN_DEFAULTS, "d": 5, "L": 40, "sigma2": 0.1, "steps": 40000, "seeds": 1, "H": "2,4",
+            "rho": "0,0.5,0.8"}
+QUICK = {**TRAIN_QUICK, "steps": 600, "seeds": 1, "H": "2", "rho": "0.5"}
+PRESETS: dict = {}
 ANGLE_TOL = math.degrees(math.acos(C.COS_MIN))
 
 S = C.SOURCE
@@ -48,28 +57,25 @@ ZS = ClaimSpec("icl_noniso.zero_sum", f"{S}: zero-sum OV (spec §4, §8)",
                "The heads' value weights sum to zero.")
 
 
-def add_parser(sub, add_common):
-    sp = sub.add_parser("noniso", help="anisotropic covariates Sigma_ij = rho^|i-j|: learned preconditioner vs Gamma*",
-                        description="Anisotropic covariates: the learned preconditioner against Gamma*.",
-                        epilog="example: python -m studies.icl noniso --rho 0,0.5,0.8 --H 2,4 --steps 40000")
-    C.data_args(sp)
-    sp.add_argument("--rho", type=C.floats, default=None, metavar="LIST",
-                    help=f"AR(1) correlations (default {DEFAULTS['rho']}; --quick {QUICK['rho']})")
-    add_training_args(sp, DEFAULTS, QUICK)
-    add_common(sp, "icl_noniso")
-    return sp
-
-
-def validate(args):
-    if min(args.rho) < 0 or max(args.rho) >= 1:
-        raise UsageError("--rho: correlations must be in [0, 1)")
+def add_arguments(p) -> None:
+    C.data_args(p, DEFAULTS)
+    p.add_argument("--rho", type=C.floats, default=None, metavar="LIST",
+                   help=f"AR(1) correlations (default {DEFAULTS['rho']}; --quick {QUICK['rho']})")
+    add_training_args(p, DEFAULTS, QUICK)
 
 
 def token_dim(args) -> int:
     return args.d + 1
 
 
-def part(args):
+def validate(args) -> None:
+    if min(args.rho) < 0 or max(args.rho) >= 1:
+        raise UsageError("--rho: correlations must be in [0, 1)")
+    C.check_variance(1.0 + args.sigma2, "--sigma2")
+    check_training(args, token_dim(args))
+
+
+def parts(args) -> list[Part]:
     grid = {"rho": np.asarray(args.rho, dtype=float), "H": np.asarray(args.H, dtype=np.int64),
             "seed": np.arange(args.seeds)}
 
@@ -77,22 +83,47 @@ def part(args):
         ds_, is_ = C.seed_seqs(args.seed, seed, H)
         return sim.RunSpec(int(H), sim.toeplitz_task(args.d, float(rho), args.sigma2), ds_, is_)
 
-    return training_part(args, study="icl_noniso", grid=grid, make_run=make_run,
-                         task_attrs={"name": "toeplitz", "d": args.d, "sigma2": args.sigma2,
-                                     "rho": list(map(float, args.rho))},
-                         analyze=functools.partial(analyze_noniso, d=args.d, L=args.L, sigma2=args.sigma2),
-                         summary=summary_noniso, figure_kind="noniso")
+    return [training_part(args, study=STUDY, grid=grid, make_run=make_run,
+                          task_attrs={"name": "toeplitz", "d": args.d, "sigma2": args.sigma2,
+                                      "rho": list(map(float, args.rho))},
+                          figure_kind="noniso", token_dim=token_dim(args))]
+
+
+def main(argv=None) -> int:
+    return C.sub_main(STUDY, argv)
 
 
 def _angle(cos):
     return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
-def analyze_noniso(ds, d, L, sigma2):
+def analyze(ds):
+    """The learned preconditioners against Gamma*, and the claims (d, L and sigma2 are the run's
+    stored parameters)."""
+    p = run_params(ds)
+    d, L, sigma2 = int(p["task"]["d"]), int(p["L"]), float(p["task"]["sigma2"])
     m, active, kept, traj = head_stats(ds, d)
-    Wf = ds["W"].isel(step=-1).values[..., :d, :d]  # (rho, H, seed, head, d, d)
     exists = ds["head_exists"].values
     mu = np.where(exists, m["mu"], 0.0)
+    out, cosines, risk_star = _preconditioner_variables(ds, d, L, sigma2, mu)
+    vm, vse = C.block_mean_se(ds["final_val_blocks"].values[..., 0])
+    out["final_val_mse"] = (["rho", "H", "seed"], vm)
+    out["final_val_se"] = (["rho", "H", "seed"], vse)
+    sums = sim.head_sums(m["omega"], mu, exists)
+    gd = ["rho", "H", "seed"]
+    out["zero_sum_ratio"] = (gd, sums["zero_sum_ratio"])
+    out["eta"] = (gd, sums["eta"], {"long_name": "sum_h mu_h omega_h"})
+    out["final_omega"] = (gd + ["head"], np.where(exists, m["omega"], 0.0))
+    out["final_mu"] = (gd + ["head"], mu)
+    out["active"] = (gd + ["head"], active)
+    return out, _claims(ds, mu, exists, vm, vse, cosines, risk_star, sums["zero_sum_ratio"])
+
+
+def _preconditioner_variables(ds, d, L, sigma2, mu):
+    """The learned Gamma, Gamma* (uncentred and centred) per rho, the cosines between them and
+    with I, and the exact risks of debiased GD with Gamma* and with the learned Gamma. Returns
+    (dataset, (cos(Gamma, Gamma*_centred), cos(Gamma, I), cos(Gamma*, I)), risk with Gamma*)."""
+    Wf = ds["W"].isel(step=-1).values[..., :d, :d]  # (rho, H, seed, head, d, d)
     Gamma = np.einsum("...h,...hij->...ij", mu, Wf)
     rhos = ds["rho"].values
     gd = ["rho", "H", "seed"]
@@ -118,31 +149,27 @@ def analyze_noniso(ds, d, L, sigma2):
     csi = np.array([th.cosine(g, np.eye(d)) for g in gs_c])
     out["cos_Gamma_star_vs_identity"] = (("rho",), csi, {"long_name": "cos(Gamma*, I): how far the target is from "
                                                                       "plain GD"})
-    vm, vse = C.block_mean_se(ds["final_val_blocks"].values[..., 0])
-    out["final_val_mse"] = (gd, vm)
-    out["final_val_se"] = (gd, vse)
     risk_star = np.array([th.preconditioned_risk(gs_c[k], covs[k], L, sigma2, centered=True) for k in range(len(rhos))])
     out["theory_risk_Gamma_star_centered"] = (("rho",), risk_star,
                                               {"long_name": "exact risk of debiased GD preconditioned by Gamma*"})
     out["theory_risk_learned_Gamma"] = (gd, np.array([
         th.preconditioned_risk(Gamma[a], covs[a[0]], L, sigma2, centered=True) for a in np.ndindex(*shp)]).reshape(shp),
         {"long_name": "exact risk of debiased GD preconditioned by the learned Gamma"})
-    sums = sim.head_sums(m["omega"], mu, exists)
-    out["zero_sum_ratio"] = (gd, sums["zero_sum_ratio"])
-    out["eta"] = (gd, sums["eta"], {"long_name": "sum_h mu_h omega_h"})
-    out["final_omega"] = (gd + ["head"], np.where(exists, m["omega"], 0.0))
-    out["final_mu"] = (gd + ["head"], mu)
-    out["active"] = (gd + ["head"], active)
+    return out, (cosc, cosi, csi), risk_star
 
+
+def _claims(ds, mu, exists, vm, vse, cosines, risk_star, zero_sum):
+    cosc, cosi, csi = cosines
+    rhos = ds["rho"].values
     steps = ds["step"].values
     val_t = ds["val_mse"].values[..., 0]
+    shp = vm.shape
     z, zs = z_family(int(np.prod(shp)))
     claims = []
     for a in np.ndindex(*shp):
         r, H, s = float(rhos[a[0]]), int(ds["H"].values[a[1]]), int(ds["seed"].values[a[2]])
         wh = C.where(rho=r, H=H, seed=s)
-        tol = z * vse[a] + C.MODEL_ALLOWANCE
-        ok, _, why = C.settled(steps, val_t[a], tol)
+        ok, _, why = C.settled(steps, val_t[a], z * vse[a] + C.MODEL_ALLOWANCE)
         if ok:  # a settled loss may be the single-head plateau on the way
             ok, why = C.split_gate(mu[a], exists[a])
         star_angle = _angle(csi[a[0]])
@@ -159,23 +186,26 @@ def analyze_noniso(ds, d, L, sigma2):
         claims.append(COS.at_least(cosc[a], math.nan, 1.0, z=0.0, z_source="", allowance=1 - C.COS_MIN,
                                    allowance_source=C.spec(f"cos > {C.COS_MIN}", "§13.8"), where=wh,
                                    prediction_text="1 (cos(Gamma, Gamma*))"))
-        if star_angle <= ANGLE_TOL:
-            claims.append(NOT_ID.not_tested(
-                f"for rho = {r:g} Gamma* is within the resolution of I (angle {star_angle:.1f} deg <= "
-                f"{ANGLE_TOL:.1f} deg): plain GD and the preconditioner cannot be told apart", where=wh,
-                prediction=star_angle, prediction_text=ntxt, measured=_angle(cosi[a])))
-        else:
-            claims.append(NOT_ID.equal(_angle(cosi[a]), math.nan, star_angle, z=0.0, z_source="", allowance=ANGLE_TOL,
-                                       allowance_source=f"{ANGLE_TOL:.1f} deg = arccos(0.99): cos(Gamma, Gamma*) > 0.99 "
-                                                        "(spec §13.8) bounds the angle difference (triangle "
-                                                        "inequality for angles)", where=wh, prediction_text=ntxt))
-        claims.append(ZS.at_most(float(sums["zero_sum_ratio"][a]), math.nan, 0.0, z=0.0, z_source="",
+        claims.append(_not_identity(r, wh, star_angle, _angle(cosi[a]), ntxt))
+        claims.append(ZS.at_most(float(zero_sum[a]), math.nan, 0.0, z=0.0, z_source="",
                                  allowance=C.ZERO_SUM_FRAC, allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.5"), where=wh,
                                  prediction_text="0 (|sum mu| / sum |mu|)"))
-    return out, claims
+    return claims
 
 
-def summary_noniso(a):
+def _not_identity(r, wh, star_angle, angle, ntxt):
+    if star_angle <= ANGLE_TOL:
+        return NOT_ID.not_tested(
+            f"for rho = {r:g} Gamma* is within the resolution of I (angle {star_angle:.1f} deg <= "
+            f"{ANGLE_TOL:.1f} deg): plain GD and the preconditioner cannot be told apart", where=wh,
+            prediction=star_angle, prediction_text=ntxt, measured=angle)
+    return NOT_ID.equal(angle, math.nan, star_angle, z=0.0, z_source="", allowance=ANGLE_TOL,
+                        allowance_source=f"{ANGLE_TOL:.1f} deg = arccos(0.99): cos(Gamma, Gamma*) > 0.99 "
+                                         "(spec §13.8) bounds the angle difference (triangle "
+                                         "inequality for angles)", where=wh, prediction_text=ntxt)
+
+
+def summary(a):
     rows = [f"{'rho':>5} {'H':>3} {'seed':>4} {'cos(Γ,Γ*)':>10} {'cos(Γ,Γ*c)':>11} {'cos(Γ,I)':>9} {'cos(Γ*,I)':>9} "
             f"{'Σμ/Σ|μ|':>8} {'val MSE':>8} {'Γ*-DGD risk':>11}"]
     for i, r in enumerate(a["rho"].values):
@@ -187,3 +217,9 @@ def summary_noniso(a):
                             f"{a['zero_sum_ratio'].values[i, j, k]:>8.3f} {a['final_val_mse'].values[i, j, k]:>8.4f} "
                             f"{a['theory_risk_Gamma_star_centered'].values[i]:>11.4f}")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

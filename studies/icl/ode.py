@@ -30,14 +30,22 @@ import numpy as np
 import xarray as xr
 
 from studies.claims import ClaimSpec
-from studies.cli import Part, UsageError, finite_float, float_type, nonnegative_float
+from studies.cli import Part, UsageError, finite_float, float_type, nonnegative_float, run_params
 from studies.icl import _common as C
-from studies.sweep import Sweep, str_coord
+from studies.sweep import Sweep, cell_seed, str_coord
 from theory import icl_regression as th
 
+STUDY = "icl_ode"
+DESCRIPTION = "The reduced (omega, mu) gradient flow against its closed-form stages: plateau, drop, drift."
+EXAMPLES = """\
+examples:
+  python -m studies.icl ode                         # reduced gradient flow to t = 1e4 (seconds)
+  python -m studies.icl ode --t-max 1e4 --method euler
+"""
 INITS = ("antisymmetric", "random4")
-DEFAULTS = {"t_max": 1e4}
+DEFAULTS = {"d": 5, "L": 40, "sigma2": 0.1, "t_max": 1e4, "init": 1e-3, "method": "LSODA", "random_sigma2": 0.01}
 QUICK = {"t_max": 1e3}
+PRESETS: dict = {}
 DROP = 0.05  # the plateau is left when the loss is 5% below its start
 
 S = C.SOURCE
@@ -57,24 +65,36 @@ RAND_ZS = ClaimSpec("icl_ode.random_zero_sum", f"{S}: zero-sum heads from a rand
                     "From a random 4-head start the value weights end zero-sum.")
 
 
-def add_parser(sub, add_common):
-    sp = sub.add_parser("ode", help="the reduced (omega, mu) gradient flow: plateau, drop, drift",
-                        description="The reduced (omega, mu) gradient flow against its closed-form stages.",
-                        epilog="example: python -m studies.icl ode --t-max 1e4 --method euler")
-    C.data_args(sp)
-    sp.add_argument("--t-max", type=float_type(10.0, 1e7), default=None, help="end time (default 1e4; --quick 1e3)")
-    sp.add_argument("--init", type=finite_float, default=1e-3,
-                    help="antisymmetric start omega = mu = (+a, -a) (default 1e-3)")
-    sp.add_argument("--method", choices=("LSODA", "DOP853", "RK45", "euler"), default="LSODA",
-                    help="integrator: adaptive LSODA (default), DOP853, RK45, or the authors' Euler with dt = 0.01 "
-                         "(slow)")
-    sp.add_argument("--random-sigma2", type=nonnegative_float, default=0.01,
-                    help="noise variance of the second, random-init 4-head experiment (default 0.01)")
-    add_common(sp, "icl_ode")
-    return sp
+def add_arguments(p) -> None:
+    C.data_args(p, DEFAULTS)
+    p.add_argument("--t-max", type=float_type(10.0, 1e7), default=None, help="end time (default 1e4; --quick 1e3)")
+    p.add_argument("--init", type=finite_float, default=None,
+                   help=f"antisymmetric start omega = mu = (+a, -a) (default {DEFAULTS['init']:g})")
+    p.add_argument("--method", choices=("LSODA", "DOP853", "RK45", "euler"), default=None,
+                   help="integrator: adaptive LSODA (default), DOP853, RK45, or the authors' Euler with dt = 0.01 "
+                        "(slow)")
+    p.add_argument("--random-sigma2", type=nonnegative_float, default=None,
+                   help=f"noise variance of the second, random-init 4-head experiment (default "
+                        f"{DEFAULTS['random_sigma2']})")
 
 
-def validate(args):
+def main(argv=None) -> int:
+    return C.sub_main(STUDY, argv)
+
+
+EXP_SCORE_MAX = 30.0
+"""Largest exponent d omega_h omega_k the ODE starts from. A(omega) holds exp(d omega omega^T), so
+the flow's stiffness (its fastest rate over its slowest) is about e^(d omega^2): e^30 = 1e13
+keeps it more than two orders inside float64's 1/eps = 4.5e15, where the implicit integrator's
+Newton steps stop converging (measured on the random 4-head start: d omega^2 = 31 integrates in
+seconds, 47 never finishes). Past the start the flow keeps d omega^2 of order 1 (the valley's
+omega ~ 1/sqrt(d))."""
+RESOLVE = 1e10
+"""Largest ratio of the two scales of the pair's A(omega) -- omega^2 and c = (1+sigma2)/L -- for
+which mu* = A^-1 omega, the valley and the profiled loss keep six digits in float64."""
+
+
+def validate(args) -> None:
     if not (math.isfinite(args.t_max) and 10 <= args.t_max <= 1e7):
         raise UsageError("--t-max must be in [10, 1e7]")
     if not (math.isfinite(args.init) and 0 < abs(args.init) < 1):
@@ -83,25 +103,74 @@ def validate(args):
         raise UsageError("--method euler: t-max above 1e5 would take hours (1e7 Euler steps); use DOP853")
     if not (math.isfinite(args.random_sigma2) and args.random_sigma2 >= 0):
         raise UsageError("--random-sigma2 must be >= 0")
+    C.check_variance(1.0 + args.sigma2, "--sigma2")
+    C.check_variance(1.0 + args.random_sigma2, "--random-sigma2")
+    if args.L < 2:
+        raise UsageError("--L: prompts need at least 2 examples")
+    for k, init in enumerate(INITS):
+        w0, _ = _start(init, args.init, cell_seed(args.seed, (k,)))
+        score = args.d * float(np.max(w0**2))
+        if score > EXP_SCORE_MAX:
+            raise UsageError(f"--d {args.d}: exp(d omega omega^T) of the reduced ODE leaves float64 at the {init} "
+                             f"start (d x max omega_0^2 = {score:.3g} > {EXP_SCORE_MAX:g}); use a smaller --d"
+                             + (" or --init" if init == "antisymmetric" else ""))
+    _check_resolved(args.init, args.d, args.L, args.sigma2)
+    _check_plateau(args.init, args.d, args.L, args.sigma2)
+
+
+def _check_plateau(a0, d, L, sigma2) -> None:
+    """The plateau-exit prediction expands the flow around a small start: the start must lie on
+    the plateau (a positive first-order exit time)."""
+    try:
+        t1 = th.plateau_exit_time(a0, d, L, sigma2, drop=DROP)[0]
+    except (ValueError, ZeroDivisionError, OverflowError):
+        t1 = math.nan
+    if not t1 > 0:
+        raise UsageError(f"--init {a0:g}: the antisymmetric start is not on the plateau (its loss is already near "
+                         f"or below {1 - DROP:.0%} of the plateau's), so the stages cannot be told apart; use a "
+                         "smaller |--init| (the plateau needs omega_0^2 well below 1/(1 + d(1+sigma2)/L))")
+
+
+def _check_resolved(a0, d, L, sigma2) -> None:
+    """The pair's A(omega) at the start (omega = (a, -a)) and along the flow (omega^2 up to 1)
+    must keep its two scales within :data:`RESOLVE` of each other."""
+    c = (1.0 + sigma2) / L
+    if c * RESOLVE < 1.0:
+        raise UsageError(f"--L {L}: the fluctuation term (1 + sigma2)/L = {c:.3g} of A(omega) is below what float64 "
+                         f"resolves next to omega omega^T (omega^2 up to 1: ratio > {RESOLVE:g}); use --L <= "
+                         f"{math.floor((1.0 + sigma2) * RESOLVE):.3g}")
+    ratio = c / (a0 * a0 * (1.0 + c * d))
+    if ratio > RESOLVE:
+        low = math.sqrt(c / (RESOLVE * (1.0 + c * d)))
+        raise UsageError(f"--init {a0:g}: the start omega = mu = (a, -a) is below what float64 resolves next to the "
+                         f"fluctuation term (1 + sigma2)/L of A(omega) (ratio {ratio:.3g} > {RESOLVE:g}: mu* = "
+                         f"A^-1 omega would be singular); use |--init| >= {low:.2g}")
+
+
+def _start(init: str, a0: float, seed):
+    """(omega_0, mu_0) of an initialisation: ``antisymmetric`` (a, -a) for both, ``random4`` four
+    heads drawn N(0, 0.1^2) from the cell's seed."""
+    if init == "antisymmetric":
+        return np.array([a0, -a0]), np.array([a0, -a0])
+    rng = np.random.Generator(np.random.Philox(seed))
+    w0 = rng.normal(0.0, 0.1, 4)
+    return w0, rng.normal(0.0, 0.1, 4)
 
 
 def ode_times(t_max):
-    early = np.arange(0.0, 20.0 + 1e-9, 0.05)
+    """The time grid: every 0.05 up to 20 (the plateau and the drop), then 399 geometric steps
+    to ``t_max``; a ``t_max`` below 20 ends the fine grid there."""
+    early = np.arange(0.0, min(20.0, t_max) + 1e-9, 0.05)
+    if t_max <= 20.0:
+        return early if early[-1] >= t_max - 1e-9 else np.append(early, t_max)
     late = np.geomspace(20.0, t_max, 400)[1:]
     return np.concatenate([early, late])
 
 
 def _cell(cell, *, d, L, sigma2, sigma2_random, a0, t, method):
     init = INITS[int(cell.index[0])]
-    if init == "antisymmetric":
-        w0 = np.array([a0, -a0])
-        m0 = np.array([a0, -a0])
-        s2 = sigma2
-    else:
-        rng = np.random.Generator(np.random.Philox(cell.seed))
-        w0 = rng.normal(0.0, 0.1, 4)
-        m0 = rng.normal(0.0, 0.1, 4)
-        s2 = sigma2_random
+    w0, m0 = _start(init, a0, cell.seed)
+    s2 = sigma2 if init == "antisymmetric" else sigma2_random
     om, mu, loss = th.integrate_reduced_ode(w0, m0, t, d, L, s2, method=method)
     H = w0.size
     pad = lambda a: np.concatenate([a, np.zeros((a.shape[0], 4 - H))], axis=1)  # noqa: E731
@@ -113,7 +182,7 @@ def make_sweep(args) -> Sweep:
     params = {"d": args.d, "L": args.L, "sigma2": args.sigma2, "sigma2_random": args.random_sigma2,
               "init": args.init, "t_max": args.t_max, "method": args.method, "times": len(t)}
     return Sweep(
-        study="icl_ode", cell_dims={"init": np.arange(len(INITS))},  # (Sweep cells need numeric dims)
+        study=STUDY, cell_dims={"init": np.arange(len(INITS))},  # (Sweep cells need numeric dims)
         variables={"omega": ("init", "time", "head"), "mu": ("init", "time", "head"), "loss": ("init", "time")},
         coords={"time": t, "head": np.arange(4)}, params=params,
         run_cell=functools.partial(_cell, d=args.d, L=args.L, sigma2=args.sigma2,
@@ -127,10 +196,8 @@ def make_sweep(args) -> Sweep:
         var_attrs={"loss": {"long_name": "L̃/2"}})
 
 
-def part(args) -> Part:
-    return Part("", functools.partial(analyze_ode, d=args.d, L=args.L, sigma2=args.sigma2, a0=args.init,
-                                      sigma2_random=args.random_sigma2),
-                sweep=make_sweep(args), summary=summary_ode)
+def parts(args) -> list[Part]:
+    return [Part("", sweep=make_sweep(args))]
 
 
 def _crossing(t, y, level):
@@ -143,90 +210,125 @@ def _crossing(t, y, level):
     return float(t0 + (y0 - level) / (y0 - y1) * (t1 - t0)), float(t1 - t0)
 
 
-def analyze_ode(ds, d, L, sigma2, a0=1e-3, sigma2_random=0.01):
-    t = ds["time"].values
+def analyze(ds):
+    """The stages of the stored flow against the closed forms, and the claims (d, L, sigma2 and
+    the start a are the run's stored parameters)."""
+    p = run_params(ds)
+    d, L, sigma2, a0 = int(p["d"]), int(p["L"]), float(p["sigma2"]), float(p["init"])
+    out = _flow_variables(ds, d, L, sigma2, a0)
+    return out, _claims(ds, out, d, L, sigma2, a0)
+
+
+def _pair(ds):
+    """omega, mu (time, 2) and the loss of the antisymmetric pair, its positive head first (a
+    negative --init starts the same flow with the heads' roles swapped)."""
     i = INITS.index("antisymmetric")
-    om = ds["omega"].values[i, :, :2]
-    mu = ds["mu"].values[i, :, :2]
-    loss = ds["loss"].values[i]
+    om, mu = ds["omega"].values[i, :, :2], ds["mu"].values[i, :, :2]
+    if om[0, 0] < 0:
+        om, mu = om[:, ::-1], mu[:, ::-1]
+    return om, mu, ds["loss"].values[i]
+
+
+def _flow_variables(ds, d, L, sigma2, a0) -> xr.Dataset:
+    """2 mu omega, the valley and its limit, the loss plateau and floor, the predicted plateau
+    exit, the stage ends and the antisymmetry error of the pair."""
+    t = ds["time"].values
+    om, mu, loss = _pair(ds)
     out = xr.Dataset(coords={"init": ds["init"], "time": ds["time"]})
     out["init_name"] = (("init",), str_coord(INITS[k] for k in ds["init"].values))
-    prod = 2 * mu[:, 0] * om[:, 0]
-    out["two_mu_omega"] = (("time",), prod, {"long_name": "2 mu_1 omega_1 (antisymmetric pair)"})
+    out["two_mu_omega"] = (("time",), 2 * mu[:, 0] * om[:, 0], {"long_name": "2 mu_1 omega_1 (antisymmetric pair)"})
     c = (1.0 + sigma2) / L
-    limit = 1.0 / (1.0 + d * c)
-    plateau = (1.0 + sigma2) / 2
-    floor = th.multihead_loss_limit(d, L, sigma2) / 2
-    out["theory_two_mu_omega_limit"] = ((), limit, {"long_name": "1/(1 + d(1+sigma2)/L) = the DGD optimal step"})
-    out["theory_loss_limit"] = ((), floor, {"long_name": "the floor of L̃/2 over all H: sigma2/2 + dc/(2(1+dc))"})
-    out["theory_loss_plateau"] = ((), plateau)
+    out["theory_two_mu_omega_limit"] = ((), 1.0 / (1.0 + d * c),
+                                        {"long_name": "1/(1 + d(1+sigma2)/L) = the DGD optimal step"})
+    out["theory_loss_limit"] = ((), th.multihead_loss_limit(d, L, sigma2) / 2,
+                                {"long_name": "the floor of L̃/2 over all H: sigma2/2 + dc/(2(1+dc))"})
+    out["theory_loss_plateau"] = ((), (1.0 + sigma2) / 2)
     out["mu_star"] = (("time",), np.array([th.mu_star(w, d, L, sigma2)[0] for w in om]),
                       {"long_name": "mu*(omega(t))_1 = (A^-1 omega)_1"})
     out["theory_valley_two_mu_omega"] = (("time",), th.valley_eta(om[:, 0], d, L, sigma2),
                                          {"long_name": "2 mu* omega on the valley at omega(t)"})
     out["theory_valley_loss"] = (("time",), th.two_head_profiled_loss(om[:, 0], d, L, sigma2) / 2,
                                  {"long_name": "profiled L̃/2 of the pair at omega(t)"})
-    t_exit, h = _crossing(t, loss, (1.0 - DROP) * loss[0])
-    t1, t2, rem = th.plateau_exit_time(a0, d, L, sigma2, drop=DROP)
+    t_exit, _ = _crossing(t, loss, (1.0 - DROP) * loss[0])
+    t1, t2, _ = th.plateau_exit_time(a0, d, L, sigma2, drop=DROP)
     out["theory_plateau_exit"] = ((), t2, {"long_name": "second-order prediction of the plateau exit"})
     out["theory_plateau_exit_first_order"] = ((), t1)
     out["stage1_end"] = ((), t_exit if math.isfinite(t_exit) else float(t[-1]),
                          {"long_name": f"first time the loss is {DROP:.0%} below its start (interpolated)"})
-    ipk = int(np.argmax(om[:, 0]))
-    out["stage2_end"] = ((), float(t[ipk]), {"long_name": "time of the peak of omega_1 (fast drop ends)"})
+    out["stage2_end"] = ((), float(t[int(np.argmax(om[:, 0]))]),
+                         {"long_name": "time of the peak of omega_1 (fast drop ends)"})
     iT = len(t) - 1
     out["omega_end"] = ((), float(om[iT, 0]))
     out["mu_end"] = ((), float(mu[iT, 0]))
     out["time_end"] = ((), float(t[iT]))
     asym = max(np.abs(mu.sum(1)).max() / np.abs(mu).max(), np.abs(om.sum(1)).max() / np.abs(om).max())
     out["antisymmetry_error"] = ((), float(asym), {"long_name": "max |x_1 + x_2| / max |x| over time, x = mu, omega"})
+    return out
 
-    claims = []
-    if math.isfinite(t_exit):
-        grid_err = h * h / 4
-        claims.append(EXIT.equal(t_exit, math.nan, t2, z=0.0, z_source="", allowance=rem + grid_err,
-                                 allowance_source=f"declared: the next order of the plateau expansion ({rem:.2g}) + "
-                                                  f"linear interpolation on the time grid (h^2/4 = {grid_err:.2g})",
-                                 prediction_text=f"{t2:.4g} (second order; first order {t1:.4g})"))
-    else:
-        claims.append(EXIT.not_tested(f"the loss never fell {DROP:.0%} below its start by t = {t[-1]:g}",
-                                      prediction=t2, prediction_text=f"{t2:.4g} (second order)"))
+
+def _claims(ds, out, d, L, sigma2, a0) -> list:
+    t = ds["time"].values
+    om, mu, loss = _pair(ds)
+    iT = len(t) - 1
+    claims = [_exit_claim(t, loss, d, L, sigma2, a0)]
     w_end = float(om[iT, 0])
+    plateau, floor = float(out["theory_loss_plateau"]), float(out["theory_loss_limit"])
     valley_loss = float(th.two_head_profiled_loss(w_end, d, L, sigma2)) / 2
-    gap_tol = 0.01 * (plateau - floor)
-    claims.append(DROP_C.at_most(float(loss[iT]), math.nan, valley_loss, z=0.0, z_source="", allowance=gap_tol,
+    claims.append(DROP_C.at_most(float(loss[iT]), math.nan, valley_loss, z=0.0, z_source="",
+                                 allowance=0.01 * (plateau - floor),
                                  allowance_source="1% of the plateau-floor gap (spec §13.4's 1% precision of the "
                                                   "drift stage)",
                                  prediction_text=f"floor {floor:.4g} + valley gap {valley_loss - floor:.3g} at omega "
                                                  f"{w_end:.3g} (plateau {plateau:.4g})"))
     v_eta = float(th.valley_eta(w_end, d, L, sigma2))
-    claims.append(LIMIT.equal(float(prod[iT]), math.nan, v_eta, z=0.0, z_source="", allowance=0.01 * v_eta,
-                              allowance_source=C.spec("1% (relative)", "§13.4"),
+    limit = float(out["theory_two_mu_omega_limit"])
+    claims.append(LIMIT.equal(float(out["two_mu_omega"].values[iT]), math.nan, v_eta, z=0.0, z_source="",
+                              allowance=0.01 * v_eta, allowance_source=C.spec("1% (relative)", "§13.4"),
                               prediction_text=f"{v_eta:.4g} (valley at omega {w_end:.3g}; limit {limit:.4g})"))
-    if ipk < iT - 5 and t[iT] > 2 * t[ipk]:
-        ok = bool(om[iT, 0] < om[ipk, 0] and mu[iT, 0] >= mu[:, 0].max() - 1e-12)
-        claims.append(DIRECTION.decided(ok, test="omega(t_end) < max omega and mu(t_end) = max mu",
-                                        tolerance_source="exact monotone condition (1e-12: rounding)",
-                                        prediction_text="omega falls, mu grows", measured=float(om[iT, 0] / om[ipk, 0]),
-                                        reason="" if ok else "omega or mu moved the other way after the drop"))
-    else:
-        claims.append(DIRECTION.not_tested(f"the run ends (t = {t[iT]:g}) before the drift stage: omega peaks at "
-                                           f"t = {t[ipk]:g}", prediction_text="omega falls, mu grows"))
-    claims.append(SYMMETRY.at_most(asym, math.nan, 0.0, z=0.0, z_source="", allowance=1e-12,
+    claims.append(_direction_claim(t, om, mu))
+    claims.append(SYMMETRY.at_most(float(out["antisymmetry_error"]), math.nan, 0.0, z=0.0, z_source="",
+                                   allowance=1e-12,
                                    allowance_source="exact symmetry of the flow; 1e-12 for floating-point rounding",
                                    prediction_text="0 (max |x_1 + x_2| / max |x|)"))
     if "random4" in INITS and ds.sizes["init"] > 1:
-        j = INITS.index("random4")
-        mu4 = ds["mu"].values[j, iT]
+        mu4 = ds["mu"].values[INITS.index("random4"), iT]
         zsr = abs(mu4.sum()) / max(np.abs(mu4).sum(), 1e-300)
         out["random4_zero_sum_ratio"] = ((), zsr)
         claims.append(RAND_ZS.at_most(zsr, math.nan, 0.0, z=0.0, z_source="", allowance=C.ZERO_SUM_FRAC,
                                       allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.5"), where="init=random4",
                                       prediction_text="0 (|sum mu| / sum |mu| at the end)"))
-    return out, claims
+    return claims
 
 
-def summary_ode(a):
+def _exit_claim(t, loss, d, L, sigma2, a0):
+    """plateau_exit: the interpolated exit time against the second-order prediction."""
+    t_exit, h = _crossing(t, loss, (1.0 - DROP) * loss[0])
+    t1, t2, rem = th.plateau_exit_time(a0, d, L, sigma2, drop=DROP)
+    if not math.isfinite(t_exit):
+        return EXIT.not_tested(f"the loss never fell {DROP:.0%} below its start by t = {t[-1]:g}",
+                               prediction=t2, prediction_text=f"{t2:.4g} (second order)")
+    grid_err = h * h / 4
+    return EXIT.equal(t_exit, math.nan, t2, z=0.0, z_source="", allowance=rem + grid_err,
+                      allowance_source=f"declared: the next order of the plateau expansion ({rem:.2g}) + "
+                                       f"linear interpolation on the time grid (h^2/4 = {grid_err:.2g})",
+                      prediction_text=f"{t2:.4g} (second order; first order {t1:.4g})")
+
+
+def _direction_claim(t, om, mu):
+    """drift_direction: after the peak of omega, omega falls and mu grows."""
+    iT = len(t) - 1
+    ipk = int(np.argmax(om[:, 0]))
+    if not (ipk < iT - 5 and t[iT] > 2 * t[ipk]):
+        return DIRECTION.not_tested(f"the run ends (t = {t[iT]:g}) before the drift stage: omega peaks at "
+                                    f"t = {t[ipk]:g}", prediction_text="omega falls, mu grows")
+    ok = bool(om[iT, 0] < om[ipk, 0] and mu[iT, 0] >= mu[:, 0].max() - 1e-12)
+    return DIRECTION.decided(ok, test="omega(t_end) < max omega and mu(t_end) = max mu",
+                             tolerance_source="exact monotone condition (1e-12: rounding)",
+                             prediction_text="omega falls, mu grows", measured=float(om[iT, 0] / om[ipk, 0]),
+                             reason="" if ok else "omega or mu moved the other way after the drop")
+
+
+def summary(a):
     return "\n".join([
         f"stages: plateau until t ≈ {float(a['stage1_end']):.3f} (predicted {float(a['theory_plateau_exit']):.3f}), "
         f"fast drop until t ≈ {float(a['stage2_end']):.2f}, then slow drift",
@@ -234,3 +336,9 @@ def summary_ode(a):
         f"2 mu omega = {float(a['two_mu_omega'][-1]):.4f} (valley {float(a['theory_valley_two_mu_omega'][-1]):.4f}, "
         f"limit {float(a['theory_two_mu_omega_limit']):.4f}); loss {float(a['theory_valley_loss'][-1]):.4f} on the "
         f"valley, floor {float(a['theory_loss_limit']):.4f}; antisymmetry error {float(a['antisymmetry_error']):.1e}"])
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from paper_figs import icl as figs
-from studies import icl as study
+from studies.icl import estimators, length, multitask, noniso, ode, train
 from studies.sweep import write_analysis
 from theory import icl_regression as th
 
@@ -15,7 +15,8 @@ from theory import icl_regression as th
 def _write(path, raw, analysis_fn, **attrs):
     from studies.claims import to_dataset
 
-    raw.attrs.update({"params_json": json.dumps(attrs.pop("params", {})), **attrs})
+    layout = {"variables": {v: list(raw[v].dims) for v in raw.data_vars}, "cell_dims": []}  # raw, as a run writes
+    raw.attrs.update({"params_json": json.dumps(attrs.pop("params", {})), "layout_json": json.dumps(layout), **attrs})
     raw.to_zarr(str(path), mode="w", consolidated=False)
     analysis, claims = analysis_fn(raw)
     write_analysis(path, analysis.merge(to_dataset(claims)))
@@ -67,8 +68,8 @@ def rng():
 
 
 def test_train_figures(tmp_path, rng):
-    store = _write(tmp_path / "tr.zarr", _train_raw(rng, Hs=(1, 4)), lambda r: study.analyze_train(r, 5, 40, 0.1),
-                   figure_kind="train", d=5)
+    store = _write(tmp_path / "tr.zarr", _train_raw(rng, Hs=(1, 4)), train.analyze,
+                   figure_kind="train", d=5, params={"d": 5, "L": 40, "sigma2": 0.1})
     paths = figs.draw(store, tmp_path / "custom.png")
     assert [p.name for p in paths] == [f"custom_{n}.png" for n in ("heatmaps", "dynamics", "metrics", "evolution")]
     for p in paths:
@@ -77,21 +78,22 @@ def test_train_figures(tmp_path, rng):
 
 def test_noniso_and_multitask_figures(tmp_path, rng):
     raw = _train_raw(rng, Hs=(2, 4), S=1, extra={"rho": np.array([0.0, 0.5])})
-    store = _write(tmp_path / "n.zarr", raw, lambda r: study.analyze_noniso(r, 5, 40, 0.1), figure_kind="noniso", d=5)
+    store = _write(tmp_path / "n.zarr", raw, noniso.analyze, figure_kind="noniso", d=5,
+                   params={"L": 40, "task": {"d": 5, "sigma2": 0.1}})
     (p,) = figs.draw(store)
     assert p.stat().st_size > 10_000
     from sim.icl_regression import multitask_task
 
     raw = _train_raw(rng, Hs=(3, 4), S=1, d=6, N=2)
-    store = _write(tmp_path / "m.zarr", raw, lambda r: study.analyze_multitask(r, multitask_task(), 48),
-                   figure_kind="multitask", d=6)
+    store = _write(tmp_path / "m.zarr", raw, multitask.analyze, figure_kind="multitask", d=6,
+                   params={"L": 48, "task": multitask_task().describe()})
     (p,) = figs.draw(store)
     assert p.stat().st_size > 10_000
 
 
 def test_estimators_ode_and_length_figures(tmp_path, rng):
     L = np.array([10, 20, 40])
-    est = study.ESTIMATORS
+    est = estimators.ESTIMATORS
     base = np.array([[th.dgd_risk(0.9, 5, l, 0.1) for l in L] for _ in est])
     raw = xr.Dataset(coords={"estimator": np.array(est, dtype=object), "L": L, "rep": np.arange(3)})
     m = base[..., None] + 0.002 * rng.standard_normal((len(est), 3, 3))
@@ -101,11 +103,11 @@ def test_estimators_ode_and_length_figures(tmp_path, rng):
         v = (0.12 if k == "ridge_cond_risk" else 0.0) + 0.001 * rng.standard_normal((3, 3))
         raw[k] = (("L", "rep"), v)
         raw[k.replace("risk", "m2") if k == "ridge_cond_risk" else k + "_m2"] = (("L", "rep"), v**2 + 1e-4)
-    store = _write(tmp_path / "e.zarr", raw, lambda r: study.analyze_estimators(r, 5, 0.1, 0.13, 3.45, 1000),
-                   figure_kind="estimators", params={"d": 5, "sigma2": 0.1})
+    store = _write(tmp_path / "e.zarr", raw, estimators.analyze, figure_kind="estimators",
+                   params={"d": 5, "sigma2": 0.1, "omega": 0.13, "mu": 3.45, "prompts": 3000, "reps": 3})
     assert figs.draw(store)[0].stat().st_size > 10_000
 
-    t = study.ode_times(30.0)
+    t = ode.ode_times(30.0)
     om, mu, loss = th.integrate_reduced_ode([1e-3, -1e-3], [1e-3, -1e-3], t, 5, 40, 0.1, method="LSODA")
     om4, mu4, loss4 = th.integrate_reduced_ode(rng.normal(0, .1, 4), rng.normal(0, .1, 4), t, 5, 40, 0.01,
                                                method="LSODA")
@@ -114,8 +116,8 @@ def test_estimators_ode_and_length_figures(tmp_path, rng):
     raw["omega"] = (("init", "time", "head"), np.stack([np.hstack([om, pad]), om4]))
     raw["mu"] = (("init", "time", "head"), np.stack([np.hstack([mu, pad]), mu4]))
     raw["loss"] = (("init", "time"), np.stack([loss, loss4]))
-    store = _write(tmp_path / "o.zarr", raw, lambda r: study.analyze_ode(r, 5, 40, 0.1), figure_kind="ode",
-                   integrator="LSODA", params={"d": 5, "L": 40, "sigma2": 0.1})
+    store = _write(tmp_path / "o.zarr", raw, ode.analyze, figure_kind="ode",
+                   integrator="LSODA", params={"d": 5, "L": 40, "sigma2": 0.1, "init": 1e-3})
     (pdf,) = figs.draw(store, tmp_path / "ode.pdf")
     assert pdf.name == "ode.pdf" and pdf.stat().st_size > 10_000
 
@@ -139,8 +141,8 @@ def test_estimators_ode_and_length_figures(tmp_path, rng):
     raw["model_omega"] = (("H", "seed", "mhead"), om)
     raw["model_mu"] = (("H", "seed", "mhead"), mu)
     raw["model_exists"] = (("H", "seed", "mhead"), np.array([[[1, 0, 0, 0]] * 2, [[1, 1, 1, 1]] * 2], dtype=bool))
-    store = _write(tmp_path / "l.zarr", raw, lambda r: study.analyze_length(r, 5, 40, 0.1, 1000),
-                   figure_kind="length", L_train=40)
+    store = _write(tmp_path / "l.zarr", raw, length.analyze, figure_kind="length", L_train=40,
+                   params={"d": 5, "L_train": 40, "sigma2": 0.1, "prompts": 2000, "reps": 2})
     ds = xr.open_zarr(str(store), consolidated=False)
     assert "theory_kernel_risk" in ds and not any(v.startswith("verdict_") for v in ds.data_vars)
     outcomes = dict(zip(ds["claim"].values, ds["claim_outcome"].values))

@@ -11,6 +11,7 @@ import zarr
 
 from sim import icl_regression as sim
 from studies import icl
+from studies.icl import estimators
 from studies.sweep import open_group, open_result
 from theory import icl_regression as th
 
@@ -111,6 +112,83 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, monk
     np.testing.assert_array_equal(open_result(again)["W"].values, a["W"].values)
 
 
+def _first_chunk(store, *parts):
+    return sorted(p for p in store.joinpath(*parts, "c").rglob("*") if p.is_file())[0]
+
+
+def _one_line(err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return len(lines) == 1 and "Traceback" not in err
+
+
+CKPT = ["train", *QUIET, "--H", "2", "--checkpoint-every", "200"]
+RAW = ("W", "U", "train_loss", "val_mse", "final_val_blocks")
+
+
+@pytest.fixture(scope="module")
+def full_500(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "full.zarr"
+    assert run(CKPT + ["--steps", "500", "--out", str(out)]) == 0
+    return out
+
+
+def _same_run(a_path, b_path):
+    a, b = open_result(a_path), open_result(b_path)
+    for v in RAW:
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    np.testing.assert_array_equal(a["claim_outcome"].values, b["claim_outcome"].values)
+
+
+def test_damaged_checkpoint_is_one_line_then_restored_to_the_last_intact_one(full_500, tmp_path, capsys):
+    cut = tmp_path / "cut.zarr"
+    assert run(CKPT + ["--steps", "400", "--out", str(cut)]) == 0  # checkpoints at 200 (kept) and 400
+    identity = {k: v for k, v in zarr.open_group(str(cut), mode="r").attrs.items()
+                if k in ("study", "params_json", "root_seed", "git_sha", "created")}
+    chunk = _first_chunk(cut, "checkpoint", "theta")
+    chunk.write_bytes(chunk.read_bytes()[:7])  # a truncated chunk
+    capsys.readouterr()
+    assert run(CKPT + ["--steps", "500", "--out", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and str(cut) in err and "theta" in err and "checkpoint" in err and "--repair" in err, err
+    assert run(CKPT + ["--steps", "500", "--out", str(cut), "--repair"]) == 0
+    err = capsys.readouterr().err
+    assert "repaired" in err and "step 200" in err and "Traceback" not in err, err
+    _same_run(full_500, cut)  # resumed from step 200: the run ends where the undamaged one does
+    attrs = dict(zarr.open_group(str(cut), mode="r").attrs)
+    assert {k: attrs[k] for k in identity} == identity  # identity and provenance kept
+    assert "training checkpoint checkpoint" in attrs["repairs"] and "step 200" in attrs["repairs"]
+
+
+def test_no_intact_checkpoint_left_trains_from_the_start(full_500, tmp_path, capsys):
+    cut = tmp_path / "cut.zarr"
+    assert run(CKPT + ["--steps", "400", "--out", str(cut)]) == 0
+    chunk = _first_chunk(cut, "checkpoint", "adam_v")
+    chunk.write_bytes(chunk.read_bytes()[:5])
+    _first_chunk(cut, "checkpoint_previous", "theta").unlink()  # a lost chunk reads as NaN
+    capsys.readouterr()
+    assert run(CKPT + ["--steps", "500", "--out", str(cut)]) == 2
+    assert "adam_v" in capsys.readouterr().err
+    assert run(CKPT + ["--steps", "500", "--out", str(cut), "--repair"]) == 0
+    assert "training restarts from step 0" in capsys.readouterr().err
+    _same_run(full_500, cut)
+
+
+def test_damaged_raw_training_data_is_rebuilt_from_the_final_checkpoint(full_500, tmp_path, capsys):
+    import shutil
+
+    store = tmp_path / "r.zarr"
+    shutil.copytree(full_500, store)
+    chunk = _first_chunk(store, "W")
+    chunk.write_bytes(chunk.read_bytes()[:9])
+    capsys.readouterr()
+    assert run(CKPT + ["--steps", "500", "--out", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and "variable W is damaged" in err and "--repair" in err, err
+    assert run(CKPT + ["--steps", "500", "--out", str(store), "--repair"]) == 0
+    assert "rebuilt from the final training checkpoint" in capsys.readouterr().err
+    _same_run(full_500, store)
+
+
 def test_store_of_another_run_is_refused_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "t.zarr"
     base = ["train", *QUIET, "--H", "1", "--steps", "200", "--out", str(out)]
@@ -130,7 +208,7 @@ def test_estimators_quick(tmp_path, claims):
     assert ds["mse"].dims == ("estimator", "L", "rep") and bool(ds["done"].all())
     finite(ds)
     got = claims.none_fail(out)
-    for e in icl.ESTIMATORS:  # every estimator against an exact finite-L risk, none True by construction
+    for e in estimators.ESTIMATORS:  # every estimator against an exact finite-L risk, none True by construction
         assert got[f"icl_estimators.exact_risk[estimator={e}]"].outcome == "holds", e
     assert got["icl_estimators.multihead_beats_single"].outcome == "holds"
     assert "theory_ridge_mp" in ds and out.with_suffix(".png").stat().st_size > 10_000
@@ -199,7 +277,7 @@ def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
     tested = [c for c in got.values() if c.outcome == "holds"]
     assert tested, "nothing was tested"
     if name.startswith("estimators"):
-        assert all(got[f"icl_estimators.exact_risk[estimator={e}]"].outcome == "holds" for e in icl.ESTIMATORS)
+        assert all(got[f"icl_estimators.exact_risk[estimator={e}]"].outcome == "holds" for e in estimators.ESTIMATORS)
     if name == "ode_d10":  # the floor of the run's configuration, not the paper's 0.15
         ds = open_result(out)
         assert float(ds["theory_loss_limit"]) == pytest.approx(th.multihead_loss_limit(10, 40, 0.1) / 2)
