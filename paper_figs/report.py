@@ -6,7 +6,11 @@ and timings, and the run's provenance; :func:`render_html` and :func:`render_mar
 them into pages. The HTML page needs nothing but itself: CSS inline, figures embedded as PNG
 data URIs, no script, nothing fetched from the network. Claims are grouped by paper (one
 table per paper), failing claims first, then the untested ones, then those that hold, and
-each outcome has its own colour.
+each outcome has its own colour. A claim is *evidence* (a measurement against a prediction) or a
+*consistency* check (the theory or the code against itself); the counts keep the two apart, and
+each source that cites the theory notes links to its section (``source_url``). The page fits a
+1366-pixel laptop window: the claims table has fixed column widths, long text wraps and very
+long statements, sources and reasons fold into ``<details>``; nothing scrolls sideways.
 
 ``study`` records (a list of dicts) have the keys ``name``, ``paper``, ``command``, ``store``,
 ``params`` (a dict), ``figures`` (PNG paths), ``status`` (``ran``, ``reused`` or ``error: ...``),
@@ -24,26 +28,32 @@ from pathlib import Path
 __all__ = ["COLUMNS", "OUTCOME_ORDER", "render_html", "render_markdown"]
 
 COLUMNS = ("paper", "study", "claim", "where", "source", "statement", "prediction", "measured", "se", "lo",
-           "hi", "test", "tolerance", "tolerance_source", "outcome", "reason")
+           "hi", "test", "tolerance", "tolerance_source", "outcome", "reason", "role", "source_url")
+FOLD = 220  # characters of a statement, source or reason shown before the rest folds away
 OUTCOME_ORDER = {"fails": 0, "not tested": 1, "holds": 2}
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
-       color: #1d1d1d; line-height: 1.4; padding: 0 1em; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1320px;
+       color: #1d1d1d; line-height: 1.4; padding: 0 1em; overflow-wrap: anywhere; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ccc; margin-top: 2em; }
-table { border-collapse: collapse; width: 100%; font-size: 0.86em; margin: 0.8em 0; }
-th, td { border: 1px solid #c8c8c8; padding: 4px 6px; vertical-align: top; text-align: left; }
+table { border-collapse: collapse; width: 100%; font-size: 0.84em; margin: 0.8em 0; }
+table.claims { table-layout: fixed; }
+th, td { border: 1px solid #c8c8c8; padding: 4px 5px; vertical-align: top; text-align: left;
+         overflow-wrap: anywhere; word-break: break-word; }
 th { background: #ececec; position: sticky; top: 0; }
-td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.outcome { min-width: 16em; } td.small, td .small { max-width: 22em; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.holds td.outcome { background: #d7f0d2; } tr.fails td.outcome { background: #f6c9c4; font-weight: bold; }
 tr.not-tested td.outcome { background: #f1e7c3; }
 tr.fails { background: #fdf0ee; }
 .badge { display: inline-block; padding: 1px 7px; border-radius: 9px; margin-right: 4px; font-size: 0.9em; }
 .b-holds { background: #d7f0d2; } .b-fails { background: #f6c9c4; } .b-not-tested { background: #f1e7c3; }
-.meta td:first-child { font-weight: 600; width: 14em; } .meta { width: auto; }
+.b-consistency { background: #dfe6f3; }
+.role { color: #47628f; font-size: 0.8em; }
+.meta td:first-child { font-weight: 600; width: 14em; } .meta { width: auto; max-width: 100%; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
-pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; white-space: pre-wrap; }
+code { overflow-wrap: anywhere; }
+details.fold summary { cursor: pointer; }
 .small { color: #555; font-size: 0.85em; }
 """
 
@@ -73,8 +83,29 @@ def _measured(row) -> str:
 
 
 def _counts_badges(counts: dict) -> str:
-    return "".join(f'<span class="badge b-{k.replace(" ", "-")}">{counts.get(k, 0)} {k}</span>'
-                   for k in ("holds", "fails", "not tested"))
+    badges = []
+    for k in ("holds", "fails", "not tested"):
+        text = f"{counts.get(k, 0)} {k}"
+        if k == "holds" and "consistency" in counts:
+            text += f" ({counts.get('evidence', 0)} evidence, {counts['consistency']} consistency)"
+        badges.append(f'<span class="badge b-{k.replace(" ", "-")}">{text}</span>')
+    return "".join(badges)
+
+
+def _fold(text) -> str:
+    """Escaped text; past :data:`FOLD` characters the rest folds into a ``<details>``."""
+    text = "" if text is None else str(text)
+    if len(text) <= FOLD:
+        return _esc(text)
+    cut = text.rfind(" ", 0, FOLD)
+    cut = cut if cut > FOLD // 2 else FOLD
+    return (f'<details class="fold"><summary>{_esc(text[:cut])} …</summary>{_esc(text[cut:])}</details>')
+
+
+def _source(r) -> str:
+    url = r.get("source_url") if hasattr(r, "get") else ""
+    text = _fold(r["source"])
+    return f'<a href="{_esc(url)}">{text}</a>' if url else text
 
 
 def _sorted(df):
@@ -83,7 +114,9 @@ def _sorted(df):
 
 
 def _claims_table(df) -> str:
-    head = ("<tr><th>study</th><th>claim</th><th>statement</th><th>source</th><th>prediction (this run)</th>"
+    cols = ("<colgroup><col style='width:7%'><col style='width:10%'><col style='width:17%'><col style='width:12%'>"
+            "<col style='width:13%'><col style='width:11%'><col style='width:15%'><col style='width:15%'></colgroup>")
+    head = (cols + "<tr><th>study</th><th>claim</th><th>statement</th><th>source</th><th>prediction (this run)</th>"
             "<th>measured ± SE [interval]</th><th>tolerance: source</th><th>outcome</th></tr>")
     rows = []
     previous = None
@@ -91,13 +124,15 @@ def _claims_table(df) -> str:
         cls = r["outcome"].replace(" ", "-")
         same = previous == (r["study"], r["claim"], r["outcome"])
         previous = (r["study"], r["claim"], r["outcome"])
-        statement = "<span class='small'>(as above)</span>" if same else _esc(r["statement"])
-        source = "" if same else _esc(r["source"])
+        statement = "<span class='small'>(as above)</span>" if same else _fold(r["statement"])
+        source = "" if same else _source(r)
         claim = _esc(r["claim"]) + (f"<br><span class='small'>{_esc(r['where'])}</span>" if r["where"] else "")
+        if r.get("role", "evidence") == "consistency":
+            claim += "<br><span class='role'>consistency</span>"
         tol = ""
         if r["outcome"] != "not tested":
-            tol = f"{_esc(_num(r['tolerance']))}: {_esc(r['tolerance_source'])}<br><span class='small'>{_esc(r['test'])}</span>"
-        outcome = _esc(r["outcome"]) + (f"<br><span class='small'>{_esc(r['reason'])}</span>" if r["reason"] else "")
+            tol = f"{_esc(_num(r['tolerance']))}: {_fold(r['tolerance_source'])}<br><span class='small'>{_esc(r['test'])}</span>"
+        outcome = _esc(r["outcome"]) + (f"<br><span class='small'>{_fold(r['reason'])}</span>" if r["reason"] else "")
         pred = _esc(r["prediction"])
         rows.append(f'<tr class="{cls}"><td>{_esc(r["study"])}</td><td>{claim}</td><td>{statement}</td>'
                     f'<td class="small">{source}</td><td>{pred}</td><td class="num">{_esc(_measured(r))}</td>'
@@ -111,7 +146,14 @@ def _img(path) -> str:
 
 
 def _counts(df) -> dict:
-    return {k: int((df["outcome"] == k).sum()) for k in ("holds", "fails", "not tested")}
+    """Claims by outcome; those that hold split into evidence and consistency."""
+    out = {k: int((df["outcome"] == k).sum()) for k in ("holds", "fails", "not tested")}
+    role = df["role"] if "role" in df else None
+    if role is not None:
+        holds = df["outcome"] == "holds"
+        out["evidence"] = int((holds & (role != "consistency")).sum())
+        out["consistency"] = int((holds & (role == "consistency")).sum())
+    return out
 
 
 def render_html(meta: dict, claims, studies: list[dict]) -> str:
@@ -175,8 +217,9 @@ def render_markdown(meta: dict, claims, studies: list[dict], base=None) -> str:
 
     df = claims if len(claims) else pd.DataFrame(columns=COLUMNS)
     c = _counts(df)
+    roles = f" ({c.get('evidence', 0)} evidence, {c.get('consistency', 0)} consistency)" if "evidence" in c else ""
     out = [f"# {meta['title']}", "",
-           f"{c['holds']} hold, {c['fails']} fail, {c['not tested']} not tested — created {meta['created']}, "
+           f"{c['holds']} hold{roles}, {c['fails']} fail, {c['not tested']} not tested — created {meta['created']}, "
            f"commit {meta['git_sha']}{' (dirty)' if meta.get('git_dirty') else ''}, device {meta['device']}, "
            f"total {meta.get('total_seconds', 0):.0f} s", "",
            f"Reproduce: `{meta['command']}`", "",

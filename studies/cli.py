@@ -9,6 +9,7 @@ anything (resources, score ranges, the output path, executor options) is in
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import errno
 import sys
@@ -415,9 +416,14 @@ def use_device(device: str) -> str:
         import gpu  # noqa: F401 - registers the device engines
 
     try:
-        return resolve_device(device)
+        resolved = resolve_device(device)
     except DeviceUnavailable as e:
         raise UsageError(str(e)) from None
+    if resolved == "gpu":  # worker processes register the engines too (studies.executors)
+        from studies.executors import DEVICE_ENV
+
+        os.environ[DEVICE_ENV] = "gpu"
+    return resolved
 
 
 def study_main(study, argv=None, prog: str | None = None) -> int:

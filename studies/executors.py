@@ -29,13 +29,24 @@ class SerialExecutor(cf.Executor):
         return fut
 
 
+DEVICE_ENV = "WORKBENCH_DEVICE"  # set by the driver of a GPU run; its worker processes inherit it
+
+
 def _init_worker(threads: int) -> None:
-    """Give each worker process its share of the cores, for Numba and for BLAS."""
+    """Give each worker process its share of the cores, for Numba and for BLAS; in a GPU run
+    (:data:`DEVICE_ENV`), register the device engines as the driver did."""
     import numba
     from threadpoolctl import threadpool_limits
 
+    if os.environ.get(DEVICE_ENV) == "gpu":
+        import gpu  # noqa: F401 - registers the device engines with sim.backend
+
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     threadpool_limits(limits=threads)
+
+
+def _register_gpu() -> None:
+    import gpu  # noqa: F401 - registers the device engines with sim.backend
 
 
 def numba_features() -> str:
@@ -86,9 +97,13 @@ def make_executor(workers: int = 1, scheduler: str | None = None, dask_local: in
             return
         env = {k: str(threads) for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
         env["NUMBA_CPU_FEATURES"] = numba_features()
+        if os.environ.get(DEVICE_ENV):
+            env[DEVICE_ENV] = os.environ[DEVICE_ENV]
         with LocalCluster(n_workers=dask_local, threads_per_worker=1, processes=True,
                           dashboard_address=None, env=env) as cluster, \
                 Client(cluster) as client:
+            if os.environ.get(DEVICE_ENV) == "gpu":
+                client.run(_register_gpu)
             yield client.get_executor()
         return
     if workers <= 1:

@@ -93,7 +93,11 @@ def reanalyze(path, *, write: bool = False):
         texts.append((f"== {group}\n" if group else "") + module.summary(analysis))
         every.extend(claims)
         if write:
-            write_analysis(where, analysis.merge(cl.to_dataset(claims)))
+            from studies.cli import store_errors
+            from studies.lock import store_lock
+
+            with store_errors(path), store_lock(path):
+                write_analysis(where, analysis.merge(cl.to_dataset(claims)))
     return "\n".join(texts), every
 
 

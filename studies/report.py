@@ -30,11 +30,16 @@ import time
 from pathlib import Path
 
 from studies.catalog import PAPERS, STUDIES
-from studies.cli import StudyParser, UsageError, check_out_path, executor_options, positive_int, run_main
+from studies.lock import store_lock
+from studies.cli import StudyParser, UsageError, executor_options, positive_int, run_main, store_errors, use_device
+from studies.guards import check_output
+from studies.parsing import out_path
 
 __all__ = ["main", "collect", "select"]
 
 TIMES_FILE = "report_times.json"
+# what the report writes in its --results folder besides the studies' stores
+OWN_FILES = ("report.html", "report.md", "claims.csv", TIMES_FILE, "logs", "figures", "*.png")
 
 EXAMPLES = """\
 examples:
@@ -58,7 +63,7 @@ def _names(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = StudyParser(prog="python -m studies.report", description=__doc__.split("\n")[0],
                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=None,
+    p.add_argument("--results", type=out_path, default=None,
                    help="folder of the stores and the report (default results/, or results/quick/ with --quick)")
     p.add_argument("--quick", action="store_true", help="pass --quick to every study (small runs, seconds each)")
     p.add_argument("--only", type=_names, default=None, metavar="LIST", help="run and report only these studies")
@@ -69,19 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="passed to the studies")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="passed to the studies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars inside the studies")
+    p.add_argument("--no-wait", action="store_true",
+                   help="refuse at once when another report or study is writing the same --results")
     p.add_argument("--reanalyze", action="store_true",
                    help="re-derive the analysis and claims of every store found (python -m studies.reanalyze "
                         "--write) instead of running its study; studies without a store still run")
     return p
 
 
-def select(only, skip) -> list:
-    """The catalogue entries to report, in catalogue order, with the studies they read added."""
+def select(only, skip, results: Path | None = None) -> list:
+    """The catalogue entries to report, in catalogue order, with the studies they read added.
+    A study left out with ``--skip`` that a chosen one reads is not run: its store must already
+    be in ``results`` (it is reported from there), else that is a usage error."""
     chosen = [e for e in STUDIES if (only is None or e.name in only) and e.name not in skip]
     names = {e.name for e in chosen}
     for e in list(chosen):
-        if e.models_from and e.models_from not in names:
-            names.add(e.models_from)
+        if e.reads and e.reads not in names:
+            if e.reads in skip:
+                store = None if results is None else Path(results) / f"{e.reads}.zarr"
+                if store is None or not (store / "zarr.json").exists():
+                    raise UsageError(f"{e.name} reads the store of {e.reads}, which --skip leaves out and "
+                                     f"{store or 'the results folder'} does not hold: skip {e.name} too, or run "
+                                     f"{e.reads}")
+                continue
+            names.add(e.reads)
     return [e for e in STUDIES if e.name in names]
 
 
@@ -214,7 +230,7 @@ def collect(records: list[dict], results: Path):
                          "source": "", "statement": "the study runs to completion", "prediction": "exit status 0",
                          "measured": float("nan"), "se": float("nan"), "lo": float("nan"), "hi": float("nan"),
                          "test": "", "tolerance": float("nan"), "tolerance_source": "", "outcome": "fails",
-                         "reason": rec["status"]})
+                         "reason": rec["status"], "role": "evidence", "source_url": ""})
             info["counts"] = {"fails": 1}
             continue
         attrs = dict(zarr.open_group(str(store), mode="r").attrs)
@@ -232,7 +248,7 @@ def collect(records: list[dict], results: Path):
                          "prediction": c.prediction_text or (f"{c.prediction:.4g}" if c.prediction == c.prediction else ""),
                          "measured": c.measured, "se": c.se, "lo": c.lo, "hi": c.hi, "test": c.test,
                          "tolerance": c.tolerance, "tolerance_source": c.tolerance_source, "outcome": c.outcome,
-                         "reason": c.reason})
+                         "reason": c.reason, "role": c.role, "source_url": _source_url(c.source)})
         fig = importlib.import_module(entry.figure)
         try:
             info["figures"] = [str(p) for p in fig.draw(store, figdir / f"{entry.name}.png", dpi=90)]
@@ -240,10 +256,21 @@ def collect(records: list[dict], results: Path):
             info["status"] += f" (figure not drawn: {type(e).__name__}: {e})"
     claims = pd.DataFrame(rows, columns=["paper", "study", "claim", "where", "source", "statement", "prediction",
                                          "measured", "se", "lo", "hi", "test", "tolerance", "tolerance_source",
-                                         "outcome", "reason"])
+                                         "outcome", "reason", "role", "source_url"])
     order = {p: i for i, p in enumerate(PAPERS.values())}
     claims = claims.sort_values("paper", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
     return claims, studies, {"devices": devices, "versions": versions, "shas": shas}
+
+
+def _source_url(source: str) -> str:
+    """A link to the theory-note section a claim's source cites first (``notes PAGE §N``), or ""
+    when it cites none that resolves."""
+    from studies import citations
+
+    for page, section in citations.find(source):
+        if citations.resolves(page, section):
+            return citations.url(page, section)
+    return ""
 
 
 def _meta(args, results: Path, prov: dict, total: float) -> dict:
@@ -268,12 +295,18 @@ def _meta(args, results: Path, prov: dict, total: float) -> dict:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     results = args.results or (Path("results") / "quick" if args.quick else Path("results"))
-    check_out_path(results / "logs")  # the folder can be created and written
+    check_output(results, kind="folder", option="--results", allowed=OWN_FILES)
     executor_options(args)  # the executor options' own checks
-    entries = select(args.only, set(args.skip))
+    use_device(args.device)  # --device gpu without a usable GPU is one line, before anything runs
+    entries = select(args.only, set(args.skip), results)
     if not entries:
         raise UsageError("--only/--skip leave no study to report")
     results.mkdir(parents=True, exist_ok=True)
+    with store_errors(results), store_lock(results, wait=not args.no_wait):
+        return _report(args, entries, results)
+
+
+def _report(args, entries, results: Path) -> int:
     t0 = time.perf_counter()
     records = run_all(entries, args, results)
     claims, studies, prov = collect(records, results)
@@ -284,8 +317,9 @@ def _main(argv=None) -> int:
     (results / "report.md").write_text(render_markdown(meta, claims, studies, base=results), encoding="utf-8")
     claims.to_csv(results / "claims.csv", index=False)
     n = {k: int((claims["outcome"] == k).sum()) for k in ("holds", "fails", "not tested")}
-    print(f"claims: {n['holds']} hold, {n['fails']} fail, {n['not tested']} not tested "
-          f"({len(studies)} studies, {time.perf_counter() - t0:.0f} s)")
+    ev = int(((claims["outcome"] == "holds") & (claims["role"] == "evidence")).sum())
+    print(f"claims: {n['holds']} hold ({ev} evidence, {n['holds'] - ev} consistency), {n['fails']} fail, "
+          f"{n['not tested']} not tested ({len(studies)} studies, {time.perf_counter() - t0:.0f} s)")
     for paper, sub in claims.groupby("paper", sort=False):
         k = {o: int((sub["outcome"] == o).sum()) for o in ("holds", "fails", "not tested")}
         print(f"  {paper}: {k['holds']} hold, {k['fails']} fail, {k['not tested']} not tested")
