@@ -123,7 +123,7 @@ def test_a_study_that_cannot_run_is_a_failure_not_a_crash(tmp_path, monkeypatch,
     (["--workers", "0"], "positive integer"),
     (["--dask-local", "2", "--scheduler", "tcp://127.0.0.1:1"], "choose one"),
     (["--only", "icl_length", "--skip", "icl_train"], "reads the store of icl_train"),
-    (["--results", ""], "current directory"),
+    (["--results", ""], "empty path"),
 ])
 def test_usage_errors(tmp_path, capsys, argv, msg):
     results = tmp_path / "r"
