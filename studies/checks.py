@@ -201,7 +201,7 @@ def check_resume(entry, bench) -> None:
     before = read_claims(out)
     again = call(entry.main, bench.quick_argv(entry, out))
     assert again.rc == 0, f"rerun exited {again.rc}: {again.err[-1000:]}"
-    m = re.search(r"wrote .*?: (\d+) \w+ \((\d+) computed, (\d+) already done\)", again.out)
+    m = re.search(r"wrote .*?: (\d+) [\w ]+? \((\d+) computed, (\d+) already done\)", again.out)
     assert m and int(m.group(2)) == 0, f"the rerun computed again: {m.group(0) if m else again.out[-300:]}"
     diff = compare(before, read_claims(out))
     assert not diff, "the resumed run changed the claims:\n" + "\n".join(diff)

@@ -549,7 +549,11 @@ def read_claims(store) -> list[Claim]:
     for name in [None, *grp.attrs.get("groups", [])]:
         if name is not None and name not in grp.group_keys():
             continue
-        if "claim" not in (grp[name] if name else grp).array_keys():
+        node = grp[name] if name else grp
+        if "analysis_writing" in node.attrs:
+            raise ValueError(f"{store}{'/' + name if name else ''}: its analysis was being replaced when the writer "
+                             "stopped; rerun the study, or python -m studies.reanalyze --write STORE")
+        if "claim" not in node.array_keys():
             continue
         with xr.open_zarr(str(store), group=name, consolidated=False) as ds:
             out.extend(from_dataset(ds[[v for v in ds.data_vars if v.startswith("claim_")]].load()))

@@ -377,6 +377,9 @@ def raw_names(attrs: Mapping) -> set:
     return set(layout.get("variables", {})) | {"done", "wall_s"} | raw_dims(attrs)
 
 
+WRITING = "analysis_writing"  # attribute present while write_analysis replaces a store's analysis
+
+
 def write_analysis(path, analysis: xr.Dataset) -> None:
     """Store a study's analysis -- fits, ``theory_*`` variables and its claims -- next to the
     raw data, replacing the previous analysis whole.
@@ -390,10 +393,16 @@ def write_analysis(path, analysis: xr.Dataset) -> None:
 
     grp = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     existing = dict(grp.attrs)
+    existing.pop(WRITING, None)
     keep = raw_names(existing)
     previous = set(json.loads(existing.get("analysis_vars", "[]")))
     arrays = set(grp.array_keys())
-    stale = ((previous | set(analysis.data_vars) | set(analysis.dims)) & arrays) | (arrays - keep)
+    stale = (previous | set(analysis.data_vars) | set(analysis.dims)) & arrays
+    if existing.get("layout_json"):  # only a store that names its raw arrays can lose the others
+        stale |= arrays - keep
+    # readers see an analysis being replaced as such (studies.claims.read_claims refuses it),
+    # never a mixture of the old and the new one; the flag goes with the last write
+    grp.attrs[WRITING] = "the analysis and claims are being replaced"
     for name in sorted(stale - keep):
         drop_array(grp, path, name)
     forget_group(path)
@@ -401,6 +410,8 @@ def write_analysis(path, analysis: xr.Dataset) -> None:
     written = sorted((set(analysis.data_vars) | set(analysis.coords)) - keep)
     analysis.attrs = {**existing, **analysis.attrs, "analysis_vars": json.dumps(written)}
     analysis.to_zarr(str(path), mode="a", consolidated=False)
+    grp = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    grp.attrs.put({k: v for k, v in grp.attrs.asdict().items() if k != WRITING})
     consolidate(path)
 
 

@@ -242,3 +242,24 @@ def test_the_one_summary_format():
     failing = SPEC.equal(0.9, 0.01, 0.5, z=Z, z_source=SRC)
     assert "FAILS" in format_claims([failing]) and "> " in format_claims([failing])
     assert format_claims([]) == "claims: 0 hold, 0 fail, 0 not tested"
+
+
+def test_an_analysis_being_replaced_is_never_read_as_claims(tmp_path):
+    """write_analysis flags the store while it replaces the analysis: an interrupted replacement
+    is refused by read_claims (never a mix of old and new claims), and a finished one reads."""
+    import xarray as xr
+    import zarr
+
+    from studies.store import WRITING, write_analysis
+
+    path = tmp_path / "s.zarr"
+    xr.Dataset({"raw": (("n",), np.arange(3.0))}).to_zarr(str(path), mode="w", consolidated=False)
+    write_analysis(path, to_dataset(_sample()))
+    assert len(cl.read_claims(path)) == len(_sample())
+    assert WRITING not in zarr.open_group(str(path)).attrs
+    assert np.array_equal(xr.open_zarr(str(path))["raw"].values, np.arange(3.0))  # no layout: raw kept
+    zarr.open_group(str(path), mode="r+").attrs[WRITING] = "interrupted"
+    with pytest.raises(ValueError, match="being replaced"):
+        cl.read_claims(path)
+    write_analysis(path, to_dataset(_sample()[:2]))
+    assert len(cl.read_claims(path)) == 2
