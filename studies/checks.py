@@ -28,6 +28,9 @@ The checks:
                             equal to the stored ones (outcomes and numbers)
 ``check_resume``            the same command again computes nothing new and ends with the same
                             claims
+``check_citations``         every claim's source cites a section of the theory notes
+                            (``notes <page> §N``, :mod:`studies.citations`), and every citation in
+                            its sources and tolerance sources resolves
 ==========================  =====================================================================
 """
 from __future__ import annotations
@@ -207,6 +210,24 @@ def check_resume(entry, bench) -> None:
     assert not diff, "the resumed run changed the claims:\n" + "\n".join(diff)
 
 
+def check_citations(entry, bench) -> None:
+    from studies import citations
+    from studies.claims import read_claims
+
+    out, res = bench.quick_store(entry)
+    assert res.rc == 0, f"--quick exited {res.rc}"
+    uncited, broken = [], []
+    for c in read_claims(out):
+        refs = citations.find(c.source)
+        if not refs:
+            uncited.append(c.key)
+        for page, section in refs + citations.find(c.tolerance_source):
+            if not citations.resolves(page, section):
+                broken.append(f"{c.key}: notes {page} §{section}")
+    assert not uncited, f"claims whose source cites no section of the theory notes: {sorted(set(uncited))}"
+    assert not broken, f"citations that point nowhere: {broken}"
+
+
 CHECKS = {
     "shape": check_shape,
     "help": check_help,
@@ -216,6 +237,7 @@ CHECKS = {
     "quick_run": check_quick_run,
     "reanalyze": check_reanalyze,
     "resume": check_resume,
+    "citations": check_citations,
 }
 
 
@@ -240,3 +262,4 @@ def checks_for(entry, *, gpu: bool | None = None) -> Iterator[tuple[str, Callabl
         yield "quick_run", check_quick_run
         yield "reanalyze", check_reanalyze
         yield "resume", check_resume
+        yield "citations", check_citations

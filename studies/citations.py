@@ -8,8 +8,10 @@ MyST label on the line before its heading::
     (token_sample-s2-1)=
     ## §2.1 Uniform convergence on a ball
 
-Code, docstrings and the claims' sources cite them as ``notes token_sample §2.1`` (a section
-may carry a suffix the page numbers inside it, ``notes tensor_attention §5 item 16``). This
+Code, docstrings and the claims' sources cite them as ``notes token_sample §2.1``; one citation
+may list several sections of its page, ``notes random_features §3.4, §4.3`` or a range
+``notes tensor_attention §2.3-2.5`` (both ends are checked), and a section may carry a suffix
+the page numbers inside it, ``notes tensor_attention §5 item 16``. This
 module is the one home of that convention: :func:`find` lists the citations in a text,
 :func:`label` and :func:`anchor` give a section's label and its HTML id (Sphinx turns ``_`` and
 ``.`` into ``-``), :func:`labels` reads the labels a page defines, :func:`resolves` says whether a
@@ -25,14 +27,18 @@ from pathlib import Path
 __all__ = ["PAGES", "CITATION", "DOCS", "find", "label", "anchor", "labels", "resolves", "url"]
 
 PAGES = ("token_sample", "random_features", "icl_regression", "tensor_attention", "token_selection")
-CITATION = re.compile(r"notes (" + "|".join(PAGES) + r") §(\d+(?:\.\d+)*)")
+_REF = r"\d+(?:\.\d+)*[a-z]?"
+CITATION = re.compile(r"notes (" + "|".join(PAGES) + r") (§§?" + _REF + r"(?:(?:, |; |/|-|–| and )§?" + _REF + r")*)")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-_LABEL = re.compile(r"^\(([A-Za-z0-9_]+-s[0-9-]+)\)=\s*$", re.M)
+_LABEL = re.compile(r"^\(([A-Za-z0-9_]+-s[0-9a-z-]+)\)=\s*$", re.M)
 
 
 def find(text: str) -> list[tuple[str, str]]:
-    """Every ``(page, section)`` cited in ``text``, in order."""
-    return [(m.group(1), m.group(2)) for m in CITATION.finditer(text or "")]
+    """Every ``(page, section)`` cited in ``text``, in order (each section of a list or range)."""
+    out = []
+    for m in CITATION.finditer(text or ""):
+        out += [(m.group(1), ref) for ref in re.findall(_REF, m.group(2))]
+    return out
 
 
 def label(page: str, section: str) -> str:

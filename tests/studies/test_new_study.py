@@ -28,7 +28,7 @@ EXAMPLES = "examples:\\n  python -m toy_study --quick --plot\\n"
 DEFAULTS = {"n": "2^4..2^10", "reps": 32}
 QUICK = {"n": "2^4..2^8", "reps": 16}
 PRESETS = {}
-RATE = ClaimSpec("toy.rate", "the central limit theorem", "The error of the mean falls like n^(-1/2).")
+RATE = ClaimSpec("toy.rate", "the central limit theorem (notes token_sample §2.1)", "The error of the mean falls like n^(-1/2).")
 
 
 def add_arguments(p):
@@ -111,7 +111,7 @@ def toy(tmp_path, monkeypatch):
 
 def test_a_new_study_is_one_module_one_figure_and_one_catalogue_line(toy, tmp_path):
     names = [name for name, _ in checks_for(toy, gpu=False)]
-    assert names == ["shape", "help", "usage_errors", "no_gpu", "quick_run", "reanalyze", "resume"]
+    assert names == ["shape", "help", "usage_errors", "no_gpu", "quick_run", "reanalyze", "resume", "citations"]
     bench = Bench(tmp_path / "bench")
     for name, check in checks_for(toy, gpu=False):
         check(toy, bench)
