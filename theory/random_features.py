@@ -71,6 +71,18 @@ on N and d only through this factor). :data:`COMPLEXITY_TABLE` is the spec's §4
 sample complexities (n needed for relative error eps ~ d^a N^b / eps^2, [DERIVED]) for attention
 (r = 0 and r ~ 1) and the RFMLP; :func:`predicted_sample_complexity` evaluates it.
 
+The eigenvalues as a positive series; ridge regression on M heads (spec §3.4, §4.4)
+----------------------------------------------------------------------------------
+``mu_{s,t} = sum_j e_j E[A_j P_s] E[B_j P_t]`` with non-negative terms only
+(:func:`rfa_harmonic_eigenvalue_series`): exact to the last digits at any size, and exactly zero
+where the parity/degree rule of :func:`rfa_eigenvalue_vanishes` says so (never decided by a
+threshold on the value). :func:`rfa_eigenvalue` picks the quadrature or the series. The kernel K
+of the full input has eigenvalues ``mu_{s,t}/N`` (t >= 1) and ``mu_{s,0}`` on the symmetrised
+pairwise harmonics, multiplicity ``N_s(d) N_t(d)`` (:func:`rfa_kernel_spectrum`); from it,
+:func:`random_feature_ridge_risk` is the deterministic equivalent of the excess risk of ridge
+regression on P random features from n noiseless samples (derived in spec §4.4), and
+:func:`rfa_ridge_risk` its value for a Gegenbauer target with the ridge tuned on a grid.
+
 Predictions for a run's configuration (used by the study's claims)
 ------------------------------------------------------------------
 * class membership: an eigenvalue ``mu_{s,t}`` that vanishes by structure
@@ -130,6 +142,12 @@ __all__ = [
     "ZERO_EIGEN_RTOL",
     "bidegree",
     "rfa_eigenvalue_vanishes",
+    "rfa_harmonic_eigenvalue_series",
+    "rfa_eigenvalue",
+    "QUADRATURE_FLOOR",
+    "rfa_kernel_spectrum",
+    "random_feature_ridge_risk",
+    "rfa_ridge_risk",
     "target_variance",
     "mlp_feature_radius_sq",
     "bound_complexity",
@@ -485,7 +503,7 @@ def mlp_harmonic_eigenvalue(s: int, t: int, d: int, N: int, *, augment: bool = T
     return float(np.sum(c * total))
 
 
-ZERO_EIGEN_RTOL = 1e-10  # an eigenvalue below this fraction of k(1, 1) vanishes by structure (parity, degree)
+ZERO_EIGEN_RTOL = 1e-10  # numerical cross-check only: a structural zero leaves < this x k(1, 1) in quadrature
 
 _BIDEGREE = {"keys": lambda p: (0, p), "query": lambda p: (p, 0), "pair": lambda p: (p, p),
              "bilin": lambda p: (p, p)}
@@ -503,15 +521,127 @@ def _zero_mean_conv(conv: dict) -> dict:
     return {k: v for k, v in conv.items() if k in ("augment", "w_var", "activation", "value", "nodes")}
 
 
-def rfa_eigenvalue_vanishes(s: int, t: int, d: int, **conv) -> bool:
-    """Whether mu_{s,t} is zero by structure: below ``ZERO_EIGEN_RTOL`` times the kernel's
-    diagonal k(1, 1) (quadrature leaves ~1e-18 where parity or polynomial degree forces a zero:
-    without the constant coordinate ReLU features are odd, so every even bidegree vanishes;
-    linear attention has degree <= 1 in the query and <= 2 in the key)."""
-    c = _zero_mean_conv(conv)
-    c.pop("nodes", None)
-    scale = abs(float(rfa_pair_kernel_ab(1.0, 1.0, **c)))
-    return abs(rfa_harmonic_eigenvalue(s, t, d, **_zero_mean_conv(conv))) <= ZERO_EIGEN_RTOL * scale
+# ---------------------------------------------------------------- the kernel as a positive series (spec §3.4)
+#
+# With zero mean the pairwise kernel is e(a, b) vv(b): e = E_W[sigma(s) sigma(s')] a power series in one
+# product g of a query factor and a key factor, vv the values' inner product. Writing G_a = (1 + a)/2,
+# G_b = (1 + b)/2 with the constant coordinate (a, b without it):
+#
+#   relu, augment:      e = 4 s^2 kappa1(G_a G_b) = 4 s^2 sum_j c_j G_a^j G_b^j,   vv = 2 G_b (values on [x; 1]) or b
+#   relu, no augment:   e = s^2 kappa1(a b)       = s^2 sum_j c_j a^j b^j,          vv = b
+#   identity:           e = 4 s^2 G_a G_b (augment) or s^2 a b (one term, j = 1)
+#
+# so mu_{s,t} = sum_j e_j E[A_j(a) P_s(a)] E[B_j(b) P_t(b)] with A_j = G_a^j and B_j = G_b^j vv(b). Every
+# E[a^i P_s(a)] is >= 0, and > 0 exactly when i >= s and i = s (mod 2) (the Gegenbauer expansion of a
+# monomial has positive coefficients on the degrees of its parity below it), and every coefficient
+# e_j is >= 0 (kappa1's Taylor coefficients: c_0, c_1 and every even one are > 0, the odd ones >= 3
+# vanish). Hence every term is >= 0 -- the series has no cancellation -- and mu_{s,t} = 0 exactly
+# when no term has a monomial of the right degree and parity on both sides: the structural rule of
+# :func:`rfa_eigenvalue_vanishes`.
+
+_SERIES_ORDER = 600  # terms of the kappa1 series (terms decay like E[(G_a G_b)^j] j^-5/2)
+
+
+def _series_conv(conv: dict) -> tuple[bool, str, str, float]:
+    augment = conv.get("augment", True)
+    activation = conv.get("activation", "relu")
+    value = conv.get("value", "augmented")
+    _check("activation", activation, ACTIVATIONS)
+    _check("value", value, VALUES)
+    w_var = conv.get("w_var")
+    s2 = default_w_var(augment) if w_var is None else float(w_var)
+    return augment, activation, value, s2
+
+
+def _score_terms(activation: str, order: int) -> np.ndarray:
+    """Indices j of the non-zero coefficients of e(g) = sum_j e_j g^j (up to ``order``)."""
+    if activation == "identity":
+        return np.array([1])
+    j = np.arange(order + 1)
+    return j[(j <= 1) | (j % 2 == 0)]
+
+
+def _degrees(j: int, side: str, augment: bool, value: str) -> np.ndarray:
+    """Degrees of the monomials of A_j (``side="query"``) or B_j (``"key"``)."""
+    if side == "query":
+        return np.arange(j + 1) if augment else np.array([j])
+    if not augment:
+        return np.array([j + 1])
+    return np.arange(j + 2) if value == "augmented" else np.arange(1, j + 2)
+
+
+def _reaches(degrees: np.ndarray, s: int) -> bool:
+    """Whether a polynomial with monomials of these degrees (positive coefficients) has a non-zero
+    projection on the degree-s harmonics: some degree i >= s with i = s (mod 2)."""
+    return bool(np.any((degrees >= s) & ((degrees - s) % 2 == 0)))
+
+
+def rfa_eigenvalue_vanishes(s: int, t: int, d: int | None = None, **conv) -> bool:
+    """Whether mu_{s,t} is zero by structure (spec §3.2, §3.4): the parity/degree rule of the
+    kernel's positive series (see the comment above). Without the constant coordinate ReLU
+    features are odd in (x0, X), so every even total degree s + t vanishes, and so does every
+    odd query degree above 1 (kappa1 has one odd power, rho^1); linear attention has degree <= 1
+    in the query and <= 2 in the key; ReLU with the constant coordinate reaches every bidegree.
+    Exact for every d >= 2 (``d`` is accepted for the call's symmetry, not needed); a genuine
+    eigenvalue can be far below any fixed threshold (``pair3`` at d = 32: ~4e-11)."""
+    if s < 0 or t < 0:
+        raise ValueError("degrees must be >= 0")
+    augment, activation, value, _ = _series_conv(_zero_mean_conv(conv))
+    top = max(s, t) + 3  # beyond it the even j repeat the pattern (the only odd j is 1)
+    for j in _score_terms(activation, top):
+        if _reaches(_degrees(int(j), "query", augment, value), s) and \
+                _reaches(_degrees(int(j), "key", augment, value), t):
+            return False
+    return True
+
+
+def _times_projection(row: np.ndarray, d: int) -> np.ndarray:
+    """Map E[h P_s] (s = 0..S) to E[h a P_s] with a P_s = ((s+d-2) P_{s+1} + s P_{s-1})/(2s+d-2)
+    (a P_0 = P_1); positive coefficients, the last entry dropped."""
+    s = np.arange(row.size - 1, dtype=float)
+    up = row[1:]
+    dn = np.concatenate([[0.0], row[:-2]])
+    out = np.empty(row.size - 1)
+    out[1:] = ((s[1:] + d - 2) * up[1:] + s[1:] * dn[1:]) / (2 * s[1:] + d - 2)
+    out[0] = up[0]
+    return out
+
+
+@lru_cache(maxsize=64)
+def _moment_table(d: int, order: int, degree: int, augment: bool) -> np.ndarray:
+    """``T[j, s] = E[G^j P_s(a)]`` for j <= order + 1, s <= degree + 1, a the projection of a
+    uniform point of S^{d-1}, G = (1 + a)/2 (``augment``) or a; built by the three-term recurrence
+    of the Gegenbauer polynomials, every step a positive combination (no cancellation)."""
+    width = degree + order + 4
+    T = np.zeros((order + 2, width))
+    row = np.zeros(width + order + 2)
+    row[0] = 1.0
+    for j in range(order + 2):
+        T[j] = row[:width]
+        nxt = _times_projection(row, d)
+        row = 0.5 * (row[:-1] + nxt) if augment else nxt
+    return T[:, :degree + 2]
+
+
+def rfa_harmonic_eigenvalue_series(s: int, t: int, d: int, *, order: int = _SERIES_ORDER, **conv) -> float:
+    """mu_{s,t} of the zero-mean pairwise RFA kernel from its positive series (see above): a sum
+    of non-negative terms, accurate to the last digits however small it is (the quadrature of
+    :func:`rfa_harmonic_eigenvalue` has an absolute floor of ~1e-17); exactly 0 where the
+    structural rule says so. ``conv``: augment, w_var, activation, value."""
+    augment, activation, value, s2 = _series_conv(_zero_mean_conv(conv))
+    top = max(s, t) + 1
+    T = _moment_table(int(d), int(order), top, bool(augment))
+    j = _score_terms(activation, order)
+    if activation == "identity":
+        e = np.array([4.0 * s2 if augment else s2])
+    else:
+        e = (4.0 * s2 if augment else s2) * kappa1_series(order)[j]
+    A = T[j, s]
+    if augment and value == "augmented":
+        B = 2.0 * T[j + 1, t]
+    else:  # vv = b: E[G^j b P_t] (G = a without the constant coordinate: E[a^(j+1) P_t])
+        B = np.array([_times_projection(T[jj, :top + 2], d)[t] for jj in j]) if augment else T[j + 1, t]
+    return float(np.sum(e * A * B))
 
 
 def target_complexity(family: str, p: int, d: int, N: int = 1, *, model: str = "rfa",
@@ -530,13 +660,31 @@ def target_complexity(family: str, p: int, d: int, N: int = 1, *, model: str = "
     """
     s, t = bidegree(family, p)
     if model == "rfa":
-        if rfa_eigenvalue_vanishes(s, t, d, **conv):
-            return math.inf
-        return 1.0 / rfa_harmonic_eigenvalue(s, t, d, **_zero_mean_conv(conv))
+        mu = rfa_eigenvalue(s, t, d, **conv)
+        return math.inf if mu == 0.0 else 1.0 / mu
     if model == "rfmlp":
         nu = mlp_harmonic_eigenvalue(s, t, d, N, augment=conv.get("augment", True))
         return 1.0 / (nu if family == "query" else N * nu)
     raise ValueError(f"model must be 'rfa' or 'rfmlp', got {model!r}")
+
+
+QUADRATURE_FLOOR = 1e-8  # below this x k(1, 1) the quadrature's absolute error (~1e-17) is no longer negligible
+
+
+def rfa_eigenvalue(s: int, t: int, d: int, **conv) -> float:
+    """mu_{s,t} of the zero-mean pairwise kernel, accurate at every size: exactly 0 where it
+    vanishes by structure (:func:`rfa_eigenvalue_vanishes`), the Gauss-Jacobi quadrature of
+    :func:`rfa_harmonic_eigenvalue` where it is above ``QUADRATURE_FLOOR`` x k(1, 1), the positive
+    series of :func:`rfa_harmonic_eigenvalue_series` below (whose truncation error is negligible
+    for d >= 4 and ~1e-9 k(1, 1) at d = 2)."""
+    if rfa_eigenvalue_vanishes(s, t, d, **conv):
+        return 0.0
+    c = _zero_mean_conv(conv)
+    mu = rfa_harmonic_eigenvalue(s, t, d, **c)
+    c.pop("nodes", None)
+    if mu > QUADRATURE_FLOOR * abs(float(rfa_pair_kernel_ab(1.0, 1.0, **c))):
+        return float(mu)
+    return rfa_harmonic_eigenvalue_series(s, t, d, **c)
 
 
 def feature_radius_sq(N: int, d: int, *, key_norm="mean", nodes: int = 160, **conv) -> float:
@@ -566,6 +714,115 @@ def excess_risk_bound(n, M, B, *, N: int = 1, d: int = 8, delta: float | None = 
     if delta is not None:
         out = out + np.sqrt(np.log(1.0 / delta) / n)
     return out
+
+
+# --------------------------------------------------------------------------- ridge regression on M heads
+
+def rfa_kernel_spectrum(d: int, N: int, *, key_norm: str = "mean", max_degree: int = 24, **conv):
+    """Eigenvalues of the infinite-head kernel K on the full input (x0, X) (spec §4.4), as groups
+    ``(eigenvalue, multiplicity, (s, t))`` over the bidegrees s, t <= ``max_degree`` without the
+    constant (0, 0) (the fits centre features and labels), and the mass ``tail`` of the rest of
+    the spectrum (the trace R^2 minus the groups listed).
+
+    K(X, X') = c_N^2 sum_{i,j} k((x0, x_i), (x0', x_j')): the symmetrised pairwise harmonics
+    ``(1/N) sum_i Y_s(x0) Z_t(x_i)`` are its eigenfunctions with eigenvalue ``c mu_{s,t} / N`` for
+    t >= 1 and ``c mu_{s,0}`` for t = 0 (query-only functions), ``c = 1`` for the mean over keys and
+    ``N^2`` for the sum, multiplicity ``N_s(d) N_t(d)``; every other function (key-key terms,
+    antisymmetric combinations of keys) is in its null space. Returns ``(lam, mult, bideg, tail)``."""
+    _check("key_norm", key_norm, KEY_NORMS)
+    c = 1.0 if key_norm == "mean" else float(N) ** 2
+    lam, mult, bideg = [], [], []
+    for s in range(max_degree + 1):
+        for t in range(max_degree + 1):
+            if s == 0 and t == 0:
+                continue
+            mu = rfa_eigenvalue(s, t, d, **conv)
+            if mu == 0.0:
+                continue
+            lam.append(c * mu / N if t >= 1 else c * mu)
+            mult.append(float(harmonic_dim(s, d)) * float(harmonic_dim(t, d)))
+            bideg.append((s, t))
+    lam, mult = np.array(lam), np.array(mult)
+    c0 = {k: v for k, v in _zero_mean_conv(conv).items() if k != "nodes"}
+    total = feature_radius_sq(N, d, key_norm=key_norm, **c0) - c * rfa_eigenvalue(0, 0, d, **conv)
+    tail = max(total - float(np.sum(lam * mult)), 0.0)
+    return lam, mult, bideg, tail
+
+
+def _df(lam, mult, tail, k):
+    """Degrees of freedom df1 = sum lam/(lam + k), df2 = sum (lam/(lam + k))^2 (the tail's
+    eigenvalues are far below every k used: it adds tail/k to df1 and nothing to df2)."""
+    r = lam[:, None] / (lam[:, None] + k[None, :])
+    return (mult @ r) + tail / k, mult @ (r * r)
+
+
+def random_feature_ridge_risk(lam, mult, tail, target, n, P, ridge):
+    """Deterministic equivalent of the excess risk of ridge regression (penalty ``n ridge |v|^2``)
+    on ``P`` random features whose kernel has the spectrum ``(lam, mult, tail)``, from ``n``
+    noiseless samples of a target with ``target[g]`` of its variance on eigen-group g (spec
+    §4.4, derived there): with df1, df2 of :func:`_df`, ``k`` solves
+    ``ridge = k (1 - df1(k)/P) (1 - df1(k)/n)``, and
+
+        risk = sum_g target_g [k/(lam_g + k) - k lam_g (1 - df1/P) / ((1 - df2/P) (lam_g + k)^2)]
+               / (1 - D2/n),     D2 = df1 - (1 - df1/P)(df1 - df2)/(1 - df2/P).
+
+    ``P = inf`` is kernel ridge regression. Broadcasts over ``n``, ``P`` and ``ridge``."""
+    from scipy import optimize
+
+    lam, mult, target = (np.asarray(v, dtype=float) for v in (lam, mult, target))
+    n, P, ridge = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (n, P, ridge)))
+    out = np.empty(n.shape)
+    rank = float(np.sum(mult)) if tail == 0.0 else math.inf
+    for idx in np.ndindex(n.shape):
+        nn, pp, rr = float(n[idx]), float(P[idx]), float(ridge[idx])
+        cap = min(nn, pp)
+
+        def excess(logk):
+            k = np.array([math.exp(logk)])
+            d1 = _df(lam, mult, tail, k)[0][0]
+            return k[0] * (1 - d1 / pp) * (1 - d1 / nn) - rr
+
+        hi = math.log(max(1.0, float(lam.max(initial=0.0))) * 1e6 + abs(rr) * 10 + 1.0)
+        while _df(lam, mult, tail, np.array([math.exp(hi)]))[0][0] >= 0.5 * cap or excess(hi) <= 0:
+            hi += 5.0  # far enough that df1 is well below min(n, P)
+        if rank <= cap:  # finitely many directions, all resolvable: the ridgeless limit is k -> 0
+            lo = math.log(1e-300)
+        else:
+            lo = optimize.brentq(lambda lk: _df(lam, mult, tail, np.array([math.exp(lk)]))[0][0] - cap,
+                                 -700.0, hi)
+        if rr <= 0.0:
+            logk = lo
+        else:
+            logk = optimize.brentq(excess, lo, hi, xtol=1e-12)
+        k = math.exp(logk)
+        d1, d2 = (v[0] for v in _df(lam, mult, tail, np.array([k])))
+        a = (1 - d1 / pp) / (1 - d2 / pp)
+        D2 = d1 - a * (d1 - d2)
+        EA = np.sum(target * (k / (lam + k) - a * k * lam / (lam + k) ** 2))
+        out[idx] = max(float(EA), 0.0) / (1 - D2 / nn)
+    return out
+
+
+def rfa_ridge_risk(family: str, p: int, d: int, N: int, n, P, ridges, *, key_norm: str = "mean",
+                   max_degree: int = 24, **conv) -> np.ndarray:
+    """Predicted excess risk of zero-mean RFA fitted by ridge regression on ``P`` = M D_v random
+    features from ``n`` noiseless samples, with the ridge chosen as well as the grid ``ridges``
+    allows (the study picks it on validation), for the unit-variance Gegenbauer target of
+    ``family`` (keys, query, pair, bilin; all its variance on one eigen-group): the minimum over
+    ``ridges`` of :func:`random_feature_ridge_risk` with the kernel's exact spectrum
+    (:func:`rfa_kernel_spectrum`). Shape: the broadcast of ``n`` and ``P``. Raises for a target
+    outside the class (its risk is its variance) and for other families."""
+    s, t = bidegree(family, p)
+    lam, mult, bideg, tail = rfa_kernel_spectrum(d, N, key_norm=key_norm, max_degree=max(max_degree, s + 2, t + 2),
+                                                 **conv)
+    if (s, t) not in bideg:
+        raise ValueError(f"{family}{p} is outside the class under these conventions (its eigenvalue vanishes)")
+    target = np.zeros(lam.size)
+    target[bideg.index((s, t))] = target_variance(family, p, N)
+    n, P = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(P, dtype=float))
+    r = np.asarray(ridges, dtype=float)
+    risk = random_feature_ridge_risk(lam, mult, tail, target, n[..., None], P[..., None], r)
+    return risk.min(axis=-1)
 
 
 # --------------------------------------------------------------------------- complexity table

@@ -161,6 +161,8 @@ __all__ = [
     "match3_rounding_error",
     "match3_predicted_accuracy",
     "reference_relative_error",
+    "relative_error_profile",
+    "predicted_output_error",
     "coefficient_mass",
     "rounding_allowance",
     "flop_slope",
@@ -552,6 +554,101 @@ def reference_relative_error(g: int, R: float, method: str = "taylor") -> float:
         else:
             raise ValueError(f"unknown approximation method {method!r}; choose one of {METHODS}")
     return float(np.max(err)) if np.all(np.isfinite(err)) else math.inf
+
+
+def relative_error_profile(g: int, R: float, method: str, x) -> np.ndarray:
+    """``delta(x) = P(x) e^{-x} - 1`` of the degree-g polynomial (Taylor, or Chebyshev interpolant on
+    ``[-R, R]``) at the points ``x``, from the reference forms, independent of the coefficients the
+    approximation uses (spec §2.8): Taylor from the closed form of its remainder,
+    ``-P(g+1, x)`` (regularised lower incomplete gamma) for x >= 0 and
+    ``(-1)^g y^{g+1}/(g+1)! 1F1(g+1; g+2; y)`` (y = -x, a positive series) for x < 0, both
+    accurate to the last digits however small; Chebyshev by Clenshaw's recurrence in its basis."""
+    from scipy import special
+
+    g = check_degree(g)
+    x = np.asarray(x, dtype=float)
+    if method == "taylor":
+        out = np.empty_like(x)
+        pos = x >= 0
+        out[pos] = -special.gammainc(g + 1, x[pos])
+        y = -x[~pos]
+        with np.errstate(over="ignore"):
+            logc = (g + 1) * np.log(y) - math.lgamma(g + 2)
+            out[~pos] = (-1.0) ** g * np.exp(logc) * special.hyp1f1(g + 1, g + 2, y)
+        return out
+    if method == "chebyshev":
+        if float(R) <= 0:
+            return np.zeros_like(x)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _clenshaw(np.array(_chebyshev_basis(g, float(R))), x / float(R)) * np.exp(-x) - 1.0
+    raise ValueError(f"unknown approximation method {method!r}; choose one of {METHODS}")
+
+
+def _taylor_profiles(x: np.ndarray, degrees) -> dict:
+    """``delta_g(x) = e^{-x} T_g(x) - 1`` for every g of ``degrees`` in one pass over the partial
+    sums of the exponential series (term recurrence, no coefficients). Its absolute error is a few
+    ``u (e^R sum_{t<=g} R^t/t! + |delta|)``, within :func:`rounding_allowance` (which carries the
+    factor ``n_terms + g + 5``) wherever ``|delta| < 1``: enough for :func:`predicted_output_error`,
+    whose output error is set by absolute errors of delta (:func:`relative_error_profile` is
+    accurate to the last digits, and slower)."""
+    want = {int(g) for g in degrees}
+    out = {}
+    e = np.exp(-x)
+    term = np.ones_like(x)
+    partial = np.ones_like(x)
+    for t in range(max(want) + 1):
+        if t > 0:
+            term = term * x / t
+            partial = partial + term
+        if t in want:
+            out[t] = e * partial - 1.0
+    return out
+
+
+def predicted_output_error(Q, keys, values, degrees, methods, R: float, scale: float, *,
+                           chunk: int = 64) -> np.ndarray:
+    """``max_{i,l} |T_approx - T|`` that the polynomial method must produce on these inputs, from
+    theory alone (spec §2.8): with the exact softmax weights ``p_J`` of query i over the key
+    tuples J and the polynomial's relative errors ``delta_J = delta(logit_J)``, every weight of
+    the approximation is ``p_J (1 + delta_J)`` up to the common normaliser, so, exactly,
+
+        T_approx - T = sum_J p_J (delta_J - delta_bar) V_J / (1 + delta_bar),   delta_bar = sum_J p_J delta_J,
+
+    ``V_J`` the entrywise product of the value rows of the tuple. delta comes from theory's own
+    forms, never from the approximation's coefficients: the partial sums of the exponential series
+    (Taylor, :func:`_taylor_profiles`) or Clenshaw's recurrence in the Chebyshev basis
+    (:func:`relative_error_profile`). Returns ``(len(methods), len(degrees))``; NaN where
+    ``1 + delta_bar <= 0`` for some query (no prediction). ``Q (n, d)``, ``keys``/``values``
+    lists of ``(n, d)`` / ``(n, dv)`` NumPy arrays; ``R`` the design range, ``scale`` the softmax
+    scale."""
+    Q = np.asarray(Q, dtype=float)
+    keys = [np.asarray(K, dtype=float) for K in keys]
+    values = [np.asarray(V, dtype=float) for V in values]
+    KR, VR = keys[0], values[0]
+    for K, V in zip(keys[1:], values[1:]):  # Khatri-Rao rows, j_1 slowest (the order is immaterial)
+        KR = (KR[:, None, :] * K[None, :, :]).reshape(-1, K.shape[1])
+        VR = (VR[:, None, :] * V[None, :, :]).reshape(-1, V.shape[1])
+    V1 = np.concatenate([VR, np.ones((VR.shape[0], 1))], axis=1)  # the last column gives delta_bar
+    dv = VR.shape[1]
+    out = np.zeros((len(methods), len(degrees)))
+    for s in range(0, Q.shape[0], chunk):
+        logits = float(scale) * (Q[s:s + chunk] @ KR.T)  # (c, n^{k-1})
+        w = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p = w / w.sum(axis=1, keepdims=True)
+        T = p @ VR
+        for im, method in enumerate(methods):
+            prof = _taylor_profiles(logits, degrees) if method == "taylor" else None
+            for ig, g in enumerate(degrees):
+                delta = prof[int(g)] if prof is not None else relative_error_profile(int(g), R, method, logits)
+                A = (p * delta) @ V1
+                dbar = A[:, dv:]
+                if not np.all(np.isfinite(A)) or np.any(1.0 + dbar <= 0):
+                    out[im, ig] = np.nan
+                    continue
+                diff = (A[:, :dv] - dbar * T) / (1.0 + dbar)
+                if np.isfinite(out[im, ig]):
+                    out[im, ig] = max(out[im, ig], float(np.abs(diff).max()))
+    return out
 
 
 def coefficient_mass(g: int, R: float, method: str = "taylor") -> float:

@@ -30,16 +30,24 @@ its groups), selected by the shared ``--parts`` flag (all by default) and run by
 * ``bias``     -- BRFA over bias ratios r (r = 0 is RFA) at fixed n; ``rel_err(target, r, rep)``.
 
 Claims (:mod:`studies.claims`, ids ``random_features.<name>``; z from ``z_family`` over each
-claim's tests; "not tested" with the reason where the theory or the grid does not reach):
+claim's tests, Student t with reps - 1 dof where the standard errors come from the replicates;
+"not tested" with the reason where the theory or the grid does not reach, where the tolerance is
+as large as the effect a claim tests (the power rule), and where the fits sit at their numerical
+floor (smallest ridge chosen everywhere, relative error <= 1e-4: spec §4.5)):
 
 =========================  ===================================================================
 ``kernel_clt``             per kmodel: every z-score of K_emp against the closed form within the
                            Bonferroni normal band (t with M-1 dof mapped to normal)
 ``kernel_rate``            per kmodel: slope of the relative kernel error vs M = -1/2 ± z SE
-``permutation_invariance`` per attention kmodel: K(X, perm X) = K(X, X) (declared float64 allowance)
+``permutation_invariance`` per attention kmodel: K(X, perm X) = K(X, X) (declared float64 allowance;
+                           a consistency check: an identity of the feature code)
 ``below_bound``            per rate target: excess risk <= sqrt(B R^2/n) + sqrt(B R^2/M) (B, R^2 of
                            this target, N, d, conventions; constants 1) where the bound < Var f*;
                            "not tested" where it is vacuous (at the default grid it is)
+``risk_exponent_n``        per rate target (keys/pair/bilin): at M_max, the replicates' slope of the risk in
+                           n = the slope of theory's deterministic equivalent of ridge regression on
+                           M (d+1) random features with the kernel's exact spectrum (spec §4.4), within
+                           z SE + a declared model error; two-sided, the sharp claim of the rate group
 ``risk_slope_n``           per rate target: at M_max, over n <= P (trained parameters), the risk's
                            log-log slope <= the bound's slope over the same n + z SE
 ``risk_slope_M``           per rate target: at n_max, over P <= n_max, slope in M <= the bound's + z SE
@@ -85,11 +93,34 @@ import sys
 import numpy as np
 
 from sim import random_features as rs
-from studies.cli import (Part, StoreParamsError, UsageError, check_resources, choice_list, finite_float, group_of,
-                         nonnegative_float, parse_n_grid, parse_range, positive_float, positive_int, study_main)
+from studies.cli import (
+    Part,
+    StoreParamsError,
+    UsageError,
+    check_resources,
+    choice_list,
+    finite_float,
+    group_of,
+    nonnegative_float,
+    parse_n_grid,
+    parse_range,
+    positive_float,
+    positive_int,
+    study_main,
+)
 from studies.random_features.bias import analyze_bias, summary_bias
-from studies.random_features.cells import (DATA_KEY, GROUPS, KERNEL_KEY, KERNEL_MODELS, MODELS,  # noqa: F401
-                                           N_MODELS, STUDY, _common_params, kernel_inputs, make_sweeps)
+from studies.random_features.cells import (  # noqa: F401
+    DATA_KEY,
+    GROUPS,
+    KERNEL_KEY,
+    KERNEL_MODELS,
+    MODELS,
+    N_MODELS,
+    STUDY,
+    _common_params,
+    kernel_inputs,
+    make_sweeps,
+)
 from studies.random_features.common import CLAIMS
 from studies.random_features.families import analyze_families, summary_families
 from studies.random_features.kernel import analyze_kernel, summary_kernel
@@ -104,8 +135,10 @@ __all__ = ["STUDY", "GROUPS", "DESCRIPTION", "EXAMPLES", "DEFAULTS", "QUICK", "P
 
 TARGETS = {"families": "keys1,keys2,keys3,pair1,pair2,attn,keykey", "rate": "keys2,pair1",
            "N": "keys2,pair1", "bias": "keys2,pair1,pair2,attn"}
+# six replicates: the claims' standard errors come from them (Student t with reps - 1 dof), and with
+# four the paired bias and slope claims cannot resolve their effects (theory notes, "Statistics shared by the claims")
 DEFAULTS = {"d": 8, "N": 8, "M": 128, "M_grid": "16,32,64,128", "n": "2^8..2^12", "n_fixed": 2048,
-            "n_val": 1024, "n_test": 2048, "reps": 4, "N_grid": "2,8,32", "r_grid": "0,0.35,0.5,1,2",
+            "n_val": 1024, "n_test": 2048, "reps": 6, "N_grid": "2,8,32", "r_grid": "0,0.35,0.5,1,2",
             "kernel_M": "2^6..2^14:2", "kernel_reps": 4, "kernel_pairs": 12,
             "targets": TARGETS["families"], "rate_targets": TARGETS["rate"], "N_targets": TARGETS["N"],
             "bias_targets": TARGETS["bias"]}

@@ -16,9 +16,17 @@ import numpy as np
 import xarray as xr
 
 from sim import random_features as rs
-from studies.claims import z_family
 from studies.cli import run_params
-from studies.random_features.common import BIAS_LOWERS, BIAS_R_WINDOW, BIAS_RAISES, _conv, _log_ratio, _mean_se, _nt
+from studies.random_features.common import (
+    BIAS_LOWERS,
+    BIAS_R_WINDOW,
+    BIAS_RAISES,
+    _conv,
+    _log_ratio,
+    _mean_se,
+    _nt,
+    _z,
+)
 from theory import random_features as rft
 
 __all__ = ["analyze_bias", "summary_bias"]
@@ -56,7 +64,7 @@ def analyze_bias(ds: xr.Dataset):
     out["tested_r"] = ((), float(r[rstar]), {"long_name": "the grid's r > 0 closest to 1 (the table's BRFA column)"})
     claims = []
     tested = [t for t in range(len(targets)) if effect[t] != 0]
-    z, zsrc = z_family(max(1, len(tested)))
+    z, zsrc = _z(len(tested), rel.shape[-1])
     for t, name in enumerate(targets):
         where = f"target={name}"
         kind, source = rft.bias_effect(rs.parse_target(name)[0])

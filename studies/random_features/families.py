@@ -22,8 +22,21 @@ import xarray as xr
 from sim import random_features as rs
 from studies.claims import z_family
 from studies.cli import run_params
-from studies.random_features.common import (_B, BEATS_MLP, OUTSIDE, _conv, _exact, _in_class, _log_ratio, _mean_se,
-                                            _not_in_class_reason, _nt, _theory_covers_activation, _zero_mean_kw)
+from studies.random_features.common import (
+    _B,
+    BEATS_MLP,
+    OUTSIDE,
+    _conv,
+    _exact,
+    _in_class,
+    _log_ratio,
+    _mean_se,
+    _not_in_class_reason,
+    _nt,
+    _theory_covers_activation,
+    _z,
+    _zero_mean_kw,
+)
 from studies.sweep import str_coord
 from theory import random_features as rft
 
@@ -132,7 +145,7 @@ def _beats_claims(params, targets, models, n, rel, ratio, measured, censored):
         return [_nt(BEATS_MLP, "the families sweep ran without rfa or rfmlp")]
     ia, im = models.index("rfa"), models.index("rfmlp")
     tested = [t for t in targets if t in ratio and math.isfinite(ratio[t])]
-    z, zsrc = z_family(max(1, len(tested)))
+    z, zsrc = _z(len(tested), rel.shape[-1])
     span = float(n[-1] / n[0])
     for k, name in enumerate(targets):
         where = f"target={name}"
@@ -195,6 +208,7 @@ def _beats_claims(params, targets, models, n, rel, ratio, measured, censored):
         measured[k] = math.exp(lr)
         claims.append(BEATS_MLP.at_least(
             lr / math.log(10), lse / math.log(10), math.log10(pred), z=z, z_source=zsrc + " (jackknife SE over replicates)",
+            effect=math.log10(pred),
             where=where, prediction_text=f"log10 n_mlp/n_rfa >= {math.log10(pred):.3g} (ratio {pred:.3g})"))
     return claims
 
@@ -224,8 +238,9 @@ def _outside_claims(params, targets, models, n, rel):
                                              f"these conventions (activation {conv['activation']}, augment "
                                              f"{conv['augment']})"))
         return claims
-    z, zsrc = z_family(len(rows) * len(n))
-    allow = z * z / params["n_test"]
+    z, zsrc = _z(len(rows) * len(n), rel.shape[-1])
+    zn = float(z_family(len(rows) * len(n))[0])  # the test-set correlation is normal (n_test samples)
+    allow = zn * zn / params["n_test"]
     for k, name, j, m in rows:
         mean, se = _mean_se(rel[k, :, j, :])
         i = int(np.argmin(mean + z * se))
@@ -233,6 +248,7 @@ def _outside_claims(params, targets, models, n, rel):
             mean[i], se[i], 1.0, z=z, z_source=zsrc, allowance=allow,
             allowance_source=f"test-set sampling: a fit g orthogonal to f* has estimated rel. error >= 1 - rho^2, "
                              f"rho its test-set correlation with f* (~ N(0, 1/n_test)): z^2/n_test = {allow:.3g}",
+            effect=1.0,
             where=f"target={name}, model={m}",
             prediction_text=f"rel. error >= 1 at every n (shown: n = {int(n[i])}, the closest)"))
     return claims

@@ -29,7 +29,13 @@ from sim import random_features as rs
 from studies.claims import z_family
 from studies.cli import run_params
 from studies.random_features.cells import _conv_kwargs, kernel_inputs
-from studies.random_features.common import KERNEL_CLT, KERNEL_RATE, PERMUTATION, PERMUTATION_TOL, _conv
+from studies.random_features.common import (
+    KERNEL_CLT,
+    KERNEL_RATE,
+    PERMUTATION,
+    PERMUTATION_TOL,
+    _conv,
+)
 from studies.sweep import str_coord
 from theory import random_features as rft
 
@@ -127,7 +133,7 @@ def _kernel_claims(kmodels, maxz, z_band, z_src, slope, se, gap) -> list:
             reason="" if maxz[i].max() <= z_band else f"max |z| = {maxz[i].max():.3g} > {z_band:.3g}"))
     zr, zr_src = z_family(len(kmodels))
     for i, km in enumerate(kmodels):
-        claims.append(KERNEL_RATE.equal(slope[i], se[i], -0.5, z=zr, z_source=zr_src, where=f"kmodel={km}",
+        claims.append(KERNEL_RATE.equal(slope[i], se[i], -0.5, z=zr, z_source=zr_src, where=f"kmodel={km}", effect=0.5,
                                         prediction_text="slope -0.5 (error ~ M^-1/2)"))
     for i, km in enumerate(kmodels):
         if km == "rfmlp":

@@ -19,11 +19,20 @@ import numpy as np
 import xarray as xr
 
 from sim import random_features as rs
-from studies.claims import z_family
 from studies.cli import run_params
 from studies.fits import loglog_rate
-from studies.random_features.common import (_B, MLP_DEGRADES, N_FREE, _exact, _in_class, _mean_se, _not_in_class_reason,
-                                            _nt)
+from studies.random_features.common import (
+    _B,
+    MLP_DEGRADES,
+    N_FREE,
+    _exact,
+    _in_class,
+    _mean_se,
+    _not_in_class_reason,
+    _nt,
+    _z,
+    numerical_floor,
+)
 from studies.sweep import str_coord
 from theory import random_features as rft
 
@@ -74,16 +83,23 @@ def analyze_N(ds: xr.Dataset):
     out["theory_N_exponent"] = (("target", "model"), np.stack([e_own, e_alt], axis=1)[:, [0 if m == "rfa" else 1
                                                                                        for m in models]],
                                 {"long_name": "err ~ N^e at fixed n from the complexity table (n ~ d^a N^b / eps^2)"})
-    claims = _N_claims(params, targets, Ns, rel, mean, se, ia, im, e_own, e_alt, logB, slope, slope_se)
+    lam = (ds["best_lambda"].transpose("target", "N", "model", "rep").values if "best_lambda" in ds
+           else np.full(rel.shape, np.inf))
+    floors = [numerical_floor(rel[t, :, ia], lam[t, :, ia], params["lambdas"], ds["rel_err"].dtype)
+              for t in range(len(targets))]
+    out["at_numerical_floor"] = (("target",), np.array([f for f, _ in floors]), {
+        "description": "RFA's fits sit at the numerical floor (smallest ridge chosen everywhere, relative error "
+                       "<= max(1e-4, sqrt(eps))): no N-dependence can be read from them"})
+    claims = _N_claims(params, targets, Ns, rel, mean, se, ia, im, e_own, e_alt, logB, slope, slope_se, floors)
     return out, claims
 
 
-def _N_claims(params, targets, Ns, rel, mean, se, ia, im, e_own, e_alt, logB, slope, slope_se):
+def _N_claims(params, targets, Ns, rel, mean, se, ia, im, e_own, e_alt, logB, slope, slope_se, floors):
     claims = []
     logN = np.log(Ns.astype(float))
     cand = [t for t, name in enumerate(targets) if _in_class(name, params) and np.isfinite(e_alt[t])
             and e_alt[t] > e_own[t]]
-    z, zsrc = z_family(max(1, len(cand)))
+    z, zsrc = _z(len(cand), rel.shape[-1])
     for t, name in enumerate(targets):
         where = f"target={name}"
         if not _in_class(name, params):
@@ -94,6 +110,10 @@ def _N_claims(params, targets, Ns, rel, mean, se, ia, im, e_own, e_alt, logB, sl
                                             "this family", where=where))
             continue
         ptxt = f"err ~ N^{e_own[t]:g} (not N^{e_alt[t]:g})"
+        if floors[t][0]:
+            claims.append(_nt(N_FREE, floors[t][1], where=where, prediction=e_own[t], prediction_text=ptxt,
+                              measured=slope[t, ia], se=slope_se[t, ia]))
+            continue
         unresolved = [int(N) for k, N in enumerate(Ns) if mean[t, k, ia] + z * se[t, k, ia] >= 1.0]
         if unresolved:
             claims.append(_nt(N_FREE, 
@@ -133,7 +153,7 @@ def _N_claims(params, targets, Ns, rel, mean, se, ia, im, e_own, e_alt, logB, sl
             e = e_alt[t]
             grows.append(bool(np.isfinite(e) and e > 0))
     cand = [t for t in range(len(targets)) if grows[t]]
-    z, zsrc = z_family(max(1, len(cand)))
+    z, zsrc = _z(len(cand), rel.shape[-1])
     for t, name in enumerate(targets):
         where = f"target={name}"
         if t not in cand:

@@ -33,14 +33,21 @@ d, scale, k, B, g, n, N and M, read from the store):
   ``eps`` comes from :func:`theory.tensor_attention.reference_relative_error`, computed without
   the coefficients the approximation uses, so a wrong coefficient is caught; not tested where
   ``eps >= 1`` at every (B, g) (the bound is undefined there);
+* ``error_profile`` (per family, k; the sharp claim): every run's error equals theory's prediction
+  for that very input -- the polynomial's relative-error profile ``delta(x) = P(x) e^{-x} - 1`` at
+  the realised logits through the exact softmax weights, ``sum_J p_J (delta_J - mean delta) V_J /
+  (1 + mean delta)`` (spec §2.8), the inputs drawn again from the stored seed -- within float64
+  rounding; ``bound`` stays as the paper's (weaker) guarantee;
 * ``decay`` (per family, k, B; sign-aligned inputs): the error falls with g at the rate of
   ``eps(g)`` -- the slope of log10 error on g equals theory's slope of log10 eps over the degrees
   where ``eps`` lies between 100 x the float64 allowance and 0.1 (not tested with fewer than 3);
 * ``exact_slope`` / ``approx_slope`` (per matrix, tensor): the log-log slope of wall time on n
   over the measurable window equals the slope of theory's flop model (lower-order terms included)
-  over that window, within z SE plus the spec's declared band (spec §5 item 16); not tested when
-  fewer than 3 sizes take >= 30 ms;
-* ``match3_tensor`` (per N): the exact construction classifies every token, as
+  over that window (the replicates' own slopes, t with reps - 1 dof), within z SE plus the spec's
+  declared band (spec §5 item 16); not tested when fewer than 3 sizes take >= 30 ms, or when the
+  tolerance reaches one power of n (the power rule);
+* ``match3_tensor`` (per N; a *consistency* check: an exact construction of the theory, which only
+  its own code or the engine it runs on can break): the exact construction classifies every token, as
   :func:`theory.tensor_attention.match3_predicted_accuracy` predicts from its readout margin
   against the float64 rounding for this (N, M);
 * ``match3_pairwise`` (per baseline, N): pairwise attention cannot solve Match3 (SHT23): its
@@ -68,14 +75,45 @@ import sys
 import numpy as np
 
 from sim import tensor_attention as sta  # noqa: F401 - the engines every group calls (tests patch them here)
-from studies.cli import (PAIR_RATE, Part, StoreParamsError, UsageError, check_resources, check_scores, choice_list,
-                         group_of, nonnegative_int, parse_n_grid, parse_range, positive_float, positive_int, study_main)
+from studies.cli import (
+    PAIR_RATE,
+    Part,
+    StoreParamsError,
+    UsageError,
+    check_resources,
+    check_scores,
+    choice_list,
+    group_of,
+    nonnegative_int,
+    parse_n_grid,
+    parse_range,
+    positive_float,
+    positive_int,
+    study_main,
+)
 from studies.tensor_attention.common import GROUPS, SCALES, STUDY
-from studies.tensor_attention.error import INPUTS, analyze_error, error_sweep, summary_error
-from studies.tensor_attention.match3 import (MODELS, PAIRWISE, _match3_part,  # noqa: F401 - a cell, for the GPU tests
-                                             analyze_match3, match3_sweep, summary_match3)
-from studies.tensor_attention.runtime import (IMPL_ORDER, IMPLS, _crossing,  # noqa: F401 - the crossover helper
-                                              analyze_runtime, runtime_sweep, summary_runtime)
+from studies.tensor_attention.error import (
+    INPUTS,
+    analyze_error,
+    error_sweep,
+    summary_error,
+)
+from studies.tensor_attention.match3 import (  # noqa: F401 - a cell, for the GPU tests
+    MODELS,
+    PAIRWISE,
+    _match3_part,
+    analyze_match3,
+    match3_sweep,
+    summary_match3,
+)
+from studies.tensor_attention.runtime import (  # noqa: F401 - the crossover helper
+    IMPL_ORDER,
+    IMPLS,
+    _crossing,
+    analyze_runtime,
+    runtime_sweep,
+    summary_runtime,
+)
 from theory import tensor_attention as th
 
 __all__ = ["STUDY", "GROUPS", "DESCRIPTION", "EXAMPLES", "DEFAULTS", "QUICK", "PRESETS", "METHODS", "INPUTS",

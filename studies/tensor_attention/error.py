@@ -18,6 +18,10 @@ certified degree; the measured maxima and means. Claims:
 * ``bound`` (per family, k): wherever ``eps < 1``, every run's error is within its certified
   limit (the bound with its realised ``prod_m ||V_m||`` plus the exact reference's rounding);
   "not tested" where ``eps >= 1`` at every (B, g);
+* ``error_profile`` (per family, k): every run's error against theory's prediction for that input
+  (:func:`theory.tensor_attention.predicted_output_error` on the inputs drawn again from the stored
+  seed by :func:`error_inputs`), within float64 rounding (spec §2.8); "not tested" where no run's
+  predicted error is above its rounding;
 * ``decay`` (per family, k, B; sign-aligned inputs): the slope of log10 error on g equals theory's
   slope of log10 eps over the degrees where eps lies between ``DECAY_FLOOR`` x the float64
   allowances and ``DECAY_CEIL`` (within z SE plus ``DECAY_ALLOWANCE`` of the rate; "not tested"
@@ -34,11 +38,17 @@ import xarray as xr
 from sim import tensor_attention as sta
 from studies.claims import ClaimSpec, z_family
 from studies.cli import run_params
-from studies.sweep import str_coord
-from studies.tensor_attention.common import SCALES, SOURCE, child_rng, device_tools, group_sweep
+from studies.sweep import cell_seed, str_coord
+from studies.tensor_attention.common import (
+    SCALES,
+    SOURCE,
+    child_rng,
+    device_tools,
+    group_sweep,
+)
 from theory import tensor_attention as th
 
-__all__ = ["INPUTS", "BOUND", "DECAY", "error_sweep", "analyze_error", "summary_error"]
+__all__ = ["INPUTS", "BOUND", "DECAY", "PROFILE", "error_inputs", "error_sweep", "analyze_error", "summary_error"]
 
 INPUTS = ("uniform", "sign_aligned")
 DECAY_ALLOWANCE = 0.1  # fraction of the predicted decay rate (declared model error, see DECAY)
@@ -53,10 +63,28 @@ BOUND = ClaimSpec(
     "tensor_attention.bound", f"{SOURCE}: polynomial method error guarantee (spec §2.5 [D], §5 item 13)",
     "Where the degree-g polynomial has relative error eps < 1 on the design range [-R, R], the output error "
     "||T_approx - T_exact||_inf is at most 2 eps/(1 - eps) prod_m ||V_m||_inf, for every input.")
+PROFILE = ClaimSpec(
+    "tensor_attention.error_profile", f"{SOURCE}: the polynomial method's error, exactly (spec §2.8 [D], §5 item 18)",
+    "The output error of the polynomial method on each input is the one theory predicts from the polynomial's "
+    "relative-error profile delta(x) = P(x) e^{-x} - 1 at the realised logits, propagated through the exact softmax "
+    "weights (T_approx - T = sum_J p_J (delta_J - mean delta) V_J / (1 + mean delta)), within float64 rounding.")
 DECAY = ClaimSpec(
     "tensor_attention.decay", f"{SOURCE}: super-exponential decay of the error in g (spec §2.1, §5 item 14)",
     "On inputs that reach the edge of the logit range, the output error decays with the degree g at the rate "
     "of the polynomial's relative error eps(g): the slope of log10 error on g is theory's slope of log10 eps.")
+
+
+def error_inputs(rng, ks, Bs, n, d):
+    """The inputs of one replicate of the error group, in the order the cell draws them: for every
+    order k, entry bound B and kind of :data:`INPUTS`, ``(ik, ib, ii, Q, keys, values)`` (host
+    arrays). The analysis draws them again from the stored seed to compute theory's prediction of
+    each run's error (``error_profile``)."""
+    gens = {"uniform": sta.uniform_inputs, "sign_aligned": sta.sign_aligned_inputs}
+    for ik, k in enumerate(ks):
+        for ib, B in enumerate(Bs):
+            for ii, kind in enumerate(INPUTS):
+                Q, keys, values = gens[kind](rng, n, d, B, k)
+                yield ik, ib, ii, Q, keys, values
 
 
 def _error_part(rng, *, ks, Bs, degrees, methods, n, d, scale, device="cpu"):
@@ -65,26 +93,23 @@ def _error_part(rng, *, ks, Bs, degrees, methods, n, d, scale, device="cpu"):
     rej = np.zeros(shape)
     vmax = np.zeros((len(ks), len(Bs), len(INPUTS)))
     lbound = np.zeros_like(vmax)
-    gens = {"uniform": sta.uniform_inputs, "sign_aligned": sta.sign_aligned_inputs}
     to_dev, _ = device_tools(device)
-    for ik, k in enumerate(ks):
-        for ib, B in enumerate(Bs):
-            for ii, kind in enumerate(INPUTS):
-                Qh, keys_h, values_h = gens[kind](rng, n, d, B, k)
-                vm = float(np.prod([np.abs(V).max() for V in values_h]))
-                vmax[ik, ib, ii] = vm
-                lbound[ik, ib, ii] = sta.logit_range_bound(Qh, keys_h, scale=scale)
-                Q, keys, values = to_dev(Qh), [to_dev(K) for K in keys_h], [to_dev(V) for V in values_h]
-                exact = sta.kth_order_attention(Q, keys, values, scale=scale)
-                for im, method in enumerate(methods):
-                    for ig, g in enumerate(degrees):
-                        try:
-                            res = sta.polynomial_attention(Q, keys, values, degree=g, method=method,
-                                                           B=B, scale=scale)
-                            err[im, ik, ib, ig, ii] = float(abs(res.out - exact).max())  # NumPy or CuPy
-                        except sta.NonPositiveNormalizer:
-                            rej[im, ik, ib, ig, ii] = 1.0
-                            err[im, ik, ib, ig, ii] = vm
+    for ik, ib, ii, Qh, keys_h, values_h in error_inputs(rng, ks, Bs, n, d):
+        B = Bs[ib]
+        vm = float(np.prod([np.abs(V).max() for V in values_h]))
+        vmax[ik, ib, ii] = vm
+        lbound[ik, ib, ii] = sta.logit_range_bound(Qh, keys_h, scale=scale)
+        Q, keys, values = to_dev(Qh), [to_dev(K) for K in keys_h], [to_dev(V) for V in values_h]
+        exact = sta.kth_order_attention(Q, keys, values, scale=scale)
+        for im, method in enumerate(methods):
+            for ig, g in enumerate(degrees):
+                try:
+                    res = sta.polynomial_attention(Q, keys, values, degree=g, method=method,
+                                                   B=B, scale=scale)
+                    err[im, ik, ib, ig, ii] = float(abs(res.out - exact).max())  # NumPy or CuPy
+                except sta.NonPositiveNormalizer:
+                    rej[im, ik, ib, ig, ii] = 1.0
+                    err[im, ik, ib, ig, ii] = vm
     return {"err_out": err, "rejected": rej, "vmax": vmax, "logit_bound": lbound}
 
 
@@ -218,6 +243,7 @@ def analyze_error(ds: xr.Dataset):
             claims.append(_bound_claim(m, int(k), Bs, degs, defined[im, ik], ratio[im, ik], rej[im, ik] &
                                        tested[im, ik], out["theory_logit_range"].values[ik]))
     floor = allow + np.array([_exact_rounding(n, int(k), d) for k in ks])[None, :, None, None]
+    claims += _profile_claims(ds, out, methods, ks, Bs, degs, d, s, n, eps, allow, defined, err, rej, vmax)
     claims += _decay_claims(methods, ks, Bs, degs, eps, floor, err, rej, out)
     out.attrs["d"] = int(d)
     out.attrs["claim_settings"] = SETTINGS
@@ -244,6 +270,83 @@ def _bound_claim(method, k, Bs, degs, defined, ratio, bad_rej, R) -> object:
     return BOUND.decided(worst <= 1.0, test="max over runs of err / certified limit <= 1", tolerance=0.0,
                          tolerance_source=src, where=where, prediction=1.0, prediction_text=text, measured=worst,
                          reason=f"{cover}; worst at B={Bs[i[0]]:g}, g={int(degs[i[1]])}, {INPUTS[i[2]]} inputs")
+
+
+def _predicted_errors(ds, methods, ks, Bs, degs, d, s, n, need) -> np.ndarray:
+    """theory's prediction of ``err_out`` ``(family, k, B, degree, inputs, rep)`` wherever ``need``
+    ``(family, k, B, degree)`` asks for it (NaN elsewhere): the inputs drawn again from the stored
+    seed (:func:`error_inputs`, the cell's own stream), the error from
+    :func:`theory.tensor_attention.predicted_output_error`."""
+    reps = ds["rep"].values
+    pred = np.full((len(methods), len(ks), len(Bs), len(degs), len(INPUTS), len(reps)), np.nan)
+    for ir, rep in enumerate(reps):
+        rng = child_rng(cell_seed(int(ds.attrs["root_seed"]), (int(rep),)), "error")
+        for ik, ib, ii, Q, keys, values in error_inputs(rng, [int(k) for k in ks], [float(B) for B in Bs], n, d):
+            R = th.logit_range(float(Bs[ib]), int(ks[ik]), d, s)
+            for im, m in enumerate(methods):
+                gs = np.flatnonzero(need[im, ik, ib])
+                if gs.size:
+                    pred[im, ik, ib, gs, ii, ir] = th.predicted_output_error(
+                        Q, keys, values, [int(degs[g]) for g in gs], [m], R, s)[0]
+    return pred
+
+
+def _profile_claims(ds, out, methods, ks, Bs, degs, d, s, n, eps, allow, defined, err, rej, vmax) -> list:
+    """``error_profile`` per (family, k): every run where the certified bound is defined, its error
+    against theory's prediction for that very input, within the float64 allowances (those of the
+    approximation and of the prediction, both ``theory.rounding_allowance``, and the exact
+    reference's); "not tested" where every predicted error is within that rounding."""
+    exact = np.array([_exact_rounding(n, int(k), d) for k in ks])[None, :, None, None]
+    e_round = 2.0 * allow + exact  # (family, k, B, degree): approximation + prediction + exact reference
+    tol = (2 * e_round / np.maximum(1 - e_round, 1e-300))[..., None, None] * vmax[None, :, :, None, :, :]
+    # a run whose certified bound is within rounding cannot resolve the profile (pred <= bound): not computed
+    bound = np.where(defined, 2 * eps / np.where(defined, 1 - eps, 1.0), 0.0)[..., None, None] * vmax[None, :, :, None]
+    need = defined & (bound > tol).any(axis=(-1, -2))
+    pred = _predicted_errors(ds, methods, ks, Bs, degs, d, s, n, need)
+    out["theory_err_out"] = (("family", "k", "B", "degree", "inputs", "rep"), np.nan_to_num(pred, nan=-1.0), {
+        "long_name": "theory's prediction of err_out from the polynomial's relative-error profile at the realised "
+                     "logits (spec §2.8; -1 where 1 + mean delta <= 0: no prediction)"})
+    use = defined[..., None, None] & np.isfinite(pred)
+    gap = np.abs(err - np.nan_to_num(pred))
+    claims = []
+    src = ("no statistical tolerance: a deterministic prediction (spec §2.8 [D]); the tolerance is float64 rounding: "
+           "theory.rounding_allowance of the approximation and of the prediction's own profile, and the exact "
+           "reference's rounding, each relative on every weight (2 e/(1 - e) prod ||V_m||)")
+    for im, m in enumerate(methods):
+        for ik, k in enumerate(ks):
+            where = f"{m}, k={int(k)}"
+            text = "err = theory's error from delta(logits) (ratio |err - pred| / tol <= 1)"
+            u = use[im, ik]
+            if not u.any():
+                claims.append(PROFILE.not_tested(
+                    "eps >= 1 at every (B, g) of the grid: the approximation's normaliser can vanish, no prediction",
+                    where=where, prediction_text=text))
+                continue
+            resolved = u & (pred[im, ik] > tol[im, ik])
+            if not resolved.any():
+                claims.append(PROFILE.not_tested(
+                    f"every predicted error is within float64 rounding (largest {np.nanmax(np.where(u, pred[im, ik], 0)):.3g}): "
+                    "the effect it tests is not above its tolerance", where=where, prediction_text=text))
+                continue
+            bad_rej = u & rej[im, ik]
+            ratio = np.where(u & ~rej[im, ik], gap[im, ik] / tol[im, ik], 0.0)
+            worst = float(ratio.max())
+            cover = (f"{int(resolved.sum())} of {int(u.sum())} runs resolved (predicted error above rounding); "
+                     f"largest relative gap {float(np.max(np.where(resolved, gap[im, ik] / pred[im, ik], 0))):.2g}")
+            if bad_rej.any():
+                claims.append(PROFILE.decided(
+                    False, test="every run where eps < 1 has |err - pred| <= tolerance", tolerance=1.0,
+                    tolerance_source=src, where=where, prediction=0.0, prediction_text=text, measured=worst,
+                    reason=f"the approximation refused (non-positive normaliser) at {int(bad_rej.sum())} runs where "
+                           f"theory predicts a finite error; {cover}"))
+                continue
+            i = np.unravel_index(np.argmax(ratio), ratio.shape)
+            claims.append(PROFILE.decided(
+                worst <= 1.0, test="max over runs of |err - pred| / tolerance <= 1", tolerance=1.0,
+                tolerance_source=src, where=where, prediction=0.0, prediction_text=text, measured=worst,
+                reason=f"{cover}; worst at B={Bs[i[0]]:g}, g={int(degs[i[1]])}, {INPUTS[i[2]]} inputs (measured "
+                       f"{err[im, ik][i]:.4g}, predicted {pred[im, ik][i]:.4g})"))
+    return claims
 
 
 def _decay_claims(methods, ks, Bs, degs, eps, floor, err, rej, out) -> list:
@@ -282,7 +385,7 @@ def _decay_claims(methods, ks, Bs, degs, eps, floor, err, rej, out) -> list:
     out["decay_window"] = (("family", "k", "B", "degree"), window, {
         "long_name": f"degrees with {DECAY_FLOOR:g} x (float64 allowance of approximation and exact reference) <= "
                      f"eps <= {DECAY_CEIL:g}"})
-    z, zsrc = z_family(int(np.isfinite(slope_m).sum()))
+    m_tests = int(np.isfinite(slope_m).sum())
     claims = []
     for im, ik, ib, use in rows:
         where = f"{methods[im]}, k={int(ks[ik])}, B={Bs[ib]:g}"
@@ -294,8 +397,9 @@ def _decay_claims(methods, ks, Bs, degs, eps, floor, err, rej, out) -> list:
                 prediction_text="slope of log10 eps(g)"))
             continue
         gs = degs[use]
+        z, zsrc = z_family(m_tests, dof=max(1, int(use.sum()) - 2))  # the SE comes from the residuals
         claims.append(DECAY.equal(
-            slope_m[im, ik, ib], slope_se[im, ik, ib], pred, z=z, z_source=zsrc,
+            slope_m[im, ik, ib], slope_se[im, ik, ib], pred, z=z, z_source=zsrc, effect=abs(pred),
             allowance=DECAY_ALLOWANCE * abs(pred),
             allowance_source=f"declared model error, {DECAY_ALLOWANCE:.0%} of the predicted rate: the output error "
                              "is a softmax-weighted difference of the polynomial's relative errors at the realised "

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from sim import tensor_attention as sta
-from studies.claims import ClaimSpec, z_family
+from studies.claims import CONSISTENCY, ClaimSpec, z_family
 from studies.cli import run_params
 from studies.sweep import str_coord
 from studies.tensor_attention.common import child_rng, group_sweep
@@ -40,7 +40,11 @@ MATCH3_TENSOR = ClaimSpec(
     "tensor_attention.match3_tensor", "AS24 motivation; Sanford, Hsu, Telgarsky 2023 (SHT23) Match3; "
     "construction of spec §5.1 [D]",
     "The exact tensor-attention construction (d = 4, logits lam cos(2 pi (x_i + x_j1 + x_j2)/M)) classifies "
-    "every token correctly wherever its readout margin exceeds the float64 rounding of the readout.")
+    "every token correctly wherever its readout margin exceeds the float64 rounding of the readout.",
+    role=CONSISTENCY,
+    why="an exact construction: the addition formula makes the logits lam cos(2 pi (x_i + x_j1 + x_j2)/M) for every "
+        "input, and the margin proof bounds the readout, so no sampler, law or size can make it fail; only the "
+        "construction's own code or the exact tensor engine it runs on can (the engines' oracle tests check those)")
 MATCH3_PAIRWISE = ClaimSpec(
     "tensor_attention.match3_pairwise", "SHT23 (one-layer pairwise attention needs m p H = Omega~(N) for "
     "Match3); Kozachinskiy et al. 2025 (one-layer softmax attention cannot solve Match3)",
@@ -153,7 +157,7 @@ def _claims(a, N, Ms, models, mean, se, margin, rnd, pred, k) -> list:
             prediction_text=f"accuracy 1 (M={int(Ms[i])}, margin {margin[i]:.2g} > rounding {rnd[i]:.1g})",
             measured=mean[i, ten], se=se[i, ten],
             reason="" if wrong == 0 else f"{wrong} token(s) misclassified"))
-    z, zsrc = z_family(len(N) * len(PAIRWISE))
+    z, zsrc = z_family(len(N) * len(PAIRWISE), dof=max(1, a.shape[-1] - 1))
     for i, n in enumerate(N):
         for m in PAIRWISE:
             diff = a[i, models.index(m)] - a[i, maj]  # paired by sequence
@@ -162,6 +166,7 @@ def _claims(a, N, Ms, models, mean, se, margin, rnd, pred, k) -> list:
                 dse = math.sqrt(max(mean[i, maj] * (1 - mean[i, maj]), 0.25 / (k * int(n))) / (k * int(n)))
             claims.append(MATCH3_PAIRWISE.at_most(
                 float(diff.mean()), dse, 0.0, z=z, z_source=zsrc, where=f"{m}, N={int(n)}",
+                effect=1.0 - mean[i, maj],
                 prediction_text=f"accuracy - majority-class accuracy ({mean[i, maj]:.3f}) <= 0"))
     return claims
 

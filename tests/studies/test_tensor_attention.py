@@ -62,6 +62,12 @@ def test_quick_end_to_end(quick_run, claims):
         for k in (2, 3):
             assert got[f"tensor_attention.bound[{m}, k={k}]"].outcome == "holds"
     assert got["tensor_attention.match3_tensor[N=8]"].outcome == "holds"
+    # the sharp claim: every run's error is theory's, from the polynomial's error profile at its logits
+    for m in th.METHODS:
+        for k in (2, 3):
+            assert got[f"tensor_attention.error_profile[{m}, k={k}]"].outcome == "holds"
+    ds = open_result(out / "error")
+    assert "theory_err_out" in ds and ds["theory_err_out"].dims == ds["err_out"].dims
     # k = 3, B = 2 (R = 8): no degree <= 8 has eps <= 0.1, so the decay rate cannot be measured
     c = got["tensor_attention.decay[taylor, k=3, B=2]"]
     assert c.outcome == "not tested" and "a slope needs >= 3" in c.reason
@@ -84,7 +90,8 @@ def test_summary_prints_claims_not_verdicts(tmp_path, capsys):
 
 def test_analysis_is_a_pure_function_of_the_raw_dataset(quick_run):
     _, out = quick_run
-    names = {"error": ("err_max", "theory_eps", "theory_err_bound", "decay_slope"), "runtime": ("fit_slope",),
+    names = {"error": ("err_max", "theory_eps", "theory_err_bound", "decay_slope", "theory_err_out"),
+             "runtime": ("fit_slope",),
              "match3": ("match3_accuracy",)}
     for group, ds in open_groups(out).items():
         again, claims = study.analyze(ds)
@@ -131,7 +138,8 @@ def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
         assert outcomes["tensor_attention.bound[taylor, k=3]"] == "holds"
         assert sum(k.startswith("tensor_attention.decay") and v == "holds" for k, v in outcomes.items()) >= 4
     if name == "k2_taylor":
-        assert set(k.split("[")[0] for k in outcomes) == {"tensor_attention.bound", "tensor_attention.decay"}
+        assert set(k.split("[")[0] for k in outcomes) == {"tensor_attention.bound", "tensor_attention.decay",
+                                                            "tensor_attention.error_profile"}
         assert all(v == "holds" for v in outcomes.values()), outcomes
     if name == "k234":
         assert outcomes["tensor_attention.bound[chebyshev, k=4]"] == "holds"
@@ -143,13 +151,14 @@ def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
         assert all(outcomes[f"tensor_attention.match3_tensor[N={n}]"] == "holds" for n in (5, 10, 14))
 
 
-def _synthetic_times(ds, exact_power=None, approx_power=None, seed=0):
+def _synthetic_times(ds, exact_power=None, approx_power=None, seed=0, reps=6):
     """The quick store's timings replaced by a machine whose time is proportional to theory's
-    flops (5% log-normal noise, every size measurable); ``*_power`` replaces a law by n^power."""
+    flops (5% log-normal noise, every size measurable, ``reps`` replicates: the slopes' standard
+    errors need three degrees of freedom); ``*_power`` replaces a law by n^power."""
     rng = np.random.default_rng(seed)
     p = run_params(ds)
     d, g = p["d"], p["runtime"]["degree"]
-    ds = ds.copy()
+    ds = ds.isel(rep=np.arange(reps) % ds.sizes["rep"]).assign_coords(rep=np.arange(reps)).copy()
     grids = {"exact_matrix": "n_matrix", "exact_tensor": "n_tensor", "approx_matrix": "n_approx",
              "approx_tensor": "n_approx"}
     for impl, grid in grids.items():
@@ -174,6 +183,7 @@ def test_runtime_claims_hold_on_flop_proportional_times(quick_run, claims):
 
 
 # --------------------------------------------------------------------- broken ingredients
+@pytest.mark.breaks("tensor_attention.exact_slope", "tensor_attention.approx_slope")
 def test_broken_timer_fails_the_slopes(quick_run, claims):
     """Timings of an 'approximation' that hides quadratic work, and of an 'exact' engine that
     skips most tuples (time ~ n^1.5): the slope claims fail."""
@@ -184,9 +194,11 @@ def test_broken_timer_fails_the_slopes(quick_run, claims):
     claims.some_fail(got, "exact_slope")
 
 
+@pytest.mark.breaks("tensor_attention.bound", "tensor_attention.error_profile", "tensor_attention.decay")
 def test_wrong_taylor_coefficient_fails_the_bound(tmp_path, monkeypatch, claims):
     """c_2 of the Taylor polynomial off by 1% in the approximation only: the certified bound
-    (whose eps theory computes without those coefficients) and the decay rate catch it."""
+    (whose eps theory computes without those coefficients), the predicted error of every run and
+    the decay rate catch it (the decay on a grid of degrees fine enough for its regression)."""
     real = sim_poly._coefficients
 
     def broken(g, R, method):
@@ -200,10 +212,17 @@ def test_wrong_taylor_coefficient_fails_the_bound(tmp_path, monkeypatch, claims)
     assert run(["--parts", "error", "--quick", "--no-progress", "--out", str(out)]) == 0
     bad = claims.some_fail(out, "bound")
     assert {c.where for c in bad.values() if c.name == "bound"} == {"taylor, k=2", "taylor, k=3"}
-    claims.some_fail(out, "decay")
+    bad = claims.some_fail(out, "error_profile")
+    assert {c.where for c in bad.values()} == {"taylor, k=2", "taylor, k=3"}
     assert claims.outcome(out, "tensor_attention.bound[chebyshev, k=3]") == "holds"
+    assert claims.outcome(out, "tensor_attention.error_profile[chebyshev, k=3]") == "holds"
+    out2 = tmp_path / "b2.zarr"
+    assert run(["--parts", "error", "--k", "2", "--methods", "taylor", "--B", "0.75", "--degrees", "2..9",
+                "--n-error", "12", "--reps", "2", "--no-progress", "--out", str(out2)]) == 0
+    claims.some_fail(out2, "decay")
 
 
+@pytest.mark.breaks("tensor_attention.bound", "tensor_attention.error_profile")
 def test_wrong_softmax_scale_in_exact_attention_fails_the_bound(tmp_path, monkeypatch, claims):
     real = study.sta.kth_order_attention
     monkeypatch.setattr(study.sta, "kth_order_attention",
@@ -211,8 +230,31 @@ def test_wrong_softmax_scale_in_exact_attention_fails_the_bound(tmp_path, monkey
     out = tmp_path / "b.zarr"
     assert run(["--parts", "error", "--quick", "--no-progress", "--out", str(out)]) == 0
     claims.some_fail(out, "bound")
+    claims.some_fail(out, "error_profile")
 
 
+@pytest.mark.breaks("tensor_attention.error_profile")
+def test_transposed_feature_weights_fail_the_error_profile(tmp_path, monkeypatch, claims):
+    """The CP weights w_alpha of the polynomial kernel reversed within each degree (a wrong
+    multinomial factor for every mixed multi-index): the approximation is no longer P(logits), so
+    its error departs from theory's prediction, while eps (theory's, on the polynomial) is unchanged."""
+    real = sim_poly.th.feature_weights
+
+    def broken(index, coeffs, scale):
+        w = np.array(real(index, coeffs, scale), dtype=float)
+        out = w.copy()
+        for t in np.unique(index.degree):
+            sel = np.flatnonzero(index.degree == t)
+            out[sel] = w[sel[::-1]]
+        return out
+    monkeypatch.setattr(sim_poly.th, "feature_weights", broken)
+    out = tmp_path / "b.zarr"
+    assert run(["--parts", "error", "--quick", "--no-progress", "--out", str(out)]) == 0
+    bad = claims.some_fail(out, "error_profile")
+    assert any("k=3" in c.where for c in bad.values())
+
+
+@pytest.mark.breaks("tensor_attention.bound", "tensor_attention.error_profile")
 def test_permuted_value_tensor_fails_the_bound_and_match3(tmp_path, monkeypatch, claims):
     """The rows of the last value matrix no longer follow their keys, in the exact engine of
     the error part and in the Match3 construction."""
@@ -230,7 +272,8 @@ def test_permuted_value_tensor_fails_the_bound_and_match3(tmp_path, monkeypatch,
     out = tmp_path / "b.zarr"
     assert run(["--parts", "error,match3", "--quick", "--no-progress", "--out", str(out)]) == 0
     claims.some_fail(out, "bound")
-    claims.some_fail(out, "match3_tensor")
+    claims.some_fail(out, "error_profile")
+    claims.some_fail(out, "match3_tensor")  # a consistency check, broken here through the engine it runs on
 
 
 def test_match3_construction_with_a_wrong_modulus_fails(tmp_path, monkeypatch, claims):
@@ -242,6 +285,7 @@ def test_match3_construction_with_a_wrong_modulus_fails(tmp_path, monkeypatch, c
     assert {c.where for c in bad.values()} == {"N=8", "N=12"}
 
 
+@pytest.mark.breaks("tensor_attention.match3_pairwise")
 def test_pairwise_baseline_that_sees_triples_fails_the_chance_claim(tmp_path, monkeypatch, claims):
     """A 'pairwise' head that secretly runs the triple-wise construction beats chance."""
     monkeypatch.setattr(study.sta, "match2_pairwise_scores", lambda x, M: study.sta.match3_tensor_scores(x, M))

@@ -6,6 +6,7 @@ eigenvalues, and the separable power series of the arc-cosine kernel.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -307,3 +308,134 @@ def test_bound_loglog_slope():
     assert t[0] == pytest.approx(-0.5, abs=1e-4)
     with pytest.raises(ValueError):
         rf.bound_loglog_slope(n[:1], M, over="n")
+
+
+# ---------------------------------------------------------------- structural zeros and the positive series (spec §3.4)
+
+CONVENTIONS = [{}, dict(augment=False), dict(activation="identity"), dict(value="x"), dict(w_var=0.7),
+               dict(augment=False, activation="identity"), dict(value="x", activation="identity")]
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_structural_rule_is_the_series_exact_zero_and_the_quadrature_agrees(conv):
+    """The parity/degree rule says exactly where the positive series is zero; the series and the
+    quadrature agree wherever the eigenvalue is not zero (to 1e-6 at d = 4, where the series'
+    truncation after 600 terms shows, 1e-8 above), and the quadrature leaves only rounding where it is."""
+    for d in (4, 6, 8):
+        scale = abs(float(rf.rfa_pair_kernel_ab(1.0, 1.0, **conv)))
+        for s in range(5):
+            for t in range(5):
+                series = rf.rfa_harmonic_eigenvalue_series(s, t, d, **conv)
+                quad = rf.rfa_harmonic_eigenvalue(s, t, d, **conv)
+                zero = rf.rfa_eigenvalue_vanishes(s, t, d, **conv)
+                assert zero == (series == 0.0), (d, s, t)
+                if zero:
+                    assert abs(quad) <= rf.ZERO_EIGEN_RTOL * scale
+                else:
+                    rel = 1e-6 if d == 4 else 1e-8
+                    assert series > 0 and series == pytest.approx(quad, rel=rel, abs=1e-15 * scale)
+
+
+def test_a_tiny_genuine_eigenvalue_is_not_a_structural_zero():
+    """pair3 at d = 32: mu_{3,3} ~ 3.9e-11 (below the old 1e-10 threshold) is a genuine eigenvalue:
+    the target is in the class, has a finite complexity, and is not orthogonal to the features."""
+    d = 32
+    mu = rf.rfa_harmonic_eigenvalue_series(3, 3, d)
+    assert 1e-11 < mu < 1e-10
+    assert mu == pytest.approx(rf.rfa_harmonic_eigenvalue(3, 3, d), rel=1e-8)
+    assert not rf.rfa_eigenvalue_vanishes(3, 3, d)
+    assert rf.in_attention_class("pair", 3, d) is True
+    assert not rf.outside_class_exactly("pair", 3, d)
+    assert rf.target_complexity("pair", 3, d) == pytest.approx(1.0 / mu, rel=1e-8)
+    # further down, below the quadrature's floor, the series carries the value: d^-(s+t) scaling
+    mu4, mu5 = rf.rfa_eigenvalue(4, 4, d), rf.rfa_eigenvalue(5, 5, d)
+    assert 0 < mu5 < mu4 < mu and 2 ** 5 < mu4 / mu5 < 2 ** 12
+    assert math.isfinite(rf.target_complexity("pair", 5, d))
+    # without the constant coordinate the even bidegrees are structural zeros at every d
+    assert rf.rfa_eigenvalue_vanishes(3, 3, d, augment=False) and rf.outside_class_exactly("pair", 3, d, augment=False)
+
+
+# ---------------------------------------------------------------- ridge regression on random heads (spec §4.4)
+
+def test_kernel_spectrum_carries_the_trace():
+    """The eigen-groups (mu/N for t >= 1, mu for the query-only t = 0, multiplicity N_s N_t) plus
+    the constant and the tail add up to R^2 = E K(X, X); the tail is negligible; the sum over keys
+    scales everything by N^2."""
+    d, N = 8, 8
+    lam, mult, bideg, tail = rf.rfa_kernel_spectrum(d, N, max_degree=16)
+    R2 = rf.feature_radius_sq(N, d)
+    total = float(np.sum(lam * mult)) + tail + rf.rfa_eigenvalue(0, 0, d)
+    assert total == pytest.approx(R2, rel=1e-10)
+    assert 0 <= tail < 1e-3 * R2
+    i = bideg.index((0, 2))
+    assert lam[i] == pytest.approx(rf.rfa_eigenvalue(0, 2, d) / N) and mult[i] == rf.harmonic_dim(2, d)
+    j = bideg.index((2, 0))
+    assert lam[j] == pytest.approx(rf.rfa_eigenvalue(2, 0, d))
+    lam_s, *_ = rf.rfa_kernel_spectrum(d, N, max_degree=16, key_norm="sum")
+    np.testing.assert_allclose(lam_s, N**2 * lam, rtol=1e-12)
+    # linear attention: finitely many eigenvalues (query degree <= 1, key degree <= 2), no tail
+    _, _, bideg_i, tail_i = rf.rfa_kernel_spectrum(d, N, activation="identity")
+    assert max(s for s, _ in bideg_i) <= 1 and max(t for _, t in bideg_i) <= 2 and tail_i < 1e-12
+
+
+@pytest.mark.parametrize("n,P,ridge", [(200, 400, 1e-3), (400, 200, 1e-3), (300, math.inf, 1e-3)])
+def test_deterministic_equivalent_matches_a_gaussian_random_feature_model(n, P, ridge):
+    """Ridge regression on P Gaussian random features of a power-law spectrum (the model the
+    equivalent is derived for), 12 seeded draws: the mean test error agrees with the equivalent
+    within 5 Monte Carlo standard errors plus 3% (its declared finite-size error, O(n^-1/2))."""
+    rng = np.random.default_rng(11)
+    D = 600
+    lam = np.arange(1, D + 1) ** -1.6
+    idx = np.array([3, 20, 60])
+    mass = np.zeros(D)
+    mass[idx] = [0.5, 0.3, 0.2]
+    pred = float(rf.random_feature_ridge_risk(lam, np.ones(D), 0.0, mass, n, P, ridge))
+    errs = []
+    for _ in range(12):
+        beta = np.zeros(D)
+        beta[idx] = np.sqrt(mass[idx]) * rng.choice([-1.0, 1.0], idx.size)
+        psi = rng.standard_normal((n, D))
+        if math.isinf(P):
+            F = np.diag(np.sqrt(lam))
+        else:
+            F = rng.standard_normal((int(P), D)) * np.sqrt(lam) / math.sqrt(P)
+        A = psi @ F.T
+        v = np.linalg.solve(A.T @ A / n + ridge * np.eye(A.shape[1]), A.T @ (psi @ beta) / n)
+        errs.append(np.sum((beta - F.T @ v) ** 2))
+    errs = np.array(errs)
+    assert abs(errs.mean() - pred) <= 5 * errs.std(ddof=1) / math.sqrt(errs.size) + 0.03 * pred
+
+
+def test_deterministic_equivalent_limits():
+    lam = np.array([1.0, 0.1, 0.01])
+    mult = np.array([1.0, 10.0, 100.0])
+    mass = np.array([0.0, 1.0, 0.0])
+    # kernel ridge regression (P = inf): the textbook equivalent with k from ridge = k (1 - df1/n)
+    n, ridge = 50.0, 1e-2
+    risk = float(rf.random_feature_ridge_risk(lam, mult, 0.0, mass, n, math.inf, ridge))
+    from scipy import optimize
+
+    k = optimize.brentq(lambda k: k * (1 - np.sum(mult * lam / (lam + k)) / n) - ridge, 1e-9, 10)
+    df2 = np.sum(mult * (lam / (lam + k)) ** 2)
+    assert risk == pytest.approx(float(np.sum(mass * (k / (lam + k)) ** 2) / (1 - df2 / n)), rel=1e-9)
+    # more samples and more features never hurt at a tuned ridge; nothing is learned from no data
+    ridges = np.geomspace(1e-7, 1, 15)
+    r = [min(rf.random_feature_ridge_risk(lam, mult, 0.0, mass, nn, 80, ridges)) for nn in (20, 40, 80, 160)]
+    assert all(a >= b for a, b in itertools.pairwise(r))
+    r = [min(rf.random_feature_ridge_risk(lam, mult, 0.0, mass, 80, pp, ridges)) for pp in (20, 40, 80, 160)]
+    assert all(a >= b for a, b in itertools.pairwise(r))
+    assert float(rf.random_feature_ridge_risk(lam, mult, 0.0, mass, 1e-9, 80, 1.0)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_rfa_ridge_risk_for_a_target():
+    d, N = 8, 8
+    ridges = np.geomspace(1e-7, 1, 15)
+    n = np.array([256.0, 1024.0, 4096.0])
+    risk = rf.rfa_ridge_risk("keys", 2, d, N, n, 128 * 9, ridges)
+    var = rf.target_variance("keys", 2, N)
+    assert np.all(np.diff(risk) < 0) and 0 < risk[-1] < risk[0] < var
+    # the bilinear target has the pair target's spectrum position, hence its curve
+    np.testing.assert_allclose(rf.rfa_ridge_risk("bilin", 1, d, N, n, 1152, ridges),
+                               rf.rfa_ridge_risk("pair", 1, d, N, n, 1152, ridges), rtol=1e-12)
+    with pytest.raises(ValueError):
+        rf.rfa_ridge_risk("keys", 2, d, N, n, 1152, ridges, augment=False)  # outside the class

@@ -300,3 +300,64 @@ def test_match3_readouts_keep_the_predicted_margin(N):
         s = sta.match3_tensor_scores(x, M)
         y = sta.match3_labels(x, M)
         assert np.all(np.where(y, s - thr, thr - s) >= margin - th.match3_rounding_error(N, M))
+
+
+# --------------------------------------------------- the output error, exactly (spec §2.7)
+
+@pytest.mark.parametrize("method", th.METHODS)
+@pytest.mark.parametrize("g", [0, 1, 3, 8, 14])
+def test_relative_error_profile_is_the_polynomial_error(method, g):
+    """delta(x) = P(x) e^{-x} - 1 from the reference forms equals the direct evaluation with the
+    approximation's coefficients (to float64 rounding of the latter), and its maximum is eps."""
+    R = 2.0
+    x = np.linspace(-R, R, 401)
+    if method == "chebyshev" and g == 0:
+        return
+    c = th.approximation_coefficients(g, R, method)
+    direct = th.polyval(c, x) * np.exp(-x) - 1.0
+    prof = th.relative_error_profile(g, R, method, x)
+    atol = 50 * th.UNIT_ROUNDOFF * th.coefficient_mass(g, R, method) * math.exp(R)
+    np.testing.assert_allclose(prof, direct, rtol=1e-12, atol=atol)
+    grid = th._grid(R)
+    assert np.abs(th.relative_error_profile(g, R, method, grid)).max() == pytest.approx(
+        th.reference_relative_error(g, R, method), rel=1e-9)
+    if method == "taylor":  # the one-pass partial sums agree within the rounding allowance
+        fast = th._taylor_profiles(x, [g])[g]
+        assert np.max(np.abs(fast - prof)) <= th.rounding_allowance(g, R, method, 1)
+
+
+def test_taylor_profile_is_accurate_where_it_is_tiny():
+    # -P(g+1, x) for x >= 0 and the positive 1F1 series for x < 0 keep every digit
+    x = np.array([-0.01, 1e-3, 0.01])
+    g = 6
+    exact = np.array([sum(float(v) ** t / math.factorial(t) for t in range(g + 1, g + 30)) for v in x])
+    np.testing.assert_allclose(-th.relative_error_profile(g, 1.0, "taylor", x) * np.exp(x), exact, rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("kind", ["uniform", "sign_aligned"])
+def test_predicted_output_error_is_the_fast_algorithms_error(k, kind):
+    """theory's prediction from the error profile at the realised logits equals the measured
+    error of the polynomial method against exact attention, wherever it is above float64
+    rounding (relative 1e-8), for both families and several degrees."""
+    from sim import tensor_attention as sta
+
+    rng = np.random.default_rng(3 + k)
+    d, n, B = 4, 12, 1.25
+    gen = sta.uniform_inputs if kind == "uniform" else sta.sign_aligned_inputs
+    Q, keys, values = gen(rng, n, d, B, k)
+    s = 1.0 / d
+    R = th.logit_range(B, k, d, s)
+    exact = sta.kth_order_attention(Q, keys, values, scale=s)
+    degrees = [2, 4, 6, 10]
+    pred = th.predicted_output_error(Q, keys, values, degrees, list(th.METHODS), R, s)
+    vmax = float(np.prod([np.abs(V).max() for V in values]))
+    for im, method in enumerate(th.METHODS):
+        for ig, g in enumerate(degrees):
+            if th.reference_relative_error(g, R, method) >= 0.5:
+                continue
+            err = float(np.abs(sta.polynomial_attention(Q, keys, values, degree=g, method=method, B=B,
+                                                        scale=s).out - exact).max())
+            floor = 4 * th.rounding_allowance(g, R, method, th.rank(d, g) + n) * vmax
+            assert abs(err - pred[im, ig]) <= 1e-8 * pred[im, ig] + floor, (method, g, err, pred[im, ig])
+            assert pred[im, ig] <= th.output_error_bound(th.reference_relative_error(g, R, method), vmax) + floor
