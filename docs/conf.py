@@ -105,7 +105,7 @@ sphinx_gallery_conf = {
     "only_warn_on_example_error": False,
     "download_all_examples": True,
     "remove_config_comments": True,
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "workbench_gallery.CatalogueOrder",
     "backreferences_dir": None,
     "doc_module": (),
     "reference_url": {},
