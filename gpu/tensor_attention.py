@@ -37,7 +37,7 @@ small matrices sit in L2. ``(j1, j2)`` advance incrementally (an integer divisio
 reloading them only when ``j1`` changes (every ``~n2 / tpb`` steps). Each thread holds an
 online-softmax state ``(m, z, acc)``: the running max logit, ``z = sum exp(logit - m)`` and
 ``acc = sum exp(logit - m) V1[j1] o V2[j2]``, rescaled when ``m`` grows, so any finite logit
-range is safe (the Match3 construction reaches |logit| ~ 1e3-1e5). The block merges its
+range is safe (the Match3 construction reaches ``|logit| ~ 1e3-1e5``). The block merges its
 threads' states by a shared-memory tree (float64), and the host merges the slices with the
 same associative rule (:func:`gpu.attention.merge_partials`). Memory: O(nq slices dv); no
 ``nq x n1 n2`` array exists. float32 inputs give float32 logits and the fast ``ex2.approx``

@@ -1,13 +1,16 @@
 """Figure of the encoder study: ``python -m paper_figs.encoder STORE [--out FIG]``.
 
-(a) |m_n - m|_2 and (b) |S_n - S|_F against n (log-log), one colour per layer: the mean over
-    sequences of the per-sequence mean error, bars = standard error across sequences, dashed =
-    the power law with the layer's |beta| (mean over sequences);
-(c) |beta| against H_max, the largest applied per-head horizon (the axis of the theory), with
-    the curve 1/(2(1+H^2)) -- a lower bound on |beta| -- and the 1/2 of the CLT; per-head rates
-    as small dots when the run has them; markers = layers, filled = mean, open = covariance;
-(d) the same rates against the authors' H_code (all heads, no 1/sqrt(d_h)), with the same curve
-    for comparison (not a bound on this axis). The title counts the claims by outcome.
+* (a) ``|m_n - m|_2`` and (b) ``|S_n - S|_F`` against n (log-log), one colour per layer: the
+  mean over sequences of the per-sequence mean error, bars = standard error across sequences,
+  dashed = the power law with the layer's ``|beta|`` (mean over sequences);
+* (c) ``|beta|`` against H_max, the largest applied per-head horizon (the axis of the theory),
+  with the curve ``1/(2(1+H^2))`` -- a lower bound on ``|beta|`` -- and the 1/2 of the CLT;
+  per-head rates as small dots when the run has them; markers = layers, filled = mean, open =
+  covariance;
+* (d) the same rates against the authors' H_code (all heads, no ``1/sqrt(d_h)``), with the same
+  curve for comparison (not a bound on this axis).
+
+The title counts the claims by outcome.
 
 Reads the dataset written by ``python -m studies.encoder`` and nothing else.
 """

@@ -8,6 +8,7 @@
     exact curve (slope -> -1/(d-1)), and the coupled lam_n = c log n with its first-order band;
 (c) the coupled error times log n against n (flat: the logarithmic rate), with the band and its
     n -> infinity limit rho (d-1)/(2 c kappa_1); the title gives the ``coupled_form`` outcome.
+
 The suptitle counts the stored claims by outcome.
 
 Reads the dataset written by ``python -m studies.hardmax`` and nothing else.

@@ -3,10 +3,10 @@
 (a), (b) errors of the output mean and covariance against n (log-log, exact reference), one
 curve per attention scale coloured by its horizon H_eff, with standard-error bars and the
 fitted power laws (dashed);
-(c), (d) |beta_hat| against the horizon, on the H_eff axis (exact exponent) and on the H_code
+(c), (d) ``|beta_hat|`` against the horizon, on the H_eff axis (exact exponent) and on the H_code
 axis (the authors' convention), with the authors' curve 1/(2(1+H^2)) (the lower bound of the
 claim ``rate_bound``), the finer heuristic (1/2 for H <= 1, 1/(1+H^2) above), the rate the
-analysis predicts for the run's law (crosses, ``theory_beta_law``) and the line |beta| = 1/2;
+analysis predicts for the run's law (crosses, ``theory_beta_law``) and the line ``|beta| = 1/2``;
 filled markers: exact reference, open markers: the finite reference (when the run has one).
 The title counts the stored claims by outcome; the box in (c) lists them.
 

@@ -2,7 +2,7 @@
 
 One figure per group of the store written by ``python -m studies.random_features``:
 
-* ``kernel``   — largest |z| of the M-head empirical kernel against the closed form vs M, with
+* ``kernel``   — largest ``|z|`` of the M-head empirical kernel against the closed form vs M, with
   the family-wise normal band of ``random_features.kernel_clt``, and its relative RMS error vs M
   with the M^(-1/2) reference (``kernel_rate``);
 * ``rate``     — per target: heat map of the relative error over (n, M); excess risk vs n per M

@@ -7,16 +7,16 @@ knows ``log_partition``, ``tilted_mean``, ``tilted_cov``, ``mean``, ``cov``) and
 
 Laws (``make_distribution(name, d, **params)``):
 
-============  ==========================================  =====================================
-name          law                                         parameters (defaults)
-============  ==========================================  =====================================
-gaussian      N(0, scale^2 I)                             scale=1
+============  ================================================  =====================
+name          law                                               parameters (defaults)
+============  ================================================  =====================
+gaussian      N(0, scale^2 I)                                   scale=1
 mixture       1/2 N(+sep e_1, s^2 I) + 1/2 N(-sep e_1, s^2 I)   sep=1.5, s=0.7
-sphere        uniform on the sphere of radius ``radius``  radius=1
-ball          uniform in the ball of radius ``radius``    radius=1
-truncated     N(0, sigma^2) per coordinate, truncated to  sigma=1, c=2
+sphere        uniform on the sphere of radius ``radius``        radius=1
+ball          uniform in the ball of radius ``radius``          radius=1
+truncated     N(0, sigma^2) per coordinate, truncated to        sigma=1, c=2
               [-c sigma, c sigma] (box)
-============  ==========================================  =====================================
+============  ================================================  =====================
 
 and, built by ``make_atom_distribution(d, eps=, atom_radius=, bulk=, bulk_radius=)``, the
 worst case of the uniform bound: a bounded bulk (ball or sphere) plus an atom of tiny mass

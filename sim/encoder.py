@@ -529,7 +529,7 @@ def load_text(name: str) -> tuple[str, str]:
 
 def text_sequences(encoder: Encoder, text: str, count: int, length: int = 512, first: int = 0) -> np.ndarray:
     """``(count, length)`` token ids: disjoint consecutive pieces of ``length - 2`` word pieces of
-    ``text`` (pieces ``first .. first + count - 1``), each as ``[CLS] piece [SEP]``."""
+    ``text`` (pieces ``first`` to ``first + count - 1``), each as ``[CLS] piece [SEP]``."""
     ids = encoder.tokenize(text)
     body = length - 2
     available = ids.size // body

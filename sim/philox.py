@@ -5,7 +5,7 @@
 128-bit key and a 256-bit counter, so the numbers of any counter are a pure function of
 (key, counter) -- whatever the order, chunking or thread that asks for them. ``box_muller``
 turns two words into two N(0, 1) normals with vectorisable polynomial log, sin and cos
-(|error| < 1e-14 against NumPy's), so a loop of calls compiles to SIMD code.
+(``|error| < 1e-14`` against NumPy's), so a loop of calls compiles to SIMD code.
 
 Users: the in-context regression prompts (:mod:`sim.icl_regression`) and the token streams of
 :mod:`sim.attention.stream` (tokens generated inside the attention kernel, O(chunk) memory).

@@ -33,7 +33,7 @@ samples or heads):
   ``m * Dv + k`` (head-major), ``Dv = D`` (``value="augmented"``: values on x~) or d. Exactly permutation
   invariant in the keys.
 * RFMLP: ``relu(z @ Wm.T)`` on the flattened ``z = [x0; x_1; ..; x_N; 1]`` with ``Wm: (P, Din)``
-  i.i.d. N(0, 1/|z|^2) (unit-variance pre-activations); not permutation invariant.
+  i.i.d. ``N(0, 1/|z|^2)`` (unit-variance pre-activations); not permutation invariant.
 
 Both are scaled by ``1/sqrt(#heads)`` (``1/sqrt(P)`` for the MLP) so that ``phi phi^T`` tends to
 the infinite-width kernel of the theory module and one ridge grid means the same at every M.
@@ -286,7 +286,7 @@ def flatten_inputs(x0, X, augment: bool = True):
 
 
 def draw_mlp(rng, P: int, N: int, d: int, *, augment: bool = True):
-    """RFMLP first-layer weights ``(P, Din)`` i.i.d. N(0, 1/|z|^2), |z|^2 = N + 1 (+ 1)."""
+    """RFMLP first-layer weights ``(P, Din)`` i.i.d. ``N(0, 1/|z|^2)``, ``|z|^2 = N + 1 (+ 1)``."""
     din = (N + 1) * d + (1 if augment else 0)
     zz = N + 1 + (1 if augment else 0)
     return rng.standard_normal((P, din)) / math.sqrt(zz)

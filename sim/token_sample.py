@@ -4,7 +4,7 @@ Contract
 --------
 For a token sample ``Y = (y_1..y_n)`` (shape ``(n, d)``) from a law ``mu`` with closed-form
 limit ``Gamma_mu`` (:class:`sim.distributions.TokenDistribution`), score matrix ``A`` (d x d,
-scale folded in), value matrix ``V`` (d_v x d) and radii ``R_1 < ... < R_k``:
+scale folded in), value matrix ``V`` (d_v x d) and radii ``R_1 < ... < R_k``::
 
     E_R = sup_{|x| <= R} || Gamma_{mu_n}(x) - Gamma_mu(x) ||_2 ,
 
@@ -69,7 +69,7 @@ def search_directions(dist, A, n_dirs: int) -> np.ndarray:
 def sup_errors(tokens, dist, A, V=None, radii=(1.0,), *, lam: float = 1.0, n_dirs: int = 64,
                n_shells: int = 4, n_refine: int = 6, refine_iters: int = 6,
                method: str = "auto", chunk: int = DEFAULT_CHUNK, precision: str = "float64") -> SupResult:
-    """Search sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)| for every R in ``radii`` (``tokens``:
+    """Search ``sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)|`` for every R in ``radii`` (``tokens``:
     an (n, d) array or a :class:`sim.attention.TokenStream`)."""
     radii = np.asarray(radii, dtype=float).ravel()
     if np.any(radii <= 0):

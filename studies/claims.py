@@ -431,12 +431,12 @@ def slack(c: Claim) -> float:
     its tolerance). It follows from the claim's ``kind``:
 
     ==============  =====================================================================
-    ``equal``       (tol - |measured - predicted|) / tol
-    ``at least``    (measured + tol - bound) / tol
-    ``at most``     (bound + tol - measured) / tol
-    ``exceeds``     (|measured - bound| - tol) / tol, with the sign of the outcome (the
+    ``equal``       ``(tol - |measured - predicted|) / tol``
+    ``at least``    ``(measured + tol - bound) / tol``
+    ``at most``     ``(bound + tol - measured) / tol``
+    ``exceeds``     ``(|measured - bound| - tol) / tol``, with the sign of the outcome (the
                     measured interval lies wholly on one side of the bound)
-    ``form``        (|Delta chi^2| - z^2) / z^2, with the sign of the outcome
+    ``form``        ``(|Delta chi^2| - z^2) / z^2``, with the sign of the outcome
     ``decided``     +1 when it holds, -1 when it fails (no scale to compare on)
     ==============  =====================================================================
 

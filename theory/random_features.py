@@ -43,7 +43,7 @@ For ReLU, ``E[(m+U)^+ (m'+V)^+]`` (U, V standard normal with correlation rho) is
 of :func:`relu_moment` (bivariate normal CDF through Owen's T; exact limits at rho = +-1). With
 zero mean and the default conventions it reduces to ``kappa1((1+a)(1+b)/4) (1+b)``, a = <x0,x0'>,
 b = <xi,xj'>, ``kappa1`` the degree-1 arc-cosine kernel (:func:`kappa1`). The RFMLP baseline
-(ReLU features of the flattened input ``z = [x0; x1; ..; xN; 1]`` with w ~ N(0, I/|z|^2))
+(ReLU features of the flattened input ``z = [x0; x1; ..; xN; 1]`` with ``w ~ N(0, I/|z|^2)``)
 has kernel ``kappa1(<z, z'>/|z|^2)`` (:func:`mlp_kernel`).
 
 Complexity and bounds (spec §§3.4, 4)
@@ -53,12 +53,12 @@ of spherical harmonics. With ``P_p`` the Gegenbauer polynomial of S^{d-1} (P_p(1
 ``Q_p = sqrt(N_p(d)) P_p`` its unit-variance version (:func:`gegenbauer`), the eigenvalue of the
 pairwise RFA kernel on bidegree (s, t) is ``mu_{s,t} = E[k(a, b) P_s(a) P_t(b)]`` (a, b
 independent projections of uniform points, :func:`rfa_harmonic_eigenvalue`), and the RKHS norm
-of a unit-variance pure-degree pairwise function is ``1/mu``:
+of a unit-variance pure-degree pairwise function is ``1/mu``::
 
     keys  F = Q_p(<beta, x>)    B = 1/mu_{0,p};   query F = Q_p(<beta, x0>)  B = 1/mu_{p,0};
     pair  F = Q_p(<x0, x>)      B = 1/mu_{p,p}.
 
-B(f*) := |F|_k^2 for f* = (1/N) sum_i F(x0, xi) (spec §3.2) does not depend on N. For the RFMLP
+``B(f*) := |F|_k^2`` for ``f* = (1/N) sum_i F(x0, xi)`` (spec §3.2) does not depend on N. For the RFMLP
 the same f* has ``|f*|^2 = 1/(N nu)`` with ``nu`` the eigenvalue of the flattened-input ReLU
 kernel (:func:`mlp_harmonic_eigenvalue`, an exact series in the arc-cosine coefficients).
 :func:`target_complexity` returns both. Excess-risk bound (spec §4.2, [RECALL form], constants
@@ -72,7 +72,7 @@ sample complexities (n needed for relative error eps ~ d^a N^b / eps^2, [DERIVED
 (r = 0 and r ~ 1) and the RFMLP; :func:`predicted_sample_complexity` evaluates it.
 
 The eigenvalues as a positive series; ridge regression on M heads (spec §3.4, §4.4)
-----------------------------------------------------------------------------------
+-----------------------------------------------------------------------------------
 ``mu_{s,t} = sum_j e_j E[A_j P_s] E[B_j P_t]`` with non-negative terms only
 (:func:`rfa_harmonic_eigenvalue_series`): exact to the last digits at any size, and exactly zero
 where the parity/degree rule of :func:`rfa_eigenvalue_vanishes` says so (never decided by a
@@ -172,13 +172,24 @@ _RHO_EDGE = 1.0 - 1e-12  # beyond this |rho| the exact degenerate (rho = +-1) fo
 # --------------------------------------------------------------------------- conventions
 
 def default_w_var(augment: bool = True) -> float:
-    """Entry variance s^2 giving unit-variance scores for unit-sphere inputs: 1/(|x~0|^2 |x~|^2)."""
+    """Entry variance ``s^2`` giving unit-variance scores for unit-sphere inputs:
+    ``1/(|x~0|^2 |x~|^2)``."""
     sq = 2.0 if augment else 1.0
     return 1.0 / (sq * sq)
 
 
 def score_std(augment: bool = True, w_var: float | None = None) -> float:
-    """Standard deviation of the random part of a score, s |x~0| |x~|, on the unit sphere."""
+    """Standard deviation of the random part of a score, ``s |x~0| |x~|``, on the unit sphere.
+
+    Examples
+    --------
+    The default entry variance makes it one, with or without the constant coordinate:
+
+    >>> default_w_var(augment=True), default_w_var(augment=False)
+    (0.25, 1.0)
+    >>> score_std(augment=True), score_std(augment=True, w_var=1.0)
+    (1.0, 2.0)
+    """
     s2 = default_w_var(augment) if w_var is None else float(w_var)
     sq = 2.0 if augment else 1.0
     return math.sqrt(s2) * sq
@@ -198,7 +209,18 @@ def _check(name, value, allowed):
 
 def kappa1(rho):
     """Degree-1 arc-cosine kernel E[relu(U) relu(V)], (U, V) standard normal with correlation rho:
-    ``[sqrt(1 - rho^2) + (pi - arccos rho) rho] / (2 pi)``."""
+    ``[sqrt(1 - rho^2) + (pi - arccos rho) rho] / (2 pi)``.
+
+    Examples
+    --------
+    Uncorrelated: ``E[relu(U)]^2 = 1/(2 pi)``; fully correlated: ``E[relu(U)^2] = 1/2``;
+    anti-correlated: ``relu(U) relu(-U) = 0``.
+
+    >>> round(float(kappa1(0.0)) * 2 * math.pi, 12)
+    1.0
+    >>> float(kappa1(1.0)), float(kappa1(-1.0))
+    (0.5, 0.0)
+    """
     rho = np.clip(np.asarray(rho, dtype=float), -1.0, 1.0)
     return (np.sqrt(np.maximum(1.0 - rho * rho, 0.0)) + (np.pi - np.arccos(rho)) * rho) / (2.0 * np.pi)
 
@@ -206,7 +228,15 @@ def kappa1(rho):
 @lru_cache(maxsize=8)
 def kappa1_series(order: int) -> np.ndarray:
     """Taylor coefficients c_0..c_order of :func:`kappa1` (all >= 0):
-    1/(2pi) + rho/4 + rho^2/(4pi) + rho^4/(48pi) + ...  (odd powers >= 3 vanish)."""
+    1/(2pi) + rho/4 + rho^2/(4pi) + rho^4/(48pi) + ...  (odd powers >= 3 vanish).
+
+    Examples
+    --------
+    The coefficients times pi: 1/2, pi/4, 1/4, 0 and 1/48:
+
+    >>> [round(float(c) * math.pi, 6) for c in kappa1_series(4)]
+    [0.5, 0.785398, 0.25, 0.0, 0.020833]
+    """
     c = np.zeros(order + 1)
     c[0] = 1.0 / (2 * np.pi)
     if order >= 1:
@@ -242,7 +272,18 @@ def _bvn_lower(x, y, rho):
 
 
 def bvn_upper(h, k, rho):
-    """P(U > h, V > k) for standard normals with correlation rho (any rho in [-1, 1])."""
+    """P(U > h, V > k) for standard normals with correlation rho (any rho in [-1, 1]).
+
+    Examples
+    --------
+    The orthant probability ``P(U > 0, V > 0) = 1/4 + arcsin(rho)/(2 pi)``: 1/3 at rho = 1/2,
+    1/2 at rho = 1:
+
+    >>> round(float(bvn_upper(0.0, 0.0, 0.5)), 12)
+    0.333333333333
+    >>> float(bvn_upper(0.0, 0.0, 1.0))
+    0.5
+    """
     h, k, rho = np.broadcast_arrays(*(np.asarray(t, dtype=float) for t in (h, k, rho)))
     rho = np.clip(rho, -1.0, 1.0)
     out = np.empty(h.shape)
@@ -262,8 +303,19 @@ def relu_moment(m1, m2, rho):
     ``m1 m2 L + m1 E[V; .] + m2 E[U; .] + E[UV; .]`` with the truncated moments
     ``E[U; .] = phi(h) Q((k - rho h)/s) + rho phi(k) Q((h - rho k)/s)`` (and symmetrically) and
     ``E[UV; .] = rho L + rho h phi(h) Q((k-rho h)/s) + rho k phi(k) Q((h-rho k)/s)
-    + s/sqrt(2 pi) phi(sqrt((h^2 - 2 rho h k + k^2)/s^2))``. At |rho| = 1 the exact one-dimensional
+    + s/sqrt(2 pi) phi(sqrt((h^2 - 2 rho h k + k^2)/s^2))``. At ``|rho| = 1`` the exact one-dimensional
     integrals are used. At m1 = m2 = 0 it is :func:`kappa1`.
+
+    Examples
+    --------
+    >>> bool(np.isclose(relu_moment(0.0, 0.0, 0.3), kappa1(0.3), rtol=1e-12))
+    True
+
+    With ``U = V`` and both means 1, ``E[((1 + U)^+)^2] = 2 Phi(1) + phi(1)`` (Phi, phi the
+    standard normal CDF and density):
+
+    >>> round(float(relu_moment(1.0, 1.0, 1.0)), 12)
+    1.924660216656
     """
     m1, m2, rho = np.broadcast_arrays(*(np.asarray(t, dtype=float) for t in (m1, m2, rho)))
     rho = np.clip(rho, -1.0, 1.0)
@@ -374,7 +426,7 @@ def rfa_kernel(x0, X, x0p, Xp, *, key_norm="mean", chunk=64, **conv):
 
 def mlp_kernel(z, zp, *, w_var=None):
     """ReLU random-feature kernel ``E_w[relu(<w,z>) relu(<w,z'>)]``, w ~ N(0, w_var I), for
-    flattened inputs ``z: (n, D_in)``, ``zp: (n', D_in)``; ``w_var=None`` means 1/|z|^2 of the
+    flattened inputs ``z: (n, D_in)``, ``zp: (n', D_in)``; ``w_var=None`` means ``1/|z|^2`` of the
     first row (unit-variance pre-activations, the spec's 1/(N+2) for augmented sphere inputs)."""
     z, zp = np.asarray(z, float), np.asarray(zp, float)
     nz = np.linalg.norm(z, axis=-1)
@@ -387,7 +439,17 @@ def mlp_kernel(z, zp, *, w_var=None):
 # --------------------------------------------------------------------------- harmonics
 
 def harmonic_dim(p: int, d: int) -> int:
-    """Dimension N_p(d) of the degree-p spherical harmonics on S^{d-1}."""
+    """Dimension N_p(d) of the degree-p spherical harmonics on S^{d-1}.
+
+    Examples
+    --------
+    On the ordinary sphere S^2 (d = 3) it is ``2p + 1``; degree 1 has d dimensions:
+
+    >>> [harmonic_dim(p, 3) for p in range(4)]
+    [1, 3, 5, 7]
+    >>> harmonic_dim(1, 16)
+    16
+    """
     if p < 0:
         raise ValueError("degree must be >= 0")
     if p == 0:
@@ -399,7 +461,17 @@ def harmonic_dim(p: int, d: int) -> int:
 
 def gegenbauer(p: int, d: int, t, unit_variance: bool = True):
     """Gegenbauer polynomial of S^{d-1}: P_p(1) = 1, or (default) the unit-variance
-    ``Q_p = sqrt(N_p(d)) P_p`` (E Q_p(<u, e>)^2 = 1 for u uniform on the sphere)."""
+    ``Q_p = sqrt(N_p(d)) P_p`` (E Q_p(<u, e>)^2 = 1 for u uniform on the sphere).
+
+    Examples
+    --------
+    On S^2 (d = 3) ``P_2`` is the Legendre polynomial ``(3 t^2 - 1)/2``:
+
+    >>> float(gegenbauer(2, 3, 0.5, unit_variance=False))
+    -0.125
+    >>> round(float(gegenbauer(2, 3, 0.5)) / math.sqrt(5), 12)
+    -0.125
+    """
     t = np.asarray(t, dtype=float)
     if d < 2:
         raise ValueError("d must be >= 2")
@@ -423,7 +495,15 @@ def sphere_projection_rule(d: int, nodes: int = 128) -> tuple[np.ndarray, np.nda
 
 
 def sphere_projection_moments(d: int, order: int) -> np.ndarray:
-    """E t^j, j = 0..order, for t = <u, e>: E t^{2k} = prod_{i<k} (2i+1)/(d+2i), odd ones 0."""
+    """E t^j, j = 0..order, for t = <u, e>: E t^{2k} = prod_{i<k} (2i+1)/(d+2i), odd ones 0.
+
+    Examples
+    --------
+    ``E t^2 = 1/d`` and ``E t^4 = 3/(d (d + 2))``; on S^2, t is uniform on [-1, 1]:
+
+    >>> [round(float(m), 12) for m in sphere_projection_moments(3, 4)]
+    [1.0, 0.0, 0.333333333333, 0.0, 0.2]
+    """
     m = np.zeros(order + 1)
     m[0] = 1.0
     for k in range(1, order // 2 + 1):
@@ -433,7 +513,18 @@ def sphere_projection_moments(d: int, order: int) -> np.ndarray:
 
 def rfa_pair_kernel_ab(a, b, *, augment=True, w_var=None, activation="relu", value="augmented"):
     """Zero-mean pairwise RFA kernel as a function of a = <x0, x0'> and b = <x, x'> (unit sphere).
-    Default conventions: ``kappa1((1+a)(1+b)/4) (1+b)``."""
+    Default conventions: ``kappa1((1+a)(1+b)/4) (1+b)``.
+
+    Examples
+    --------
+    The diagonal ``k(1, 1) = kappa1(1) * 2 = 1``; linear attention (``activation="identity"``)
+    gives ``(1 + a)(1 + b)^2 / 4``:
+
+    >>> float(rfa_pair_kernel_ab(1.0, 1.0))
+    1.0
+    >>> float(rfa_pair_kernel_ab(0.5, 0.0, activation="identity"))
+    0.375
+    """
     _check("activation", activation, ACTIVATIONS)
     _check("value", value, VALUES)
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -475,7 +566,7 @@ def mlp_harmonic_eigenvalue(s: int, t: int, d: int, N: int, *, augment: bool = T
     """Eigenvalue nu_{s,t} of the RFMLP kernel ``kappa1(<z, z'>/|z|^2)`` (z = [x0; x1..xN; 1])
     on the harmonic that has degree s in the query and degree t in the first key (degree 0 in
     the other coordinates): ``E[kappa1(rho) P_s(a) P_t(b_1)]`` with
-    ``rho = (c + a + b_1 + ... + b_N)/(N + 1 + c)``, c = 1 with the constant coordinate.
+    ``rho = (c + a + sum_{i<=N} b_i)/(N + 1 + c)``, c = 1 with the constant coordinate.
 
     Exact series: kappa1 = sum_k c_k rho^k with c_k >= 0 (:func:`kappa1_series`) and the moments
     of a sum of independent sphere projections, so every term is non-negative (no cancellation);
@@ -583,7 +674,15 @@ def rfa_eigenvalue_vanishes(s: int, t: int, d: int | None = None, **conv) -> boo
     odd query degree above 1 (kappa1 has one odd power, rho^1); linear attention has degree <= 1
     in the query and <= 2 in the key; ReLU with the constant coordinate reaches every bidegree.
     Exact for every d >= 2 (``d`` is accepted for the call's symmetry, not needed); a genuine
-    eigenvalue can be far below any fixed threshold (``pair3`` at d = 32: ~4e-11)."""
+    eigenvalue can be far below any fixed threshold (``pair3`` at d = 32: ~4e-11).
+
+    Examples
+    --------
+    >>> rfa_eigenvalue_vanishes(1, 1, augment=False)  # even total degree, odd features
+    True
+    >>> rfa_eigenvalue_vanishes(0, 1, augment=False), rfa_eigenvalue_vanishes(1, 1)
+    (False, False)
+    """
     if s < 0 or t < 0:
         raise ValueError("degrees must be >= 0")
     augment, activation, value, _ = _series_conv(_zero_mean_conv(conv))
@@ -649,14 +748,24 @@ def target_complexity(family: str, p: int, d: int, N: int = 1, *, model: str = "
     """Squared RKHS norm B of the unit-variance pure-degree Gegenbauer target of ``family``
     (keys, query, pair, bilin) under the infinite-width kernel of ``model``:
 
-    * ``"rfa"`` (zero mean): B(f*) = |F|_k^2 of the pairwise function (N-free, spec §3.2);
+    * ``"rfa"`` (zero mean): ``B(f*) = |F|_k^2`` of the pairwise function (N-free, spec §3.2);
       ``inf`` when the eigenvalue vanishes by structure (the target is outside the class);
-    * ``"rfmlp"``: |f*|^2 of f* = (1/N) sum_i F under the flattened-input ReLU kernel
+    * ``"rfmlp"``: ``|f*|^2`` of ``f* = (1/N) sum_i F`` under the flattened-input ReLU kernel
       (``1/(N nu)`` for keys/pair/bilin; ``1/nu`` for the query-only target).
 
     Both kernels are invariant under separate rotations of the query and of the keys (RFA) or
     under joint rotations of the flattened input (RFMLP), so bilin (x0^T S x, S orthogonal) has
     the complexity of pair.
+
+    Examples
+    --------
+    The degree-1 pair target under linear attention: ``B = 1/mu_{1,1} = 2 d^2``
+    (:func:`rfa_eigenvalue`); a degree-2 query target is outside that class:
+
+    >>> round(target_complexity("pair", 1, 4, activation="identity"), 9)
+    32.0
+    >>> target_complexity("query", 2, 4, activation="identity")
+    inf
     """
     s, t = bidegree(family, p)
     if model == "rfa":
@@ -676,7 +785,18 @@ def rfa_eigenvalue(s: int, t: int, d: int, **conv) -> float:
     vanishes by structure (:func:`rfa_eigenvalue_vanishes`), the Gauss-Jacobi quadrature of
     :func:`rfa_harmonic_eigenvalue` where it is above ``QUADRATURE_FLOOR`` x k(1, 1), the positive
     series of :func:`rfa_harmonic_eigenvalue_series` below (whose truncation error is negligible
-    for d >= 4 and ~1e-9 k(1, 1) at d = 2)."""
+    for d >= 4 and ~1e-9 k(1, 1) at d = 2).
+
+    Examples
+    --------
+    Linear attention with the constant coordinate has ``k(a, b) = (1 + a)(1 + b)^2 / 4``, so
+    ``mu_{1,1} = E[(1 + a) a] E[(1 + b)^2 b] / 4 = (1/d)(2/d)/4 = 1/(2 d^2)``:
+
+    >>> round(rfa_eigenvalue(1, 1, 4, activation="identity"), 12)
+    0.03125
+    >>> rfa_eigenvalue(2, 1, 4, activation="identity")  # degree <= 1 in the query
+    0.0
+    """
     if rfa_eigenvalue_vanishes(s, t, d, **conv):
         return 0.0
     c = _zero_mean_conv(conv)
@@ -689,7 +809,18 @@ def rfa_eigenvalue(s: int, t: int, d: int, **conv) -> float:
 
 def feature_radius_sq(N: int, d: int, *, key_norm="mean", nodes: int = 160, **conv) -> float:
     """R^2 = E_X K(X, X) for zero-mean RFA on the unit sphere: the mean squared feature norm of
-    one head, the only place where N and d enter the excess-risk bound."""
+    one head, the only place where N and d enter the excess-risk bound.
+
+    Examples
+    --------
+    One key: the diagonal ``k(1, 1) = 1``. Linear attention, mean over N keys:
+    ``2/N + (1 - 1/N) (1 + 1/d)/2``:
+
+    >>> round(feature_radius_sq(1, 4), 12)
+    1.0
+    >>> round(feature_radius_sq(8, 4, activation="identity"), 12)
+    0.796875
+    """
     _check("key_norm", key_norm, KEY_NORMS)
     diag = float(rfa_pair_kernel_ab(1.0, 1.0, **conv))
     tb, wb = sphere_projection_rule(d, nodes)
@@ -705,7 +836,15 @@ def excess_risk_bound(n, M, B, *, N: int = 1, d: int = 8, delta: float | None = 
 
         sqrt(B R^2 / n) + sqrt(B R^2 / M)  [+ sqrt(log(1/delta) / n)]
 
-    broadcasting over n, M and B; ``R^2 = feature_radius_sq(N, d)`` unless given."""
+    broadcasting over n, M and B; ``R^2 = feature_radius_sq(N, d)`` unless given.
+
+    Examples
+    --------
+    >>> round(float(excess_risk_bound(100, 100, 1.0, radius_sq=1.0)), 12)
+    0.2
+    >>> round(float(excess_risk_bound(400, 1e12, 4.0, radius_sq=1.0)), 6)
+    0.100002
+    """
     n = np.asarray(n, float)
     M = np.asarray(M, float)
     B = np.asarray(B, float)
@@ -856,7 +995,19 @@ def complexity_exponents(family: str, model: str, p: int):
 
 def predicted_sample_complexity(family: str, model: str, p: int, d: int, N: int,
                                 eps: float = 0.1, constant: float = 1.0) -> float:
-    """constant * d^a N^b / eps^2 (inf when not learnable); raises when the spec has no entry."""
+    """constant * d^a N^b / eps^2 (inf when not learnable); raises when the spec has no entry.
+
+    Examples
+    --------
+    A degree-1 pair target (``d^2`` for RFA, ``d^2 N^2`` for the RFMLP) at eps = 0.1:
+
+    >>> round(predicted_sample_complexity("pair", "rfa", 1, d=10, N=5), 6)
+    10000.0
+    >>> round(predicted_sample_complexity("pair", "rfmlp", 1, d=10, N=5), 6)
+    250000.0
+    >>> predicted_sample_complexity("keykey", "rfa", 1, d=10, N=5)
+    inf
+    """
     e = complexity_exponents(family, model, p)
     if e is None:
         return math.inf
@@ -885,9 +1036,9 @@ def mlp_feature_radius_sq() -> float:
 
 
 def bound_complexity(family: str, p: int, d: int, N: int, *, model: str = "rfa", **conv) -> float:
-    """B(f*) R^2, the scale of the excess-risk bound (spec §4.2: n, M >~ B R^2 / eps^2) for the
-    Gegenbauer target of ``family``: f* = (1/N) sum_i F, F unit-variance. RFA: |F|_k^2 times
-    ``feature_radius_sq(N, d)`` (mean over keys); RFMLP: its |f*|^2 times 1/2. The product does
+    """``B(f*) R^2``, the scale of the excess-risk bound (spec §4.2: ``n, M >~ B R^2 / eps^2``) for
+    the Gegenbauer target of ``family``: ``f* = (1/N) sum_i F``, F unit-variance. RFA: ``|F|_k^2``
+    times ``feature_radius_sq(N, d)`` (mean over keys); RFMLP: its ``|f*|^2`` times 1/2. The product does
     not depend on ``w_var`` or on the key normalisation (both rescale B and R^2 inversely);
     ``inf`` outside the class."""
     B = target_complexity(family, p, d, N, model=model, **conv)
@@ -927,8 +1078,8 @@ def in_attention_class(family: str, p: int, d: int, **conv) -> bool | None:
 def outside_class_exactly(family: str, p: int, d: int, **conv) -> bool:
     """True when every zero-mean attention feature is orthogonal (in L2 of the input law) to
     the target, so that any fit has relative error >= 1: the key-key control (each feature is a
-    mean of pairwise functions, and E[f* | x0, x_i] = 0), and Gegenbauer targets whose
-    eigenvalue vanishes by structure (mu = E_W |projection of phi_W|^2 = 0 forces every
+    mean of pairwise functions, and ``E[f* | x0, x_i] = 0``), and Gegenbauer targets whose
+    eigenvalue vanishes by structure (``mu = E_W |projection of phi_W|^2 = 0`` forces every
     projection to vanish). Needs ``poly="gegenbauer"`` for the polynomial families."""
     if family == "keykey":
         return True
@@ -989,7 +1140,15 @@ def bias_theory_covers(*, activation: str = "relu", augment: bool = True, mean_s
 def bound_loglog_slope(n, M, *, over: str = "n") -> np.ndarray:
     """Least-squares log-log slope of the bound's shape n^-1/2 + M^-1/2 (B and R^2 cancel)
     over the ``n`` grid at each M (``over="n"``: shape (len(M),)) or over the ``M`` grid at
-    each n (``over="M"``: shape (len(n),))."""
+    each n (``over="M"``: shape (len(n),)).
+
+    Examples
+    --------
+    With M far above n the bound is ``~ n^-1/2`` over n:
+
+    >>> [round(float(s), 3) for s in bound_loglog_slope([1e2, 1e4], [1e12])]
+    [-0.5]
+    """
     n = np.atleast_1d(np.asarray(n, float))
     M = np.atleast_1d(np.asarray(M, float))
     shape = np.log(n[:, None] ** -0.5 + M[None, :] ** -0.5)

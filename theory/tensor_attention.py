@@ -33,13 +33,13 @@ the same factor ``1 +- eps``). Two families:
   (:func:`shift_polynomial`). This is how AS23 turn the AA22 degree bound
   ``g = Theta(max{R, log(1/eps)/log(log(1/eps)/R)})`` [R: AA22 abstract; C: its use in AS23]
   into the relative guarantee (:func:`aa22_degree`; order of magnitude only, constants unknown).
-* float64 floor: evaluating a degree-g polynomial costs absolute error ~``u sum |c_t| R^t`` with
-  ``u = 2^-53``, i.e. relative error ~``e^{2R} u`` at ``x = -R`` (:func:`float64_floor`,
+* float64 floor: evaluating a degree-g polynomial costs absolute error ``~ u sum |c_t| R^t`` with
+  ``u = 2^-53``, i.e. relative error ``~ e^{2R} u`` at ``x = -R`` (:func:`float64_floor`,
   :func:`rounding_error_bound`).
 
 Low-rank (CP) factorisation (§2.2, §2.3) and rank
 --------------------------------------------------
-By the multinomial theorem, with ``a_l = q_l k_{1,l} ... k_{k-1,l}``,
+By the multinomial theorem, with ``a_l = q_l k_{1,l} ... k_{k-1,l}``::
 
     P(s <q, k_1 o ... o k_{k-1}>) = sum_{alpha in N^d, |alpha| <= g} w_alpha q^alpha k_1^alpha ... k_{k-1}^alpha,
     w_alpha = c_{|alpha|} s^{|alpha|} |alpha|! / alpha!,      alpha! = prod_l alpha_l!,
@@ -74,7 +74,7 @@ into a relative float64 allowance on every kernel value.
 
 Running time and thresholds (§2.6, §3)
 --------------------------------------
-* Exact: ``n^k`` tuples of ~``2d+1`` flops (:func:`exact_flops`). Approximate: ``k`` feature maps
+* Exact: ``n^k`` tuples of ``~2d+1`` flops (:func:`exact_flops`). Approximate: ``k`` feature maps
   (``n r``), ``k-1`` contractions ``U_m^T V_m`` (``n r d``), the query side (``n r d``): about
   ``n r k (d+2)`` flops (:func:`approx_flops`). With ``lower_order=True`` both add the terms the
   engines also pay (exact: ``d`` prefix products per query and prefix tuple, ``dv`` per query to
@@ -177,7 +177,15 @@ _GRID = 2049  # points of each of the two grids of relative_error
 # ------------------------------------------------------------------------------ ranges
 def logit_range(B: float, k: int = 3, d: int | None = None, scale: float | None = None) -> float:
     """Largest possible ``|logit|`` for entries in ``[-B, B]``: ``|s| d B^k`` (``B^k`` when
-    ``scale`` is None, the papers' ``s = 1/d``). Tight for sign-aligned inputs."""
+    ``scale`` is None, the papers' ``s = 1/d``). Tight for sign-aligned inputs.
+
+    Examples
+    --------
+    >>> logit_range(2.0, k=3)  # entries in [-2, 2], scale 1/d: B^3
+    8.0
+    >>> logit_range(1.0, k=2, d=4, scale=0.5)  # scale 1/sqrt(d): |s| d B^k
+    2.0
+    """
     if B < 0:
         raise ValueError("the entry bound B must be non-negative")
     if k < 2:
@@ -199,7 +207,13 @@ def entry_threshold(n, k: int = 3):
 
 # ------------------------------------------------------------------ polynomial families
 def taylor_coefficients(g: int) -> np.ndarray:
-    """``c_t = 1/t!`` for ``t = 0..g``."""
+    """``c_t = 1/t!`` for ``t = 0..g``.
+
+    Examples
+    --------
+    >>> taylor_coefficients(3).tolist()
+    [1.0, 1.0, 0.5, 0.16666666666666666]
+    """
     g = check_degree(g)
     return np.array([1.0 / math.factorial(t) for t in range(g + 1)])
 
@@ -250,7 +264,13 @@ def is_positive_everywhere(g: int, method: str) -> bool:
 
 
 def polyval(coeffs, x):
-    """``sum_t c_t x^t`` (Horner, float64)."""
+    """``sum_t c_t x^t`` (Horner, float64).
+
+    Examples
+    --------
+    >>> float(polyval([1.0, 2.0, 3.0], 2.0))  # 1 + 2 x + 3 x^2 at x = 2
+    17.0
+    """
     x = np.asarray(x, dtype=float)
     out = np.zeros_like(x)
     for c in np.asarray(coeffs, dtype=float)[::-1]:
@@ -260,7 +280,15 @@ def polyval(coeffs, x):
 
 def shift_polynomial(coeffs, R: float) -> np.ndarray:
     """Coefficients of ``e^{-R} P(x + R)``: turns an additive approximation of ``e^y`` on
-    ``[0, 2R]`` into a relative one of ``e^x`` on ``[-R, R]`` (§2.1, [D])."""
+    ``[0, 2R]`` into a relative one of ``e^x`` on ``[-R, R]`` (§2.1, [D]).
+
+    Examples
+    --------
+    ``P(y) = 1 + y`` shifted by R = 1 is ``e^{-1} (2 + x)``:
+
+    >>> [round(float(c), 12) for c in shift_polynomial([1.0, 1.0], 1.0)]
+    [0.735758882343, 0.367879441171]
+    """
     c = np.asarray(coeffs, dtype=float)
     g = c.size - 1
     out = np.zeros(g + 1)
@@ -278,7 +306,19 @@ def _grid(R: float) -> np.ndarray:
 def relative_error(coeffs, R: float) -> float:
     """Measured ``eps = max_{|x| <= R} |P(x) e^{-x} - 1|`` on a fine deterministic grid
     (Chebyshev-clustered plus uniform, endpoints included), float64 evaluation; ``inf`` when the
-    ratio overflows (R in the hundreds)."""
+    ratio overflows (R in the hundreds).
+
+    Examples
+    --------
+    The degree-4 Taylor polynomial on [-1, 1] is worst at x = -1, where
+    ``T_4(-1) = 3/8``, so ``eps = 3e/8 - 1``, below the proven bound ``e/5!`` of
+    :func:`taylor_error_bound`:
+
+    >>> round(relative_error(taylor_coefficients(4), 1.0), 12)
+    0.019355685672
+    >>> round(3 * math.e / 8 - 1, 12), round(taylor_error_bound(4, 1.0), 12)
+    (0.019355685672, 0.02265234857)
+    """
     if R < 0:
         raise ValueError("R must be non-negative")
     x = _grid(float(R)) if R > 0 else np.zeros(1)
@@ -304,7 +344,17 @@ def taylor_error_bound(g: int, R: float) -> float:
 
 def chebyshev_error_bound(g: int, R: float) -> float:
     """Proven relative error of the degree-g Chebyshev interpolant on ``[-R, R]``:
-    ``e^{2R} R^{g+1} / (2^g (g+1)!)`` ([D], interpolation remainder at first-kind nodes)."""
+    ``e^{2R} R^{g+1} / (2^g (g+1)!)`` ([D], interpolation remainder at first-kind nodes).
+
+    Examples
+    --------
+    Degree 4 on [-1, 1]: ``e^2 / (2^4 5!)``, about six times below Taylor's ``e / 5!``:
+
+    >>> round(chebyshev_error_bound(4, 1.0), 12)
+    0.003848466718
+    >>> round(math.e**2 / (16 * 120), 12)
+    0.003848466718
+    """
     g = check_degree(g)
     if R <= 0:
         return 0.0
@@ -323,7 +373,15 @@ def min_degree(R: float, eps: float, method: str = "taylor", *, use: str = "meas
                g_max: int = 80) -> int:
     """Smallest degree g whose relative error on ``[-R, R]`` is ``<= eps``: measured on the grid
     (``use="measured"``, the tables of §2.1) or by the proven bound (``use="bound"``). Raises
-    ValueError when no g <= g_max reaches eps (e.g. below the float64 floor ``e^{2R} u``)."""
+    ValueError when no g <= g_max reaches eps (e.g. below the float64 floor ``e^{2R} u``).
+
+    Examples
+    --------
+    Relative error 1e-3 on [-1, 1]:
+
+    >>> min_degree(1.0, 1e-3, "taylor"), min_degree(1.0, 1e-3, "chebyshev")
+    (6, 5)
+    """
     if not eps > 0:
         raise ValueError("the target error eps must be positive")
     if use not in ("measured", "bound"):
@@ -366,7 +424,16 @@ def rounding_error_bound(coeffs, R: float, n_terms: int) -> float:
 
 # ---------------------------------------------------------------------------- ranks
 def rank(d: int, g: int) -> int:
-    """Tight CP rank of the degree-g polynomial kernel: ``C(d+g, g)`` (any order k, [D])."""
+    """Tight CP rank of the degree-g polynomial kernel: ``C(d+g, g)`` (any order k, [D]).
+
+    Examples
+    --------
+    d = 2, g = 2: the 6 monomials ``1, q1, q2, q1^2, q1 q2, q2^2``, against the papers' looser
+    ``C(8, 4)`` (k = 2) and the 7 features of the tensor-power basis ``1 + 2 + 4``:
+
+    >>> rank(2, 2), rank_loose(2, 2, k=2), rank_redundant(2, 2)
+    (6, 70, 7)
+    """
     return math.comb(int(d) + int(g), int(g))
 
 
@@ -403,7 +470,16 @@ class MultiIndex:
 
 @functools.lru_cache(maxsize=64)
 def multi_indices(d: int, g: int) -> MultiIndex:
-    """Enumerate ``{alpha in N^d : |alpha| <= g}`` degree by degree (spec §2.3)."""
+    """Enumerate ``{alpha in N^d : |alpha| <= g}`` degree by degree (spec §2.3).
+
+    Examples
+    --------
+    >>> mi = multi_indices(2, 2)
+    >>> mi.alphas.tolist()
+    [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2]]
+    >>> mi.parent.tolist(), mi.levels
+    ([-1, 0, 0, 1, 1, 2], ((0, 1), (1, 3), (3, 6)))
+    """
     d, g = int(d), check_degree(g)
     if d < 1:
         raise ValueError("d must be >= 1")
@@ -428,7 +504,16 @@ def multi_indices(d: int, g: int) -> MultiIndex:
 
 
 def feature_weights(index: MultiIndex, coeffs, scale: float) -> np.ndarray:
-    """``w_alpha = c_{|alpha|} s^{|alpha|} |alpha|!/alpha!`` for every multi-index."""
+    """``w_alpha = c_{|alpha|} s^{|alpha|} |alpha|!/alpha!`` for every multi-index.
+
+    Examples
+    --------
+    Degree-2 Taylor, s = 1, d = 2: ``1 + x + x^2/2`` with ``x = q1 k1 + q2 k2`` expands to
+    ``1 + q1 k1 + q2 k2 + (q1 k1)^2/2 + q1 k1 q2 k2 + (q2 k2)^2/2``:
+
+    >>> feature_weights(multi_indices(2, 2), taylor_coefficients(2), 1.0).tolist()
+    [1.0, 1.0, 1.0, 0.5, 1.0, 0.5]
+    """
     c = np.asarray(coeffs, dtype=float)
     if c.size != index.g + 1:
         raise ValueError(f"need {index.g + 1} coefficients, got {c.size}")
@@ -472,7 +557,15 @@ def sympy_kernel_residual(d: int, g: int, k: int = 3):
 # ----------------------------------------------------------------------- error bounds
 def output_error_bound(eps, vmax):
     """``2 eps/(1 - eps) * vmax`` (inf where eps >= 1): the n-free bound on
-    ``||T_approx - T_exact||_inf``; ``vmax = prod_m ||V_m||_inf``."""
+    ``||T_approx - T_exact||_inf``; ``vmax = prod_m ||V_m||_inf``.
+
+    Examples
+    --------
+    >>> round(float(output_error_bound(0.01, 1.0)), 12)  # 0.02/0.99
+    0.020202020202
+    >>> float(output_error_bound(1.0, 1.0))
+    inf
+    """
     eps = np.asarray(eps, dtype=float)
     with np.errstate(divide="ignore"):
         return np.where(eps < 1.0, 2.0 * eps / (1.0 - eps) * vmax, np.inf)
@@ -710,7 +803,17 @@ def flop_slope(n, d: int, k: int, g: int | None = None) -> float:
 
 def crossover_n(d: int, g: int, k: int = 3) -> float:
     """``n`` at which :func:`exact_flops` equals :func:`approx_flops`:
-    ``(r k (d+2)/(2d+1))^{1/(k-1)}``."""
+    ``(r k (d+2)/(2d+1))^{1/(k-1)}``.
+
+    Examples
+    --------
+    d = 4, g = 2, k = 3: ``r = 15`` and ``n = sqrt(15 * 3 * 6 / 9) = sqrt(30)``:
+
+    >>> round(crossover_n(4, 2, 3), 9), round(math.sqrt(30), 9)
+    (5.477225575, 5.477225575)
+    >>> float(exact_flops(10, 4, 3)), float(approx_flops(10, 4, 2, 3))
+    (9000.0, 2700.0)
+    """
     return float((rank(d, g) * k * (d + 2) / (2 * d + 1)) ** (1.0 / (k - 1)))
 
 
@@ -752,7 +855,15 @@ def match3_balanced_M(N: int) -> int:
 
 
 def match3_lambda(N: int, M: int) -> float:
-    """Inverse temperature of the exact construction: ``ln(100 N^2)/(1 - cos(2 pi/M))``."""
+    """Inverse temperature of the exact construction: ``ln(100 N^2)/(1 - cos(2 pi/M))``.
+
+    Examples
+    --------
+    >>> round(match3_lambda(1, 4), 12), round(math.log(100.0), 12)  # cos(pi/2) = 0
+    (4.605170185988, 4.605170185988)
+    >>> round(match3_threshold(4), 12)
+    0.5
+    """
     return math.log(100.0 * N * N) / (1.0 - math.cos(2 * math.pi / M))
 
 

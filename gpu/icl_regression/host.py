@@ -32,7 +32,7 @@ def _dev(x, dtype=None):
 
 
 def raw_words(key, counter, nb: int, *, tpb: int | None = None) -> np.ndarray:
-    """The 4 nb raw uint64 words of blocks j = 0..nb-1 at counter (j, *counter), block order
+    """The 4 nb raw uint64 words of blocks j = 0..nb-1 at counter ``(j, *counter)``, block order
     (as ``sim.icl_regression.normals(..., raw=True)``)."""
     key = np.asarray(key, dtype=np.uint64)
     c1, c2, c3 = (U64(c) for c in counter)
@@ -43,7 +43,7 @@ def raw_words(key, counter, nb: int, *, tpb: int | None = None) -> np.ndarray:
 
 
 def normals(key, counter, nb: int, *, tpb: int | None = None) -> np.ndarray:
-    """The 4 nb normals of blocks j = 0..nb-1 at counter (j, *counter) in the CPU's flat
+    """The 4 nb normals of blocks j = 0..nb-1 at counter ``(j, *counter)`` in the CPU's flat
     layout (as ``sim.icl_regression.normals``)."""
     key = np.asarray(key, dtype=np.uint64)
     c1, c2, c3 = (U64(c) for c in counter)
@@ -55,7 +55,7 @@ def normals(key, counter, nb: int, *, tpb: int | None = None) -> np.ndarray:
 
 def generate_prompts(key, chol, bscale, bmask, nsd, qsd, n: int, L: int, *, t: int = 0, stream: int = 2,
                      first: int = 0, tpb: int | None = None, ppb: int | None = None, workspace: str | None = None):
-    """Prompts ``first .. first+n-1`` of step t on ``stream`` for one data law (task arrays as
+    """Prompts ``first`` to ``first+n-1`` of step t on ``stream`` for one data law (task arrays as
     ``sim.icl_regression._task_arrays``): ``(Z (n, D, L), zq (n, D), yq (n, N), beta (n, N, d))``,
     NumPy, the kernel layout of ``sim.icl_regression.generate_prompts(..., layout="kernel")``."""
     key = np.asarray(key, dtype=np.uint64)

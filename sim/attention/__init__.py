@@ -8,8 +8,9 @@
 :mod:`sim.attention.self_moments`  token-sample thread, part 2: mean and population covariance
                                    of the self-attention outputs of n tokens at several softmax
                                    scales, ``self_attention_moments(X, A, V, scales)``;
-:mod:`sim.attention.hardmax`       the lam -> infinity limit: ``hardmax_attention(a, keys,
-                                   values) -> (out, idx)``, the value of the top-scoring key;
+:mod:`sim.attention.hardmax`       the lam -> infinity limit:
+                                   ``hardmax_attention(a, keys, values) -> (out, idx)``, the
+                                   value of the top-scoring key;
 :mod:`sim.attention.stream`        attention over tokens generated inside the kernel from a
                                    counter-based Philox stream (``TokenStream``): n = 10^8
                                    tokens in O(block) memory, the same numbers whatever the

@@ -4,7 +4,7 @@ Contract
 --------
 Given score vectors ``a`` of shape ``(q, dk)`` (one per query, *already* multiplied by the
 query-key matrix and any softmax scale: ``a_i = lam * A x_i``), keys ``K`` of shape
-``(n, dk)`` and values ``Y`` of shape ``(n, dv)`` (default: the keys), compute for every query
+``(n, dk)`` and values ``Y`` of shape ``(n, dv)`` (default: the keys), compute for every query::
 
     out_i = sum_j softmax_j(<a_i, k_j>) y_j          (shape (q, dv))
     lse_i = log sum_j exp(<a_i, k_j>)                 (shape (q,))
@@ -13,7 +13,7 @@ Rows are samples (row-vector layout); the last axis is the feature axis.
 
 Numerics: the softmax is a streaming log-sum-exp over key chunks with float64 accumulators,
 so memory is O(q * (dk + dv) + chunk) per thread and nothing of size q x n exists. Scores
-may span any finite range (tested up to |score| = 1e4): each query keeps a reference score
+may span any finite range (tested up to ``|score| = 1e4``): each query keeps a reference score
 ``m`` and accumulates ``exp(s - m)``; when a chunk's sum exceeds ``e^300`` the reference is
 raised to the chunk maximum and the accumulators rescaled, so nothing overflows, and terms
 more than ~708 below the reference underflow to 0, which changes no digit of the result.

@@ -6,7 +6,7 @@ Inputs are row-major ``(n, d)`` arrays (rows are tokens): a query matrix ``Q`` (
 matrices ``K_1..K_{k-1}`` (``n_m x d``) and value matrices ``V_1..V_{k-1}`` (``n_m x dv``, the
 same ``dv`` for all). With softmax scale ``s`` (default ``1/d``, the convention of Alman & Song
 [AS23, AS24]; pass ``scale=`` for others, e.g. ``1/sqrt(d)`` of the 2-simplicial papers), the
-order-k attention of query ``i`` is
+order-k attention of query ``i`` is::
 
     logit(i, j_1..j_{k-1}) = s * sum_l Q[i,l] K_1[j_1,l] ... K_{k-1}[j_{k-1},l]
     T[i, :] = sum_J softmax_J(logit(i, J)) * V_1[j_1, :] o ... o V_{k-1}[j_{k-1}, :]
@@ -29,7 +29,8 @@ Exact implementations (``method=``), all float64, all agreeing to ~1e-13 (tests/
              joint online softmax with float64 accumulators; memory O(budget).
 ``"naive"``  materialise the flattened Khatri–Rao keys/values and call the foundation's naive
              softmax (small inputs only): the ``D^{-1} A V`` form of the spec.
-``"loop"``   pure-Python loops over (i, J): the obviously-correct oracle (tiny inputs only).
+``"loop"``   pure-Python loops over (i, J): the obviously-correct oracle
+             (tiny inputs only).
 ``"cuda"``   k = 2, 3 on a CUDA device: the numba-cuda kernels of :mod:`gpu.tensor_attention`
              (k = 3: pairs (j_1, j_2) flattened across threads, online softmax per thread, block
              and slice merges; k = 2: :mod:`gpu.attention`), for device (CuPy) arrays or, under
@@ -39,13 +40,13 @@ Exact implementations (``method=``), all float64, all agreeing to ~1e-13 (tests/
 
 Polynomial method (AS23/AS24, spec §2): with ``P(x) = sum_{t<=g} c_t x^t`` (Taylor or Chebyshev,
 :mod:`theory.tensor_attention`) and multi-indices ``alpha`` (``|alpha| <= g``, ``r = C(d+g, g)``),
-the monomial feature maps
+the monomial feature maps::
 
     U_1[i, alpha] = w_alpha Q[i]^alpha,   U_{m+1}[j, alpha] = K_m[j]^alpha,
     w_alpha = c_|alpha| s^|alpha| |alpha|!/alpha!
 
 satisfy ``U_1 (U_2 ⊘ ... ⊘ U_k)^T = P(logits)`` exactly, and the tensor trick
-``(U_2 ⊘ U_3)^T (V_1 ⊘ V_2) = (U_2^T V_1) o (U_3^T V_2)`` gives
+``(U_2 ⊘ U_3)^T (V_1 ⊘ V_2) = (U_2^T V_1) o (U_3^T V_2)`` gives::
 
     S = o_m (U_{m+1}^T V_m)   (r x dv),   z = o_m (U_{m+1}^T 1)   (r),   T ~ (U_1 S) / (U_1 z)
 

@@ -30,7 +30,7 @@ def favor_projection(m: int, d: int, rng, orthogonal: bool = True) -> np.ndarray
 
 def favor_features(X, W, *, scale=None, shift=None):
     """Positive random features ``m^{-1/2} exp(W x' - |x'|^2/2 - shift)``, ``x' = sqrt(s) x``:
-    ``E phi(q) . phi(k) = exp(s q.k)`` when both shifts are 0 (a shift only rescales)."""
+    ``E[phi(q)^T phi(k)] = exp(s q.k)`` when both shifts are 0 (a shift only rescales)."""
     s = _scale(scale, X.shape[1])
     if s <= 0:
         raise ValueError("FAVOR+ needs a positive softmax scale")

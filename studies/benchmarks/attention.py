@@ -4,7 +4,7 @@ The uniform-convergence study's workload: n = 65 536 Gaussian tokens in d = 2, 2
 the sphere of radius R for R = 1..8 (scores up to ~R * 4). The tokens are those of a
 :class:`sim.attention.TokenStream`, materialised, so the generated-token kernel attends to the
 same tokens as the others. Implementations, side by side in one process, each checked against
-the float64 reference (max error relative to max |token|):
+the float64 reference (max error relative to ``max |token|``):
 
 * ``naive``      -- materialise the q x n score matrix in NumPy, exp, normalise (float64);
 * ``stream``     -- the array-namespace online softmax (the code path CuPy arrays take), float64;

@@ -20,7 +20,7 @@ GPU rows (only when :func:`studies.benchmarks._timing.gpu_ready`; a CPU-only mac
 above): on ``n_gpu`` samples (65536, quick 8192; same d, N, M) the features by ``batched_cupy``
 (the same BLAS-3 code on CuPy arrays), ``cuda_f64`` and ``cuda_f32`` (the numba-cuda kernel of
 :mod:`gpu.random_features`, float64 or float32 inputs, float64 accumulators), each checked against
-the CPU features (<= 1e-12 / 1e-5 of max |phi|); the ridge path and one families cell on device
+the CPU features (<= 1e-12 / 1e-5 of ``max |phi|``); the ridge path and one families cell on device
 arrays (device Gram, ``cupy.linalg.eigh``). Target: ``cuda_f64`` >= 10x the CPU batched path in
 samples per second. Timings synchronise the device before the clock stops.
 """

@@ -35,35 +35,35 @@ claim's tests, Student t with reps - 1 dof where the standard errors come from t
 as large as the effect a claim tests (the power rule), and where the fits sit at their numerical
 floor (smallest ridge chosen everywhere, relative error <= 1e-4: spec §4.5)):
 
-=========================  ===================================================================
-``kernel_clt``             per kmodel: every z-score of K_emp against the closed form within the
-                           Bonferroni normal band (t with M-1 dof mapped to normal)
-``kernel_rate``            per kmodel: slope of the relative kernel error vs M = -1/2 ± z SE
-``permutation_invariance`` per attention kmodel: K(X, perm X) = K(X, X) (declared float64 allowance;
-                           a consistency check: an identity of the feature code)
-``below_bound``            per rate target: excess risk <= sqrt(B R^2/n) + sqrt(B R^2/M) (B, R^2 of
-                           this target, N, d, conventions; constants 1) where the bound < Var f*;
-                           "not tested" where it is vacuous (at the default grid it is)
-``risk_exponent_n``        per rate target (keys/pair/bilin): at M_max, the replicates' slope of the risk in
-                           n = the slope of theory's deterministic equivalent of ridge regression on
-                           M (d+1) random features with the kernel's exact spectrum (spec §4.4), within
-                           z SE + a declared model error; two-sided, the sharp claim of the rate group
-``risk_slope_n``           per rate target: at M_max, over n <= P (trained parameters), the risk's
-                           log-log slope <= the bound's slope over the same n + z SE
-``risk_slope_M``           per rate target: at n_max, over P <= n_max, slope in M <= the bound's + z SE
-``beats_mlp``              per families target with a closed-form B: the measured n_mlp/n_rfa at the
-                           RF-MLP's final error >= B_mlp R_mlp^2/(B_rfa R_rfa^2) (jackknife SE; a
-                           censored lower bound holds when it already exceeds the prediction)
-``outside_class``          per target orthogonal to every attention feature (key-key control; a
-                           Gegenbauer target whose eigenvalue vanishes, e.g. keys2 --no-augment):
-                           rel. error >= 1 - z SE at every n
-``attention_N_free``       per N target: RFA's err(N) follows its table exponent (N^0) rather than
-                           the RF-MLP's (N^(b/2)): Delta chi^2 of the two fixed-exponent forms >= z^2
-``mlp_degrades_in_N``      per N target where B_mlp(N) grows: log err(N_max) - log err(N_min) > 0
-``bias_lowers_risk``,      per bias target with a predicted sign (theory.random_features.bias_effect):
-``bias_raises_risk``       paired log err(r ~ 1) - log err(0) < 0 (pair, attn) or > 0 (keys, query);
-                           "not tested" for conventions the argument of spec §3.4 does not cover
-=========================  ===================================================================
+==========================  ===================================================================
+``kernel_clt``              per kmodel: every z-score of K_emp against the closed form within the
+                            Bonferroni normal band (t with M-1 dof mapped to normal)
+``kernel_rate``             per kmodel: slope of the relative kernel error vs M = -1/2 ± z SE
+``permutation_invariance``  per attention kmodel: K(X, perm X) = K(X, X) (declared float64 allowance;
+                            a consistency check: an identity of the feature code)
+``below_bound``             per rate target: excess risk <= sqrt(B R^2/n) + sqrt(B R^2/M) (B, R^2 of
+                            this target, N, d, conventions; constants 1) where the bound < Var f*;
+                            "not tested" where it is vacuous (at the default grid it is)
+``risk_exponent_n``         per rate target (keys/pair/bilin): at M_max, the replicates' slope of the risk in
+                            n = the slope of theory's deterministic equivalent of ridge regression on
+                            M (d+1) random features with the kernel's exact spectrum (spec §4.4), within
+                            z SE + a declared model error; two-sided, the sharp claim of the rate group
+``risk_slope_n``            per rate target: at M_max, over n <= P (trained parameters), the risk's
+                            log-log slope <= the bound's slope over the same n + z SE
+``risk_slope_M``            per rate target: at n_max, over P <= n_max, slope in M <= the bound's + z SE
+``beats_mlp``               per families target with a closed-form B: the measured n_mlp/n_rfa at the
+                            RF-MLP's final error >= B_mlp R_mlp^2/(B_rfa R_rfa^2) (jackknife SE; a
+                            censored lower bound holds when it already exceeds the prediction)
+``outside_class``           per target orthogonal to every attention feature (key-key control; a
+                            Gegenbauer target whose eigenvalue vanishes, e.g. keys2 --no-augment):
+                            rel. error >= 1 - z SE at every n
+``attention_N_free``        per N target: RFA's err(N) follows its table exponent (N^0) rather than
+                            the RF-MLP's (N^(b/2)): Delta chi^2 of the two fixed-exponent forms >= z^2
+``mlp_degrades_in_N``       per N target where B_mlp(N) grows: log err(N_max) - log err(N_min) > 0
+``bias_lowers_risk``,       per bias target with a predicted sign (theory.random_features.bias_effect):
+``bias_raises_risk``        paired log err(r ~ 1) - log err(0) < 0 (pair, attn) or > 0 (keys, query);
+                            "not tested" for conventions the argument of spec §3.4 does not cover
+==========================  ===================================================================
 
 Data (inputs, beta, S) depend on (root seed, replicate) only, so models, M and r at one
 replicate see the same data (paired comparisons); the random heads come from the cell seed.

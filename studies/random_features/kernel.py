@@ -149,7 +149,7 @@ def _kernel_claims(kmodels, maxz, z_band, z_src, slope, se, gap) -> list:
 
 
 def summary_kernel(an: xr.Dataset) -> str:
-    """The kernel group's table: max |z| against the band, the error at M_max, the rate, the gap."""
+    """The kernel group's table: max ``|z|`` against the band, the error at M_max, the rate, the gap."""
     rows = [f"   {'model':<7} {'max|z|':>7} {'band':>6} {'rel err @M_max':>15} {'slope ± se':>16}  theory  perm. gap"]
     for i, k in enumerate(an["kmodel"].values):
         gap = float(an["permutation_gap"][i])
