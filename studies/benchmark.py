@@ -36,7 +36,7 @@ from studies.guards import check_output
 from studies.lock import store_lock
 from studies.parsing import out_path
 
-SUITES = ("attention", "moments", "random_features", "icl", "tensor_attention", "gpu")
+SUITES = ("attention", "moments", "random_features", "icl", "tensor_attention", "token_selection", "gpu")
 
 
 def available_suites() -> list[str]:

@@ -134,6 +134,8 @@ STUDIES: tuple[Entry, ...] = (
           args=("multitask",), executor=False, trains=True, default_s=29, quick_s=1),
     Entry("encoder", "studies.encoder", "token_sample", "paper_figs.encoder", needs=("encoder",),
           default_s=32, quick_s=4),
+    Entry("token_selection", "studies.token_selection", "token_selection", "paper_figs.token_selection",
+          groups=("budget", "phase", "vattention", "coverage", "minilm"), devices=("cpu",), default_s=130, quick_s=15),
 )
 
 

@@ -260,6 +260,7 @@ __all__ = [  # sorted; see the module docstring for the sections
     "QUANTILES",
     "attention_output",
     "clt_scale",
+    "coefficients_from_sums",
     "coverage_bounds",
     "coverage_error_bound",
     "crossover_sigma",
@@ -484,6 +485,31 @@ def hybrid_coefficients(s, v, heavy):
     e = np.where(heavy, 0.0, e)
     c1, c2, _, _ = _coefficients(q, u, e)
     return c1, c2, tau
+
+
+def coefficients_from_sums(n_tail, tau, A1, A2, A3, P2, V2):
+    """(c1, c2) of sections 1 and 6 from weighted power sums over the sampled keys T (uniform
+    draws from T, weight n_T/b; T = every key gives uniform sampling): with d = v - ybar,
+    ``tau = sum_T p``, ``A1 = sum_T p d``, ``A2 = sum_T p^2 |d|^2``, ``A3 = sum_T p^3 |d|^2``,
+    ``P2 = sum_T p^2``, ``V2 = sum_T p^2 d`` (vectors on the last axis), so that the given-token
+    predictions need one streamed pass over the keys instead of (q, n, dv) arrays::
+
+        E|u|^2 = n_T A2 - |A1|^2,   E e^2 = n_T P2 - tau^2,   E[u e] = n_T V2 - tau A1,
+        E[|u|^2 e] = n_T^2 A3 - tau n_T A2 - 2 n_T <V2, A1> + 2 tau |A1|^2,
+
+    ``c1 = E|u|^2``, ``c2 = -2 E[|u|^2 e] + 3 (E|u|^2 E e^2 + 2 |E[u e]|^2)`` (section 1 with
+    u = n_T p_J d_J - A1, e = n_T p_J - tau)."""
+    nT = np.asarray(n_tail, dtype=float)
+    tau, A2, A3, P2 = (np.asarray(x, dtype=float) for x in (tau, A2, A3, P2))
+    A1, V2 = np.asarray(A1, dtype=float), np.asarray(V2, dtype=float)
+    t2 = np.sum(A1 * A1, axis=-1)
+    Euu = nT * A2 - t2
+    Ee2 = nT * P2 - tau * tau
+    Eue = nT[..., None] * V2 - tau[..., None] * A1
+    Euue = nT * nT * A3 - tau * nT * A2 - 2 * nT * np.sum(V2 * A1, axis=-1) + 2 * tau * t2
+    c1 = np.maximum(Euu, 0.0)
+    c2 = -2.0 * Euue + 3.0 * (Euu * Ee2 + 2.0 * np.sum(Eue * Eue, axis=-1))
+    return c1, c2
 
 
 def hybrid_mse(s, v, heavy, b, *, replace: bool = True, order: int = 1) -> np.ndarray:

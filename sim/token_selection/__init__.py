@@ -39,6 +39,11 @@ max) always; diagnostics (Var_p, B_n = n sum p^2 ||v - ybar||^2, G_n = sum p ||v
 the keys of the bin where the cumulative share crosses tau_cov, then the kept keys), residual
 sums (vAttention) and the inverse-CDF pass of importance sampling, on demand.
 
+Given-token sums (:mod:`.sums`): :func:`tail_sums` accumulates, in one pass over the blocks,
+the weighted power sums of the keys outside each query's nested top sets that
+``theory.token_selection.coefficients_from_sums`` turns into the sampling and hybrid predictions
+for the run's own keys; :func:`gather` fetches the keys of an index array from any source.
+
 Driver: :func:`selection_errors(a, tokens, policies, reps=, seed=) <selection_errors>` returns
 per-policy arrays (P, q, reps) and per-query diagnostics (lse, ybar, kappa, Var_p, B_n, G_n,
 score mean and std) in a :class:`SelectionResult`; queries are processed in groups that fit a
@@ -82,6 +87,7 @@ from sim.token_selection.policies import (
                                         vattention_quantile,
 )
 from sim.token_selection.sources import ArraySource, StreamSource, as_source
+from sim.token_selection.sums import TailSums, gather, tail_sums
 
 __all__ = [
                                         "DEFAULT_BLOCK",
@@ -97,6 +103,7 @@ __all__ = [
                                         "SelectionContext",
                                         "SelectionResult",
                                         "StreamSource",
+                                        "TailSums",
                                         "TopK",
                                         "TopKWrongEnd",
                                         "Uniform",
@@ -105,10 +112,12 @@ __all__ = [
                                         "as_seed",
                                         "as_source",
                                         "estimate",
+                                        "gather",
                                         "gaussian_tail_mass_on_sphere",
                                         "policy_key",
                                         "pool_scores",
                                         "select",
                                         "selection_errors",
+                                        "tail_sums",
                                         "vattention_quantile",
 ]

@@ -420,3 +420,47 @@ def test_control_uniform_sampler_skipping_a_block_is_rejected():
     mb, sb = _z(bad)
     assert abs(mg - pred) < Z * sg
     assert abs(mb - pred) > Z * sb
+
+
+# --------------------------------------------------------------------- tail sums (given-token)
+@pytest.mark.parametrize("source", ["array", "stream"])
+def test_tail_sums_match_the_dense_theory(source):
+    """One streamed pass of tail_sums gives, for nested top sets, the same (c1, c2) as the dense
+    given-token forms of theory/, the tail mass of each top set, and vAttention's residual second
+    moment; ties in the scores are split by index as rows_topk does."""
+    from sim.token_selection.sums import gather, tail_sums
+
+    n, d, dv, q = 700, 3, 2, 4
+    if source == "array":
+        a, Y, V = _problem(n=n, d=d, dv=dv, q=q, scale=1.3, seed=22)
+        Y[::7] = Y[3]  # exact score ties
+        tokens = Y
+    else:
+        tokens = TokenStream((3, 9), n, d, law="sphere", scale=1.5)
+        Y = tokens.materialise()
+        V = np.random.default_rng(22).standard_normal((dv, d))
+        a = 1.3 * np.random.default_rng(23).standard_normal((q, d))
+    src = S.as_source(tokens, V)
+    ctx = S.SelectionContext(a, src, block=100)
+    k1 = [0, 1, 6, 45]
+    ts_ = tail_sums(ctx, k1, outer=True, block=128)
+    s, v = a @ Y.T, Y @ V.T
+    top = ctx.rows_topk(ctx.exact_rows(), 45)
+    np.testing.assert_array_equal(top, ref.naive_topk(s, 45))
+    keys, vals = gather(src, top[:, :6])
+    np.testing.assert_allclose(keys, Y[top[:, :6]], rtol=1e-14)
+    p = T.softmax_weights(s)
+    for f, k in enumerate(k1):
+        heavy = np.zeros_like(s, dtype=bool)
+        for i in range(q):
+            heavy[i, top[i, :k]] = True
+        c1, c2 = T.coefficients_from_sums(n - k, ts_.tau[:, f], ts_.A1[:, f], ts_.A2[:, f], ts_.A3[:, f],
+                                          ts_.P2[:, f], ts_.V2[:, f])
+        r1, r2 = T.sampling_coefficients(s, v) if k == 0 else T.hybrid_coefficients(s, v, heavy)[:2]
+        np.testing.assert_allclose(c1, r1, rtol=1e-10)
+        np.testing.assert_allclose(c2, r2, rtol=1e-9)
+        np.testing.assert_allclose(ts_.tau[:, f], T.tail_mass(s, heavy), rtol=1e-12, atol=1e-15)
+        M2 = np.einsum("qn,nk,nj->qkj", np.where(heavy, 0.0, p * p), v, v)
+        np.testing.assert_allclose(ts_.M2[:, f], M2, rtol=1e-10)
+    with pytest.raises(ValueError, match="top-set sizes"):
+        tail_sums(ctx, [n])

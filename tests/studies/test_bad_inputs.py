@@ -38,6 +38,7 @@ SIZES = [
     ("icl_noniso", ["--quick", "--steps", "1000000000000"], GB),
     ("icl_multitask", ["--quick", "--steps", "100000000000", "--log-every", "100000000000"], WORK),
     ("encoder", ["--quick", "--draws", "1e12"], WORK),
+    ("token_selection", ["--quick", "--queries", "100000000"], GB),
 ]
 FLOATS = [
     ("convergence", ["--quick", "--A-scale", "nan"], "not a number"),
@@ -69,6 +70,8 @@ FLOATS = [
     ("icl_ode", ["--quick", "--init", "nan"], "not a number"),
     ("icl_ode", ["--quick", "--random-sigma2", "-1"], "non-negative"),
     ("icl_noniso", ["--quick", "--rho", "1.5"], "[0, 1)"),
+    ("token_selection", ["--quick", "--va-eps", "nan"], "not a number"),
+    ("token_selection", ["--quick", "--sigma", "0.5,1,7"], "(0, 6]"),
 ]
 RUN_CONTROL = [
     ("convergence", ["--quick", "--scheduler", "not an address"], "--scheduler"),
@@ -82,6 +85,7 @@ RUN_CONTROL = [
     ("icl_estimators", ["--quick", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
     ("icl_ode", ["--quick", "--device", "gpu"], "CPU"),
     ("encoder", ["--quick", "--scheduler", "bogus"], "--scheduler"),
+    ("token_selection", ["--quick", "--device", "gpu"], "CPU"),
 ]
 MALFORMED = [
     ("convergence", ["--quick", "--R", "8..1"], "descending"),
@@ -100,6 +104,8 @@ MALFORMED = [
     ("icl_length", ["--quick", "--models", "/nonexistent/m.zarr"], "no trained models"),
     ("encoder", ["--quick", "--n", "5000,6000,7000"], "n <= 4096"),
     ("encoder", ["--quick", "--text", "nope"], "text"),
+    ("token_selection", ["--quick", "--n", "2^10,2^12"], "one size"),
+    ("token_selection", ["--quick", "--parts", "budget,nope"], "unknown group"),
 ]
 COMMANDS = [
     ("studies.report", ["--quick", "--only", "nonsense"], "unknown study"),

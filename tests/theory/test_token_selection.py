@@ -614,3 +614,28 @@ def test_coverage_bound():
     v = np.array([[0.0], [1.0]])
     err, b1, b2, b3 = T.coverage_bounds(s, v, np.array([True, False]))
     np.testing.assert_allclose([err, b1, b2, b3], 0.01, rtol=1e-10)
+
+
+# ===================================================== sections 1 and 6 from weighted sums
+def test_coefficients_from_sums_equal_the_dense_forms():
+    """(c1, c2) from the tail power sums equal sampling_coefficients (no heavy set) and
+    hybrid_coefficients (a heavy set) computed from the full (q, n, dv) arrays."""
+    rng = np.random.default_rng(21)
+    n, dv = 40, 3
+    s = 2.0 * rng.standard_normal((4, n))
+    v = rng.standard_normal((n, dv))
+    p = T.softmax_weights(s)
+    ybar = p @ v
+    for k1 in (0, 1, 7, 30):
+        heavy = np.zeros_like(s, dtype=bool)
+        for i in range(s.shape[0]):
+            heavy[i, np.argsort(-s[i])[:k1]] = True
+        w = np.where(heavy, 0.0, p)
+        d = v[None] - ybar[:, None]
+        dd = np.sum(d * d, axis=-1)
+        sums = dict(tau=w.sum(1), A1=np.einsum("qn,qnk->qk", w, d), A2=np.sum(w * p * dd, 1),
+                    A3=np.sum(w * p * p * dd, 1), P2=np.sum(w * p, 1), V2=np.einsum("qn,qnk->qk", w * p, d))
+        c1, c2 = T.coefficients_from_sums(n - k1, **sums)
+        r1, r2 = T.sampling_coefficients(s, v) if k1 == 0 else T.hybrid_coefficients(s, v, heavy)[:2]
+        np.testing.assert_allclose(c1, r1, rtol=1e-12)
+        np.testing.assert_allclose(c2, r2, rtol=1e-10)
