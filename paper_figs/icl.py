@@ -12,7 +12,8 @@ One entry point, :func:`draw`, dispatches on the store's ``figure_kind`` attribu
 * ``estimators`` risks of the closed-form predictors vs L: Monte Carlo and the exact finite-L risks,
                  and the z-scores of their differences;
 * ``ode``        the reduced gradient flow: trajectories, the loss with its three stages and the
-                 predicted plateau exit, 2 mu omega against the valley and its limit;
+                 predicted plateau exit, 2 mu omega against the valley and its limit, and the pairs
+                 trained by gradient descent from the same start (omega_1, 2 mu omega) when stored;
 * ``length``     MSE vs test length for each H against the exact kernel risks at the learned
                  parameters, the linear baseline and GD with the rescaled step;
 * ``noniso``     learned preconditioner sum_h mu_h W_h next to Gamma*, with the cosines;
@@ -306,6 +307,11 @@ def _draw_ode(ds, store, out, dpi):
         ax.plot(t[pos], mu[pos, h], color=c, lw=1.3, ls="--", label=f"μ_{h + 1}")
     late = t >= t2
     ax.plot(t[late], ds["mu_star"].values[late], color="0.4", lw=1, ls=":", label="μ*(ω(t))_1 (t ≥ t₂)")
+    trained = "gd_two_mu_omega" in ds  # the pairs trained by gradient descent from the same start
+    if trained:
+        tg = ds["gd_time"].values
+        ax.plot(tg[tg > 0], ds["gd_omega"].values[i, tg > 0, :, 0].mean(-1), color="C0", lw=0, marker=".", ms=2.5,
+                label="ω_1 trained (mean)")
     lim = 1.1 * max(np.abs(om).max(), np.abs(mu).max())
     ax.set_ylim(-lim, lim)
     ax.set_xscale("log")
@@ -331,6 +337,10 @@ def _draw_ode(ds, store, out, dpi):
     if "theory_valley_two_mu_omega" in ds:
         cx.plot(t[late], ds["theory_valley_two_mu_omega"].values[late], color="C1", lw=0.9, ls=":",
                 label="valley at ω(t)")
+    if trained:
+        g2 = ds["gd_two_mu_omega"].values
+        cx.fill_between(tg[tg > 0], g2[tg > 0].min(-1), g2[tg > 0].max(-1), color="C4", alpha=0.25, lw=0,
+                        label=f"2 μ ω of {g2.shape[1]} trained pairs (range)")
     cx.set_xscale("log")
     cx.set_xlabel("time t")
     cx.set_title(f"2μω at t = {t[-1]:g}: {float(ds['two_mu_omega'][-1]):.4f} "

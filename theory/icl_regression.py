@@ -98,7 +98,7 @@ __all__ = [
     "cosine", "sympy_checks",
     "softmax_moments", "softmax_pair_moments", "kernel_coefficients", "kernel_risk", "profiled_kernel_risk",
     "kernel_optimum", "kernel_identifiable_range", "plateau_exit_time", "valley_eta", "dgd_step_tolerance",
-    "kernel_step_tolerance",
+    "kernel_step_tolerance", "integrate_reduced_euler", "exact_pair_valley_eta", "exact_plateau_rate",
 ]
 
 
@@ -512,6 +512,55 @@ def valley_eta(omega, d: int, L: int, sigma2: float):
     x = d * w**2
     ratio = np.where(x > 1e-12, np.sinh(x) / np.where(w**2 > 0, w**2, 1.0), d)
     return 1.0 / (1.0 + c * ratio)
+
+
+# ============================================== the reduced ODE against a trained softmax pair
+def integrate_reduced_euler(omega0, mu0, dts, log_at, d: int, L: int, sigma2: float):
+    """The reduced ODE by explicit Euler with the step sequence ``dts`` (step ``k`` of size
+    ``dts[k]``): the discretisation that plain gradient descent with these steps performs
+    (notes icl_regression §5.7). ``log_at``: increasing step counts (0 = the start) after which
+    the state is returned. Returns ``(time (T,), omega (T, H), mu (T, H), loss (T,))`` with
+    ``loss`` = L̃/2 and ``time`` the sum of the steps taken."""
+    dts = np.asarray(dts, dtype=float)
+    log_at = np.asarray(log_at, dtype=np.int64)
+    if np.any(dts <= 0) or np.any(np.diff(log_at) <= 0) or log_at[0] < 0 or log_at[-1] > dts.size:
+        raise ValueError("positive steps and increasing log points within them")
+    w = np.asarray(omega0, dtype=float).copy()
+    m = np.asarray(mu0, dtype=float).copy()
+    omega = np.empty((log_at.size, w.size))
+    mu = np.empty((log_at.size, w.size))
+    k = 0
+    for step in range(int(log_at[-1]) + 1):
+        if step == log_at[k]:
+            omega[k], mu[k] = w, m
+            k += 1
+            if k == log_at.size:
+                break
+        dw, dm = ode_rhs(w, m, d, L, sigma2)
+        w = w + dts[step] * dw
+        m = m + dts[step] * dm
+    time = np.concatenate([[0.0], np.cumsum(dts)])[log_at]
+    loss = np.array([reduced_loss(a, b, d, L, sigma2) / 2.0 for a, b in zip(omega, mu)])
+    return time, omega, mu, loss
+
+
+def exact_pair_valley_eta(omega, d: int, L: int, sigma2: float):
+    """2 mu* omega of the antisymmetric softmax pair at the best mu for its omega under the
+    *exact* finite-L risk (§6.5: ``mu* = A/B`` of :func:`kernel_coefficients`), the valley a
+    trained pair follows; :func:`valley_eta` is the reduced model's approximation of it (the two
+    meet at 1/(1 + d c) as omega -> 0, notes icl_regression §5.7)."""
+    w = np.atleast_1d(np.asarray(omega, dtype=float))
+    out = np.array([2.0 * abs(x) * profiled_kernel_risk(abs(x), d, L, sigma2, heads=2)[1] for x in w])
+    return out if np.ndim(omega) else float(out[0])
+
+
+def exact_plateau_rate(L: int) -> float:
+    """The early growth rate of the antisymmetric softmax pair under the exact loss, (L - 1)/L:
+    to second order in x = mu omega its risk is 1 + sigma2 - (n/L)(4x - 4 k x^2) (debiased GD
+    with step 2x, §6.2), the reduced L̃ with its x-dependent part scaled by n/L, so the exact
+    flow is the reduced one slowed down by n/L (the reduced ODE's rate is 1; notes
+    icl_regression §5.7)."""
+    return (L - 1.0) / L
 
 
 # ================================================================================== sympy

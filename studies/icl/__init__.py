@@ -12,7 +12,8 @@ study of the shared shape (:mod:`studies`: ``STUDY = "icl_<sub>"``, ``DEFAULTS``
                 single-head softmax kernels, GD, debiased GD, ridge = Bayes) against their exact
                 finite-L risks, over prompt lengths L.
 ``ode``         (:mod:`.ode`) the reduced (omega, mu) gradient flow: plateau exit, drop to the
-                floor, slow drift along the valley to 2 mu omega = 1/(1 + d(1+sigma2)/L).
+                floor, slow drift along the valley to 2 mu omega = 1/(1 + d(1+sigma2)/L); and
+                the same starts trained by plain gradient descent on fresh prompts.
 ``length``      (:mod:`.length`) the trained models of a finished ``train`` store and a linear-
                 attention baseline at test lengths L'.
 ``noniso``      (:mod:`.noniso`) anisotropic covariates: the learned preconditioner
@@ -30,7 +31,10 @@ for length. Each gets one subparser, built from its module as every study's pars
 
 Claims (ids ``icl_<sub>.<name>``; the list with sources is each module's docstring): every
 prediction comes from :mod:`theory.icl_regression` for the run's own (d, L, sigma2, H, rho,
-steps); claims about trained models are "not tested" when training stopped before their stage.
+steps); claims about trained models are "not tested" when training stopped before their stage or
+the quantity they are about has not settled at their tolerance (notes icl_regression §13.11).
+The reduced ODE against its own closed forms is a consistency check; the ODE's evidence is a pair
+trained by gradient descent from the same start (``icl_ode.trained_dynamics``, §5.7).
 
 Training sub-studies (:mod:`._training`) keep their checkpoint inside the store (group
 ``checkpoint``, rewritten atomically): an interrupted run resumes from it and ends bit for bit

@@ -12,21 +12,21 @@ from studies.cli import nonnegative_float, parse_range
 PROG = "python -m studies.icl"
 SOURCE = "He, Pan, Chen, Yang (ICML 2025)"
 
-# ---- declared tolerances, each with its source (spec icl_regression §13)
+# ---- declared tolerances, each with its source (notes icl_regression §13)
 MODEL_ALLOWANCE = 0.01
 MODEL_ALLOWANCE_SOURCE = ("declared model error 0.01 of a trained softmax model against its closed-form "
-                          "predictor (spec §13.7: within 0.01 of the debiased-GD curve)")
-ACTIVE_MU_FRAC = 0.1  # spec §13.5: a head is active when |mu_h| > 0.1 max_h |mu_h|
-ZERO_SUM_FRAC = 0.05  # spec §13.5: |sum_h mu_h| < 0.05 sum_h |mu_h|
-DIAG_RATIO_MIN = 0.95  # spec §13.5
-LAST_ENTRY_MIN = 0.99  # spec §13.5
-KEPT_DIAG_RATIO = 0.7  # the authors' dummy-head filter for the metric averages (spec §4)
-COS_MIN = 0.99  # spec §13.8: cos(Gamma, Gamma*) > 0.99
-SPLIT_STEPS = 100_000  # spec §9, §13.9: the H = 2N split needs >= 1e5 Adam steps
+                          "predictor (notes icl_regression §13.7: within 0.01 of the debiased-GD curve)")
+ACTIVE_MU_FRAC = 0.1  # notes icl_regression §13.5: a head is active when |mu_h| > 0.1 max_h |mu_h|
+ZERO_SUM_FRAC = 0.05  # notes icl_regression §13.5: |sum_h mu_h| < 0.05 sum_h |mu_h|
+DIAG_RATIO_MIN = 0.95  # notes icl_regression §13.5
+LAST_ENTRY_MIN = 0.99  # notes icl_regression §13.5
+KEPT_DIAG_RATIO = 0.7  # the authors' dummy-head filter for the metric averages (notes icl_regression §4)
+COS_MIN = 0.99  # notes icl_regression §13.8: cos(Gamma, Gamma*) > 0.99
+SPLIT_STEPS = 100_000  # notes icl_regression §9, §13.9: the H = 2N split needs >= 1e5 Adam steps
 
 
 def spec(number, section: str) -> str:
-    return f"spec number {number} (spec icl_regression {section})"
+    return f"declared number {number} (notes icl_regression {section})"
 
 
 def data_args(sp, defaults: dict, *, sigma2: bool = True) -> None:
@@ -129,38 +129,100 @@ def where(**kw) -> str:
     return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
 
 
-def settled(steps, y, tol: float, what: str = "validation MSE", longer: str = "--steps"):
-    """Has a logged training trajectory ``y(steps)`` reached its stage? The gate of every claim
-    about a trained model: over the last quarter of the run (at least 4 logs) the least-squares
-    drift of ``y`` must be at most ``tol`` (the claim's own resolution), so that its final value
-    is the stage's, not a point on the way. Independent of the value the claim predicts.
+SETTLE_WINDOW = 0.25  # the settling window: the last quarter of the logged run (notes icl_regression §13.11)
+SETTLE_MIN_LOGS = 4  # ... and at least 4 logged points
 
-    Returns ``(ok, drift, reason)``; ``reason`` says why not and, when the drift of the quarter
-    before shrank by a factor r < 1, how many more steps an exponential approach (the drift
-    shrinking by r per quarter) needs to settle."""
+
+def settle_window(steps) -> int:
+    """The number of logged points in the settling window (the last quarter of the run, at
+    least :data:`SETTLE_MIN_LOGS`)."""
+    n = int(np.asarray(steps).size)
+    return min(n, max(SETTLE_MIN_LOGS, n // 4))
+
+
+def _trend(xs, ys) -> tuple[float, float]:
+    """Least-squares slope of ``ys`` on ``xs`` and its standard error (from the scatter about
+    the line; 0 with fewer than 3 points)."""
+    xs = np.asarray(xs, dtype=float)
+    ys = np.asarray(ys, dtype=float)
+    slope, icpt = np.polyfit(xs, ys, 1)
+    k = xs.size
+    if k < 3:
+        return float(slope), 0.0
+    res = ys - (slope * xs + icpt)
+    sxx = float(np.sum((xs - xs.mean()) ** 2))
+    return float(slope), float(math.sqrt(np.sum(res**2) / (k - 2) / sxx)) if sxx > 0 else 0.0
+
+
+def settled(steps, y, tol: float, what: str = "validation MSE", longer: str = "--steps"):
+    """Has the logged trajectory ``y(steps)`` of the quantity a claim is about stopped moving at
+    the resolution of the claim's own tolerance ``tol``? The gate of every claim about a trained
+    model (notes icl_regression §13.11): over the settling window (:func:`settle_window`, the
+    last quarter of the run) the least-squares rate of change of ``y``, sustained over a run as
+    long as this one, must move it by at most ``tol``, and the standard error of that projected
+    change (from the scatter of the window's logged values about their trend) must be below
+    ``tol``, so that such a drift could be seen. Independent of the value the claim predicts.
+
+    Returns ``(ok, drift, reason)``: ``drift`` is the change over the window; the reason reads
+    "training has not settled (drift X over the last N steps ...; tolerance Y); run longer"."""
     steps = np.asarray(steps, dtype=float)
     y = np.asarray(y, dtype=float)
     n = steps.size
-    if n < 4:
-        return False, math.nan, f"training stopped before the stage: {n} logged points (need >= 4 to see it settle)"
-    k = max(4, n // 4)
-
-    def drift_of(xs, ys):
-        return float(np.polyfit(xs, ys, 1)[0]) * float(xs[-1] - xs[0])
-
-    span = float(steps[-1] - steps[-k])
-    drift = drift_of(steps[-k:], y[-k:])
-    if abs(drift) <= tol:
+    if n < SETTLE_MIN_LOGS:
+        return False, math.nan, (f"training has not settled: {n} logged points (need >= {SETTLE_MIN_LOGS} to see "
+                                 "it settle)")
+    if not np.all(np.isfinite(y[-settle_window(steps):])):
+        return False, math.nan, f"training has not settled: the logged {what} is not finite"
+    k = settle_window(steps)
+    span, run = float(steps[-1] - steps[-k]), float(steps[-1] - steps[0])
+    slope, se = _trend(steps[-k:], y[-k:])
+    drift, proj, proj_se = slope * span, slope * run, se * run
+    if abs(proj) <= tol and proj_se < tol:
         return True, drift, ""
-    need = f"; run longer ({longer})"
-    if n >= 2 * k - 1:
-        d0 = drift_of(steps[-2 * k + 1:-k + 1], y[-2 * k + 1:-k + 1])
-        r = drift / d0 if d0 != 0 else math.inf
-        if 0 < r < 1:
-            extra = math.log(tol / abs(drift)) / math.log(r) * span
-            need = f"; its drift shrinks x{r:.2f} per {span:,.0f} steps: ~{extra:,.0f} more steps to settle"
-    return False, drift, (f"training stopped before the stage: the logged {what} still moved by {drift:+.3g} over "
-                          f"the last {span:,.0f} steps (> {tol:.3g}, the claim's resolution){need}")
+    at_rate = f"{proj:+.3g} at this rate over a run as long as this one, {run:,.0f} steps"
+    if abs(proj) <= tol:
+        return False, drift, (f"training has not settled at the claim's resolution: the drift of the {what} over the "
+                              f"last {span:,.0f} steps ({drift:+.3g}; {at_rate}) is measured to +-{proj_se:.3g}, "
+                              f"not below the tolerance {tol:.3g}; use more --val-prompts or run longer ({longer})")
+    return False, drift, (f"training has not settled (drift {drift:+.3g} of the {what} over the last {span:,.0f} "
+                          f"steps, {at_rate}; tolerance {tol:.3g}); run longer ({longer})")
+
+
+def gate_claim(claim, spec, steps, series, *, what: str, tol: float | None = None):
+    """``claim`` if the quantity it is about, ``series`` over the logged ``steps``, has settled
+    at the claim's own tolerance (:func:`settled`; ``tol`` overrides it, for a claim without
+    one), else ``spec`` not tested with the reason. A claim that was not tested stays so."""
+    from studies.claims import NOT_TESTED
+
+    if claim.outcome == NOT_TESTED:
+        return claim
+    t = claim.tolerance if tol is None else tol
+    ok, _, why = settled(steps, series, t, what=what)
+    if ok:
+        return claim
+    return spec.not_tested(why, where=claim.where, prediction=claim.prediction, prediction_text=claim.prediction_text,
+                           measured=claim.measured, se=claim.se)
+
+
+DISCRETE_TOL = 1e-9  # the settling tolerance of a count or a sign pattern: it must not change over the window
+
+
+LABEL_STAGE = 1.0 / math.sqrt(2.0)  # stage indicator: the OV's label entry carries more than half its squared norm
+
+
+def label_gate(ratio: float, what: str = "the heads"):
+    """``(ok, reason)``: have the heads reached the stage where their OV reads the label (the
+    pattern of notes icl_regression §4 that the theory describes)? From a small start, training
+    can pass through a saddle where the OV reads the covariates and the KQ routes on the key's
+    label (a rank-one preconditioner, loss well above the pattern's optimum but flat for
+    hundreds of steps); there a settled loss is not the stage's. The indicator is the
+    last-entry ratio ``|u[d]| / ||u||`` (of the head, or of the worse head group), which must
+    exceed :data:`LABEL_STAGE` = 1/sqrt(2) (notes icl_regression §13.11)."""
+    if ratio > LABEL_STAGE:
+        return True, ""
+    return False, (f"training stopped before the stage: the OV of {what} does not read the label yet (last-entry "
+                   f"ratio {ratio:.2f} <= {LABEL_STAGE:.2f}: it still reads the covariates, a saddle training passes "
+                   "through before the pattern stage, notes icl_regression §13.11); run longer (--steps)")
 
 
 SPLIT_MIN = 0.25  # stage indicator: the smaller sign group carries > 1/4 of sum |mu| (0 on a one-sign plateau, 1/2 split)
@@ -170,7 +232,7 @@ def head_split(mu, exists=None) -> float:
     """The multi-head stage indicator: the weight of the smaller sign group of value weights,
     min(sum_{mu>0} |mu|, sum_{mu<0} |mu|) / sum |mu| -- about 0 while the heads act as one
     (the single-head plateau training passes through), 1/2 once they have split into the
-    positive and negative heads of the debiased-GD stage (spec §4-5)."""
+    positive and negative heads of the debiased-GD stage (notes icl_regression §4-5)."""
     mu = np.asarray(mu, dtype=float)
     if exists is not None:
         mu = np.where(exists, mu, 0.0)
@@ -186,4 +248,4 @@ def split_gate(mu, exists=None, what: str = "the heads"):
         return True, ""
     return False, (f"training stopped before the stage: {what} have not split into positive and negative heads "
                    f"(smaller sign group {s:.2f} of sum |mu| <= {SPLIT_MIN}; the single-head plateau of the "
-                   "multi-head dynamics, spec §5); run longer (--steps)")
+                   "multi-head dynamics, notes icl_regression §5); run longer (--steps)")

@@ -1,5 +1,5 @@
 """``python -m studies.icl estimators``: Monte Carlo risks of the closed-form predictors over
-prompt lengths L (spec icl_regression §6, §11 figure 6, §13.2-3; sweep S2).
+prompt lengths L (notes icl_regression §6, §11 figure 6, §13.2-3; sweep S2).
 
 Estimators (all on the same prompts, common random numbers): ``multihead_tf`` (two antisymmetric
 softmax heads (omega, mu), (-omega, -mu)), ``singlehead_tf`` (omega = 1/sqrt(d),
@@ -57,13 +57,15 @@ PRESETS: dict = {}
 
 S = C.SOURCE
 EXACT = ClaimSpec(
-    "icl_estimators.exact_risk", f"{S}: closed-form predictors (spec §6, §13.2-3; Fig. 6)",
+    "icl_estimators.exact_risk", f"{S}: closed-form predictors (notes icl_regression §6, §13.2-3; Fig. 6)",
     "The Monte Carlo risk of the predictor equals its exact finite-L risk at every prompt length.")
 BAYES = ClaimSpec(
-    "icl_estimators.bayes_lowest", f"{S}: ridge with lambda = d sigma2 is the Bayes predictor (spec §6)",
+    "icl_estimators.bayes_lowest",
+    f"{S}: ridge with lambda = d sigma2 is the Bayes predictor (notes icl_regression §6.4, §13.2)",
     "Ridge (the Bayes posterior mean) has a lower risk than this predictor at every prompt length.")
 BEATS = ClaimSpec(
-    "icl_estimators.multihead_beats_single", f"{S}: multi-head beats single-head attention (abstract; Fig. 6)",
+    "icl_estimators.multihead_beats_single",
+    f"{S}: multi-head beats single-head attention (abstract; Fig. 6; notes icl_regression §6.5, §13.3)",
     "The two-head softmax kernel has a lower risk than the single-head kernel wherever the exact risks say so.")
 
 

@@ -10,17 +10,19 @@ L/(L + 4.4) on its support, 0 off it; :func:`theory.icl_regression.optimal_preco
 with ``beta_cov``), which the heads realise as Gamma_n = sum_h mu_{h,n} W_h[:d, :d].
 
 Claims (per run ``where="H=3,seed=0,task=1"`` or ``"H=3,seed=0"``; "not tested" when training
-stopped before the stage: a task's validation MSE has not settled, or its value weights have not
-split into positive and negative heads):
+stopped before the stage -- a task's validation MSE has not settled, its heads do not read its
+label, or its value weights have not split into positive and negative heads -- or when the
+claim's own quantity has not settled at its tolerance: the gate of notes icl_regression §13.11):
 
 * ``task_optimal``: each task's final MSE / task variance is the exact risk of debiased GD with
-  Gamma*_n (z SE + the declared 0.01 model error of spec §13.7);
-* ``zero_sum``: per task, |sum_h mu_{h,n}| < 0.05 sum_h |mu_{h,n}| (spec number, §13.9);
+  Gamma*_n (z SE + the declared 0.01 model error of notes icl_regression §13.7);
+* ``zero_sum``: per task, |sum_h mu_{h,n}| < 0.05 sum_h |mu_{h,n}| (declared number, notes icl_regression §13.9);
 * ``task_support``: Gamma_n's mean on the task's support is Gamma*_n's value there and its
-  entries off the support are 0, both to 0.1 (spec numbers, §13.9: "≈ 0.9 on, |·| < 0.1 off");
-* ``superposition`` (N + 1 <= H < 2N): at least 2N - H heads serve both tasks (each task needs a
-  zero-sum pair of heads, so fewer than 2N heads must share; a head serves a task when
-  |mu_{h,n}| > 0.1 max_h |mu_{h,n}|, spec §13.5);
+  entries off the support are 0, both to 0.1 (declared numbers, notes icl_regression §13.9: "≈ 0.9 on, |·| < 0.1 off");
+* ``superposition`` (N + 1 <= H < 2N; a consistency check): at least 2N - H heads serve both
+  tasks (each task needs a zero-sum pair of heads, so fewer than 2N heads must share; a head
+  serves a task when |mu_{h,n}| > 0.1 max_h |mu_{h,n}|, §13.5) -- implied by the stage gate,
+  which sees every task's heads split into signs (notes icl_regression §13.12);
 
 With H <= N heads no claim is tested: the zero-sum combinations of H heads span at most H - 1
 preconditioners, fewer than the N the tasks need, so the first-order theory has no value there.
@@ -35,9 +37,10 @@ import numpy as np
 import xarray as xr
 
 from sim import icl_regression as sim
-from studies.claims import ClaimSpec, z_family
+from studies.claims import CONSISTENCY, ClaimSpec, z_family
 from studies.cli import Part, UsageError, run_params
 from studies.icl import _common as C
+from studies.icl._heads import group_patterns, zero_sum_ratio
 from studies.icl._training import TRAIN_DEFAULTS, TRAIN_QUICK, add_training_args, check_training, training_part
 from theory import icl_regression as th
 
@@ -52,18 +55,23 @@ examples:
 DEFAULTS = {**TRAIN_DEFAULTS, "d": 6, "L": 48, "steps": 30000, "seeds": 1, "H": "3,4"}
 QUICK = {**TRAIN_QUICK, "steps": 600, "seeds": 1, "H": "3"}
 PRESETS: dict = {}
-SUPPORT_TOL = 0.1  # spec §13.9
+SUPPORT_TOL = 0.1  # notes icl_regression §13.9
 
 S = C.SOURCE
-OPT = ClaimSpec("icl_multitask.task_optimal", f"{S}: multi-task regression (spec §9, §13.9)",
+OPT = ClaimSpec("icl_multitask.task_optimal", f"{S}: multi-task regression (notes icl_regression §9, §13.9)",
                 "Each task's MSE is the risk of debiased GD with its optimal preconditioner.")
-ZS = ClaimSpec("icl_multitask.zero_sum", f"{S}: per-task zero-sum OV (spec §9, §13.9)",
+ZS = ClaimSpec("icl_multitask.zero_sum", f"{S}: per-task zero-sum OV (notes icl_regression §9, §13.9)",
                "For each task the heads' value weights sum to zero.")
-SUPPORT = ClaimSpec("icl_multitask.task_support", f"{S}: per-task preconditioners (spec §9, §13.9)",
+SUPPORT = ClaimSpec("icl_multitask.task_support", f"{S}: per-task preconditioners (notes icl_regression §9, §13.9)",
                     "Gamma_n = sum_h mu_{h,n} diag-block of W_h is Gamma*_n: its value on the task's support, 0 off.")
-SUPER = ClaimSpec("icl_multitask.superposition", f"{S}: superposition when H < 2N (spec §9, §13.9)",
-                  "With fewer than two heads per task, heads are shared: at least 2N - H heads serve both tasks.")
-SPLIT = ClaimSpec("icl_multitask.split", f"{S}: one head pair per task when H >= 2N (spec §9, §13.9)",
+SUPER = ClaimSpec("icl_multitask.superposition", f"{S}: superposition when H < 2N (notes icl_regression §9, §13.9)",
+                  "With fewer than two heads per task, heads are shared: at least 2N - H heads serve both tasks.",
+                  role=CONSISTENCY,
+                  why="a pigeonhole consequence of its own stage gate (notes icl_regression §13.12): a run is tested "
+                      "only once every task's heads have split into positive and negative groups, which gives every "
+                      "task two serving heads, so with H < 2N heads at least 2N - H serve both; no ingredient can make "
+                      "the count fail without failing the gate")
+SPLIT = ClaimSpec("icl_multitask.split", f"{S}: one head pair per task when H >= 2N (notes icl_regression §9, §13.9)",
                   "With at least two heads per task, every task gets a pair of heads of its own.")
 
 
@@ -105,20 +113,28 @@ def stored_task(params):
                               noise_var=float(t["noise_var"]), query_noise=bool(t["query_noise"]))
 
 
-def task_theory(task, L):
-    """Per task n: Gamma*_n (d, d), its risk / task variance, and the task variance."""
+def task_theory(task, L, blind: bool = False):
+    """Per task n: Gamma*_n (d, d), its risk / task variance, and the task variance. With
+    ``blind``, also the risk / task variance of the preconditioner blind to the supports
+    (Gamma*_n's on-support value on every coordinate), the alternative ``task_optimal`` rules
+    out (notes icl_regression §13.12)."""
     d, N = task.d, task.n_out
-    G, R, tv = [], [], []
+    G, R, tv, Rb = [], [], [], []
     for n in range(N):
         B = np.diag(task.beta_scale[n] ** 2 * task.beta_mask[n])
         s2 = float(task.noise_sd[n] ** 2)
+        qn = bool(task.query_noise_sd[n] > 0)
         g = th.optimal_preconditioner(np.eye(d), L, s2, centered=True, beta_cov=B)
         var = float(np.trace(B))
-        r = th.preconditioned_risk(g, np.eye(d), L, s2, centered=True, beta_cov=B,
-                                   query_noise=bool(task.query_noise_sd[n] > 0))
+        r = th.preconditioned_risk(g, np.eye(d), L, s2, centered=True, beta_cov=B, query_noise=qn)
+        on = float(np.diagonal(g)[task.beta_mask[n] > 0].mean())
+        Rb.append(th.preconditioned_risk(on * np.eye(d), np.eye(d), L, s2, centered=True, beta_cov=B,
+                                         query_noise=qn) / var)
         G.append(g)
         R.append(r / var)
         tv.append(var)
+    if blind:
+        return np.stack(G), np.array(R), np.array(tv), np.array(Rb)
     return np.stack(G), np.array(R), np.array(tv)
 
 
@@ -154,7 +170,7 @@ def _task_variables(ds, task, L):
     out["Gamma_diag"] = (gd + ["task", "coord"], Gam, {"long_name": "diagonal of Gamma_n = sum_h mu_{h,n} W_h[:d,:d]"})
     mask = task.beta_mask > 0  # (N, d)
     out["theory_support"] = (("task", "coord"), mask)
-    Gs, Rs, tv = task_theory(task, L)
+    Gs, Rs, tv, Rb = task_theory(task, L, blind=True)
     out["theory_Gamma_star_diag"] = (("task", "coord"), np.diagonal(Gs, axis1=-2, axis2=-1),
                                      {"long_name": "diagonal of Gamma*_n (debiased GD, the task's prior)"})
     out["theory_task_risk"] = (("task",), Rs, {"long_name": "exact risk of debiased GD with Gamma*_n / task variance"})
@@ -176,7 +192,7 @@ def _task_variables(ds, task, L):
     serves = np.abs(mu) > C.ACTIVE_MU_FRAC * np.abs(mu).max(axis=2, keepdims=True)  # (H, seed, head, N)
     out["serves"] = (gd + ["head", "task"], serves, {"description": f"|mu_(h,n)| > {C.ACTIVE_MU_FRAC} max_h |mu_(h,n)|"})
     fit = {"mu": mu, "norm": norm, "nse": nse, "zsr": zsr, "gon": gon, "goff": goff, "serves": serves,
-           "gstar_on": gstar_on, "risk": Rs, "tv": tv}
+           "gstar_on": gstar_on, "risk": Rs, "tv": tv, "risk_blind": Rb}
     return out, fit
 
 
@@ -191,8 +207,15 @@ def _gate(ds, task, fit, i, j, H, z):
                        what=f"validation MSE / variance of task {n + 1}") for n in range(N)]
     ok = all(g[0] for g in gates)
     why = next((g[2] for g in gates if not g[0]), "")
+    exists = ds["head_exists"].values
+    if ok:  # per task, the heads must read the task's label (a settled loss may be a saddle on the way)
+        Wl, Ul = ds["W"].values[i, j, -1], ds["U"].values[i, j, -1]
+        omega = np.diagonal(Wl[:, :task.d, :task.d], axis1=-2, axis2=-1).mean(-1)
+        labels = [C.label_gate(group_patterns(Wl, Ul, omega, fit["mu"][i, j, :, n], exists[i, j], task.d, out=n)[2],
+                               f"the head groups of task {n + 1}") for n in range(N)]
+        ok = all(g[0] for g in labels)
+        why = next((g[1] for g in labels if not g[0]), "")
     if ok:  # per task, the heads must have split into positive and negative groups
-        exists = ds["head_exists"].values
         splits = [C.split_gate(fit["mu"][i, j, :, n], exists[i, j], what=f"the heads of task {n + 1}")
                   for n in range(N)]
         ok = all(g[0] for g in splits)
@@ -204,18 +227,51 @@ def _gate(ds, task, fit, i, j, H, z):
     return ok, why
 
 
+def _series(ds, task, fit, i, j):
+    """The logged trajectories of run (i, j) its claims are about (step first): per task the
+    normalised validation MSE, the zero-sum ratio and the deviation of Gamma_n from Gamma*_n,
+    and the fewest heads serving one task only (what the split claim reads)."""
+    d, N = task.d, task.n_out
+    H = int(ds["H"].values[i])
+    W = ds["W"].values[i, j][..., :d, :d]  # (step, head, d, d)
+    U = ds["U"].values[i, j]  # (step, head, D, N)
+    exists = ds["head_exists"].values[i, j]
+    mu = np.where(exists[None, :, None], np.diagonal(U[:, :, d:, :], axis1=-2, axis2=-1), 0.0)  # (step, head, N)
+    Gam = np.diagonal(np.einsum("thn,thij->tnij", mu, W), axis1=-2, axis2=-1)  # (step, N, d)
+    mask = task.beta_mask > 0
+    dev = np.stack([np.maximum(np.abs(Gam[:, n][:, mask[n]].mean(-1) - fit["gstar_on"][n]),
+                               np.abs(Gam[:, n][:, ~mask[n]]).max(-1) if (~mask[n]).any() else 0.0)
+                    for n in range(N)], axis=-1)
+    serves = np.abs(mu) > C.ACTIVE_MU_FRAC * np.abs(mu).max(axis=1, keepdims=True)  # (step, head, N)
+    sv = serves[:, :H]
+    own = np.stack([np.sum(sv[..., n] & ~np.delete(sv, n, axis=-1).any(axis=-1), axis=-1) for n in range(N)], -1)
+    return {"val": ds["val_mse"].values[i, j] / fit["tv"], "zero_sum": zero_sum_ratio(np.moveaxis(mu, 1, -1)),
+            "support": dev, "own": own.min(-1).astype(float)}
+
+
 def _claims(ds, task, fit):
     N = task.n_out
     Hs = [int(h) for h in ds["H"].values]
     seeds = [int(s) for s in ds["seed"].values]
     z, zs = z_family(len(Hs) * len(seeds) * N)
+    steps = ds["step"].values
     claims = []
     for i, H in enumerate(Hs):
         for j, s in enumerate(seeds):
             ok, why = _gate(ds, task, fit, i, j, H, z)
+            ser = _series(ds, task, fit, i, j) if ok else None
             for n in range(N):
-                claims += _task_claims(fit, i, j, n, C.where(H=H, seed=s, task=n + 1), ok, why, (z, zs))
-            claims.append(_heads_claim(fit, i, j, H, N, C.where(H=H, seed=s), ok, why, int(ds["step"].values[-1])))
+                for c, spec, key, what in zip(
+                        _task_claims(fit, i, j, n, C.where(H=H, seed=s, task=n + 1), ok, why, (z, zs)),
+                        (OPT, ZS, SUPPORT), ("val", "zero_sum", "support"),
+                        (f"validation MSE / variance of task {n + 1}", f"zero-sum ratio of task {n + 1}",
+                         f"deviation of Gamma_{n + 1} from Gamma*_{n + 1}")):
+                    claims.append(C.gate_claim(c, spec, steps, ser[key][:, n], what=what) if ok else c)
+            c = _heads_claim(fit, i, j, H, N, C.where(H=H, seed=s), ok, why, int(steps[-1]))
+            if ok and H >= 2 * N:  # (superposition follows from the stage gate: no quantity of its own to settle)
+                c = C.gate_claim(c, SPLIT, steps, ser["own"], what="heads serving one task only (fewest over tasks)",
+                                 tol=C.DISCRETE_TOL)
+            claims.append(c)
     return claims
 
 
@@ -232,13 +288,13 @@ def _task_claims(fit, i, j, n, wh, ok, why, zz) -> list:
     dev = max(abs(fit["gon"][i, j, n] - gstar_on[n]), float(fit["goff"][i, j, n]))
     return [OPT.equal(fit["norm"][i, j, n], fit["nse"][i, j, n], Rs[n], z=z, z_source=zs, allowance=C.MODEL_ALLOWANCE,
                       allowance_source=C.MODEL_ALLOWANCE_SOURCE + " (on the task-variance scale)", where=wh,
-                      prediction_text=otxt),
+                      prediction_text=otxt, effect=fit["risk_blind"][n] - Rs[n]),
             ZS.at_most(float(fit["zsr"][i, j, n]), math.nan, 0.0, z=0.0, z_source="", allowance=C.ZERO_SUM_FRAC,
                        allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.9"), where=wh,
-                       prediction_text="0 (|sum mu| / sum |mu|)"),
+                       prediction_text="0 (|sum mu| / sum |mu|)", effect=1.0),
             SUPPORT.at_most(dev, math.nan, 0.0, z=0.0, z_source="", allowance=SUPPORT_TOL,
                             allowance_source=C.spec(SUPPORT_TOL, "§13.9"), where=wh,
-                            prediction_text=stxt + " (max deviation)")]
+                            prediction_text=stxt + " (max deviation)", effect=gstar_on[n])]
 
 
 def _heads_claim(fit, i, j, H, N, wh, ok, why, last_step):
@@ -259,7 +315,8 @@ def _heads_claim(fit, i, j, H, N, wh, ok, why, last_step):
     own = [int(np.sum(serves[:, n] & ~np.delete(serves, n, axis=-1).any(axis=-1))) for n in range(N)]
     ptxt = ">= 2 heads of its own per task"
     if last_step < C.SPLIT_STEPS:
-        return SPLIT.not_tested(f"the split needs >= {C.SPLIT_STEPS:,} Adam steps (spec §9, §13.9); this run "
+        return SPLIT.not_tested(f"the split needs >= {C.SPLIT_STEPS:,} Adam steps (notes icl_regression §9, §13.9); "
+                                f"this run "
                                 f"stopped at {last_step:,}", where=wh, prediction_text=ptxt, measured=min(own))
     if not ok:
         return SPLIT.not_tested(why, where=wh, prediction_text=ptxt)

@@ -4,17 +4,19 @@ against the optimal one-step preconditioner of debiased GD, Gamma* = (Sigma + ((
 d sigma2)/L) I)^-1 (:func:`theory.icl_regression.optimal_preconditioner`, centred).
 
 Claims (per run ``where="rho=0.5,H=4,seed=0"``; "not tested" when training stopped before the
-stage: the validation MSE has not settled, or the heads have not split into positive and
-negative groups, :func:`studies.icl._common.settled`, :func:`~studies.icl._common.head_split`):
+stage -- the validation MSE has not settled, the OV does not read the label, or the heads have
+not split into positive and negative groups -- or when the claim's own quantity (the MSE, the
+cosine, the angle, the zero-sum ratio) has not settled at its tolerance: the gate of notes
+icl_regression §13.11, :func:`studies.icl._common.settled`, :func:`~studies.icl._common.gate_claim`):
 
 * ``val_optimal``: the final MSE is the exact risk of debiased GD preconditioned by Gamma* for
-  this rho (z SE + the declared 0.01 model error of spec §13.7: the trained softmax model is
+  this rho (z SE + the declared 0.01 model error of notes icl_regression §13.7: the trained model is
   debiased GD to first order);
-* ``cos_Gamma_star``: cos(Gamma, Gamma*) >= 0.99 (spec number, §13.8);
+* ``cos_Gamma_star``: cos(Gamma, Gamma*) >= 0.99 (declared number, notes icl_regression §13.8);
 * ``not_identity``: the angle between Gamma and I is the angle between Gamma* and I for this rho
   (within the 8.1 degrees that cos(Gamma, Gamma*) >= 0.99 allows); "not tested" where Gamma* is
   within that resolution of I (rho = 0: plain GD is the optimum);
-* ``zero_sum``: |sum_h mu_h| < 0.05 sum_h |mu_h| (spec number, §13.5).
+* ``zero_sum``: |sum_h mu_h| < 0.05 sum_h |mu_h| (declared number, notes icl_regression §13.5).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from studies.claims import ClaimSpec, z_family
 from studies.cli import Part, UsageError, run_params
 from studies.icl import _common as C
 from studies.icl._training import TRAIN_DEFAULTS, TRAIN_QUICK, add_training_args, check_training, training_part
-from studies.icl.train import head_stats
+from studies.icl._heads import group_patterns, head_stats, zero_sum_ratio
 from theory import icl_regression as th
 
 STUDY = "icl_noniso"
@@ -46,14 +48,17 @@ PRESETS: dict = {}
 ANGLE_TOL = math.degrees(math.acos(C.COS_MIN))
 
 S = C.SOURCE
-VAL = ClaimSpec("icl_noniso.val_optimal", f"{S}: KQ proportional to a preconditioner (spec §8, §13.8)",
+VAL = ClaimSpec("icl_noniso.val_optimal",
+                f"{S}: KQ proportional to a preconditioner (notes icl_regression §8, §13.8)",
                 "The trained model's MSE is the risk of debiased GD with the optimal preconditioner Gamma* for this "
                 "covariance.")
-COS = ClaimSpec("icl_noniso.cos_Gamma_star", f"{S}: KQ proportional to a preconditioner (spec §8, §13.8)",
+COS = ClaimSpec("icl_noniso.cos_Gamma_star",
+                f"{S}: KQ proportional to a preconditioner (notes icl_regression §8, §13.8)",
                 "The learned preconditioner sum_h mu_h W_h points along Gamma*.")
-NOT_ID = ClaimSpec("icl_noniso.not_identity", f"{S}: the preconditioner is not plain GD (spec §8, §13.8)",
+NOT_ID = ClaimSpec("icl_noniso.not_identity",
+                   f"{S}: the preconditioner is not plain GD (notes icl_regression §8, §13.8)",
                    "The learned preconditioner is as far from the identity as Gamma* is for this rho.")
-ZS = ClaimSpec("icl_noniso.zero_sum", f"{S}: zero-sum OV (spec §4, §8)",
+ZS = ClaimSpec("icl_noniso.zero_sum", f"{S}: zero-sum OV (notes icl_regression §4, §8)",
                "The heads' value weights sum to zero.")
 
 
@@ -91,6 +96,17 @@ def parts(args) -> list[Part]:
 
 def main(argv=None) -> int:
     return C.sub_main(STUDY, argv)
+
+
+def _plain_dgd_risk(d, rho, L, sigma2):
+    """The exact risk of plain (identity-preconditioned) debiased GD at its best step for this rho:
+    the alternative the preconditioner claims rule out (notes icl_regression §13.12)."""
+    from scipy.optimize import minimize_scalar
+
+    S_ = th.toeplitz_cov(d, rho)
+    res = minimize_scalar(lambda c: th.preconditioned_risk(c * np.eye(d), S_, L, sigma2, centered=True),
+                          bounds=(0.0, 2.0), method="bounded", options={"xatol": 1e-8})
+    return float(res.fun)
 
 
 def _angle(cos):
@@ -158,8 +174,23 @@ def _preconditioner_variables(ds, d, L, sigma2, mu):
     return out, (cosc, cosi, csi), risk_star
 
 
+def _series(ds, a, d, gstar):
+    """The logged trajectories of run ``a`` that its claims are about: cos(Gamma(t), Gamma*),
+    the angle between Gamma(t) and I (degrees), and the zero-sum ratio."""
+    exists = ds["head_exists"].values[a]
+    W = ds["W"].values[a][..., :d, :d]  # (step, head, d, d)
+    U = ds["U"].values[a]
+    mu = np.where(exists, U[..., d, 0], 0.0)  # (step, head)
+    Gam = np.einsum("th,thij->tij", mu, W)
+    cos = np.array([th.cosine(g, gstar) for g in Gam])
+    ang = np.array([_angle(th.cosine(g, np.eye(d))) for g in Gam])
+    return {"cos": cos, "angle": ang, "zero_sum": zero_sum_ratio(mu)}
+
+
 def _claims(ds, mu, exists, vm, vse, cosines, risk_star, zero_sum):
     cosc, cosi, csi = cosines
+    p = run_params(ds)
+    d, L, sigma2 = int(p["task"]["d"]), int(p["L"]), float(p["task"]["sigma2"])
     rhos = ds["rho"].values
     steps = ds["step"].values
     val_t = ds["val_mse"].values[..., 0]
@@ -170,7 +201,11 @@ def _claims(ds, mu, exists, vm, vse, cosines, risk_star, zero_sum):
         r, H, s = float(rhos[a[0]]), int(ds["H"].values[a[1]]), int(ds["seed"].values[a[2]])
         wh = C.where(rho=r, H=H, seed=s)
         ok, _, why = C.settled(steps, val_t[a], z * vse[a] + C.MODEL_ALLOWANCE)
-        if ok:  # a settled loss may be the single-head plateau on the way
+        if ok:  # a settled loss may be a saddle on the way: the heads must read the label ...
+            Wl, Ul = ds["W"].values[a][-1], ds["U"].values[a][-1]
+            omega = np.diagonal(Wl[:, :d, :d], axis1=-2, axis2=-1).mean(-1)
+            ok, why = C.label_gate(group_patterns(Wl, Ul, omega, mu[a], exists[a], d)[2], "the head groups")
+        if ok:  # ... and have split (a settled loss may be the single-head plateau)
             ok, why = C.split_gate(mu[a], exists[a])
         star_angle = _angle(csi[a[0]])
         vtxt = f"{risk_star[a[0]]:.4g} (Gamma*-preconditioned debiased GD)"
@@ -181,15 +216,24 @@ def _claims(ds, mu, exists, vm, vse, cosines, risk_star, zero_sum):
                        NOT_ID.not_tested(why, where=wh, prediction=star_angle, prediction_text=ntxt),
                        ZS.not_tested(why, where=wh, prediction_text="0 (|sum mu| / sum |mu|)")]
             continue
-        claims.append(VAL.equal(vm[a], vse[a], risk_star[a[0]], z=z, z_source=zs, allowance=C.MODEL_ALLOWANCE,
-                                allowance_source=C.MODEL_ALLOWANCE_SOURCE, where=wh, prediction_text=vtxt))
-        claims.append(COS.at_least(cosc[a], math.nan, 1.0, z=0.0, z_source="", allowance=1 - C.COS_MIN,
-                                   allowance_source=C.spec(f"cos > {C.COS_MIN}", "§13.8"), where=wh,
-                                   prediction_text="1 (cos(Gamma, Gamma*))"))
-        claims.append(_not_identity(r, wh, star_angle, _angle(cosi[a]), ntxt))
-        claims.append(ZS.at_most(float(zero_sum[a]), math.nan, 0.0, z=0.0, z_source="",
-                                 allowance=C.ZERO_SUM_FRAC, allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.5"), where=wh,
-                                 prediction_text="0 (|sum mu| / sum |mu|)"))
+        gstar = th.optimal_preconditioner(th.toeplitz_cov(d, r), L, sigma2, centered=True)
+        ser = _series(ds, a, d, gstar)
+        claims.append(C.gate_claim(VAL.equal(vm[a], vse[a], risk_star[a[0]], z=z, z_source=zs,
+                                             allowance=C.MODEL_ALLOWANCE, allowance_source=C.MODEL_ALLOWANCE_SOURCE,
+                                             where=wh, prediction_text=vtxt,
+                                             effect=_plain_dgd_risk(d, r, L, sigma2) - risk_star[a[0]]),
+                                   VAL, steps, val_t[a], what="validation MSE"))
+        claims.append(C.gate_claim(COS.at_least(cosc[a], math.nan, 1.0, z=0.0, z_source="", allowance=1 - C.COS_MIN,
+                                                allowance_source=C.spec(f"cos > {C.COS_MIN}", "§13.8"), where=wh,
+                                                prediction_text="1 (cos(Gamma, Gamma*))", effect=1 - csi[a[0]]),
+                                   COS, steps, ser["cos"], what="cos(Gamma, Gamma*)"))
+        claims.append(C.gate_claim(_not_identity(r, wh, star_angle, _angle(cosi[a]), ntxt), NOT_ID, steps,
+                                   ser["angle"], what="angle between Gamma and I (degrees)"))
+        claims.append(C.gate_claim(ZS.at_most(float(zero_sum[a]), math.nan, 0.0, z=0.0, z_source="",
+                                              allowance=C.ZERO_SUM_FRAC,
+                                              allowance_source=C.spec(C.ZERO_SUM_FRAC, "§13.5"), where=wh,
+                                              prediction_text="0 (|sum mu| / sum |mu|)", effect=1.0),
+                                   ZS, steps, ser["zero_sum"], what="zero-sum ratio"))
     return claims
 
 
@@ -201,8 +245,9 @@ def _not_identity(r, wh, star_angle, angle, ntxt):
             prediction=star_angle, prediction_text=ntxt, measured=angle)
     return NOT_ID.equal(angle, math.nan, star_angle, z=0.0, z_source="", allowance=ANGLE_TOL,
                         allowance_source=f"{ANGLE_TOL:.1f} deg = arccos(0.99): cos(Gamma, Gamma*) > 0.99 "
-                                         "(spec §13.8) bounds the angle difference (triangle "
-                                         "inequality for angles)", where=wh, prediction_text=ntxt)
+                                         "(notes icl_regression §13.8) bounds the angle difference (triangle "
+                                         "inequality for angles)", where=wh, prediction_text=ntxt,
+                        effect=star_angle)
 
 
 def summary(a):

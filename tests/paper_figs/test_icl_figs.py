@@ -116,8 +116,22 @@ def test_estimators_ode_and_length_figures(tmp_path, rng):
     raw["omega"] = (("init", "time", "head"), np.stack([np.hstack([om, pad]), om4]))
     raw["mu"] = (("init", "time", "head"), np.stack([np.hstack([mu, pad]), mu4]))
     raw["loss"] = (("init", "time"), np.stack([loss, loss4]))
+    # trained twins: the Euler discretisation of the flow with the GD's steps, jittered per replicate
+    from studies.icl import _ode_gd as G
+
+    dts, log_at, tg = G.schedule(30.0)
+    _, ew, em, _ = th.integrate_reduced_euler([1e-3, -1e-3], [1e-3, -1e-3], dts, log_at, 5, 40, 0.1)
+    jit = 1 + 0.002 * rng.standard_normal((1, 4, 1))
+    gw = np.concatenate([ew[:, None, :] * jit, np.zeros((len(tg), 4, 2))], axis=-1)
+    gm = np.concatenate([em[:, None, :] * jit, np.zeros((len(tg), 4, 2))], axis=-1)
+    raw = raw.assign_coords(gd_time=tg, rep=np.arange(4))
+    raw["gd_omega"] = (("init", "gd_time", "rep", "head"), np.stack([gw, gw]))
+    raw["gd_mu"] = (("init", "gd_time", "rep", "head"), np.stack([gm, gm]))
+    raw["gd_loss"] = (("init", "gd_time", "rep"), np.full((2, len(tg), 4), 0.5))
     store = _write(tmp_path / "o.zarr", raw, ode.analyze, figure_kind="ode",
-                   integrator="LSODA", params={"d": 5, "L": 40, "sigma2": 0.1, "init": 1e-3})
+                   integrator="LSODA", params={"d": 5, "L": 40, "sigma2": 0.1, "init": 1e-3, "gd_time": 30.0,
+                                               "gd_runs": 4})
+    assert "gd_exit_time" in xr.open_zarr(str(store), consolidated=False)
     (pdf,) = figs.draw(store, tmp_path / "ode.pdf")
     assert pdf.name == "ode.pdf" and pdf.stat().st_size > 10_000
 

@@ -317,3 +317,51 @@ def test_preconditioner_with_a_prior_covariance(centered):
     sq = (np.einsum("nd,de,ne->n", xq, Gm, g) - np.einsum("nd,nd->n", xq, beta)) ** 2
     assert abs(sq.mean() - th.preconditioned_risk(Gm, np.eye(d6), Lp, s2, centered, beta_cov=B,
                                                   query_noise=False)) <= 5 * sq.std() / math.sqrt(n)
+
+
+# ======================================================= the reduced flow against a trained pair (§5.7)
+def test_euler_with_a_step_schedule():
+    """A constant schedule is the authors' Euler; a two-step schedule (0.01 then 0.05, the trained
+    pair's) stays within O(dt) of the adaptive flow, and delays the plateau exit by about
+    t_exit dt / 2."""
+    w0 = m0 = np.array([1e-3, -1e-3])
+    t, w, m, loss = th.integrate_reduced_euler(w0, m0, np.full(800, 0.01), [0, 400, 800], 5, 40, 0.1)
+    we, me, le = th.integrate_reduced_ode(w0, m0, [0.0, 4.0, 8.0], 5, 40, 0.1, method="euler", dt=0.01)
+    np.testing.assert_allclose(w, we, rtol=1e-12)
+    np.testing.assert_allclose(loss, le, rtol=1e-12)
+    np.testing.assert_allclose(t, [0.0, 4.0, 8.0])
+    dts = np.concatenate([np.full(2000, 0.01), np.full(200, 0.05)])
+    t, w, m, _ = th.integrate_reduced_euler(w0, m0, dts, [0, 2000, 2200], 5, 40, 0.1)
+    wf, mf, _ = th.integrate_reduced_ode(w0, m0, t, 5, 40, 0.1, method="LSODA")
+    assert abs(w[-1, 0] - wf[-1, 0]) < 0.01 * abs(wf[-1, 0])
+    x_e = w[1, 0] * m[1, 0]
+    assert x_e < wf[1, 0] * mf[1, 0]  # Euler lags the flow
+    with pytest.raises(ValueError):
+        th.integrate_reduced_euler(w0, m0, [0.01], [0, 2], 5, 40, 0.1)
+
+
+def test_exact_pair_valley_meets_the_reduced_valley_as_omega_vanishes():
+    """Both valleys tend to the DGD optimal step 1/(1 + d c); at omega = 0.3 the exact one lies
+    above the reduced one by 0.017 (notes §5.7); the exact valley is the risk's minimiser in mu."""
+    d, L, s2 = 5, 40, 0.1
+    limit = float(th.dgd_optimal_step(d, L, s2))
+    for fn in (th.exact_pair_valley_eta, th.valley_eta):
+        assert abs(float(fn(0.02, d, L, s2)) - limit) < 2e-3
+    gap = th.exact_pair_valley_eta(0.3, d, L, s2) - float(th.valley_eta(0.3, d, L, s2))
+    assert 0.015 < gap < 0.02
+    eta = th.exact_pair_valley_eta(0.3, d, L, s2)
+    mu = eta / 0.6
+    r0 = th.kernel_risk(0.3, mu, d, L, s2, heads=2)
+    assert r0 < th.kernel_risk(0.3, mu * 1.01, d, L, s2, heads=2)
+    assert r0 < th.kernel_risk(0.3, mu * 0.99, d, L, s2, heads=2)
+    np.testing.assert_allclose(th.exact_pair_valley_eta([0.3, 0.02], d, L, s2)[0], eta)
+
+
+@pytest.mark.parametrize("d, Lp, s2", [(5, 40, 0.1), (3, 12, 0.5)])
+def test_exact_plateau_rate_is_the_pairs_small_x_slope(d, Lp, s2):
+    """On mu = omega = w with small w, the exact pair risk falls (L - 1)/L times as fast as L̃ in
+    x = w^2 (notes §5.7): the exact flow is the reduced one slowed down by (L - 1)/L."""
+    w = 0.01
+    exact = (1 + s2) - th.kernel_risk(w, w, d, Lp, s2, heads=2)
+    reduced = (1 + s2) - th.reduced_loss([w, -w], [w, -w], d, Lp, s2)
+    assert exact / reduced == pytest.approx(th.exact_plateau_rate(Lp), abs=2e-3)
