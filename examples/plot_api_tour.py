@@ -110,7 +110,7 @@ plt.show()
 # bias of the square root. :ref:`claims` gives the rest of the rules.
 from studies.claims import ClaimSpec, format_claims, z_family
 
-CONSTANT = ClaimSpec("tour.clt_constant", "Bohbot et al. 2025, Result 1 (spec token_sample §2.1)",
+CONSTANT = ClaimSpec("tour.clt_constant", "Bohbot et al. 2025, Result 1 (notes token_sample §2.1)",
                      "sqrt(n) RMSE at |x| = 1 equals the delta-method constant C(x).")
 k = int(np.argmin(np.abs(radii - 1.0)))
 z, z_source = z_family(1)

@@ -50,7 +50,7 @@ Per (sample, head) item, with ``D = d+1``:
   comes from L1/L2 (``M D^2`` itemsize bytes in all, L2-resident up to ~40 MB), the keys
   (``N d`` per sample) from L2, shared by the ``M/hb`` head blocks.
 
-Spec §7.5 example, ``n = 16384, M = 2000, d = N = 16`` (D = Dv = 17), float64: 3.3e7 items x
+notes random_features §7.5 example, ``n = 16384, M = 2000, d = N = 16`` (D = Dv = 17), float64: 3.3e7 items x
 ~1.7e3 flop = 5.5e10 flop and 4.5 GB of output; about 12 flop per DRAM byte, near the FP64
 ridge point of an H100 SXM (34 TFLOP/s FP64 non-tensor, 3.35 TB/s), so the expected time is a
 few milliseconds (1.3 ms to write the output, 1.6 ms of FP64 arithmetic at peak). Float32 inputs

@@ -1,6 +1,6 @@
 r"""A pretrained BERT encoder, offline: the inputs of every attention layer and its heads'
 weights, and the token-subsampling Monte Carlo of the moment study on them
-(``python -m studies.encoder``; spec token_sample §4.3, §4.3b).
+(``python -m studies.encoder``; notes token_sample §4.3, §4.3b).
 
 Contract
 --------

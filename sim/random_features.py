@@ -5,7 +5,7 @@ Measurements for Fu, Guo, Bai, Mei (NeurIPS 2023) under the reconstructed conven
 kernels and the meaning of every convention keyword: ``augment``, ``w_var``, ``r_bias``,
 ``mean_shape``, ``activation``, ``key_norm``, ``value``).
 
-Data (spec §7.1)
+Data (notes random_features §7.1)
 ----------------
 A sample is a query ``x0`` and N keys, i.i.d. uniform on S^{d-1} (normalised Gaussian rows):
 ``x0: (n, d)``, ``X: (n, N, d)``. Targets are fixed functions of (x0, X) with parameters drawn
@@ -13,7 +13,7 @@ once per replicate (:func:`draw_target_params`: a unit vector ``beta`` and a ran
 ``S``). With ``u_i = sqrt(d) <x0, x_i>``, ``b_i = sqrt(d) <beta, x_i>`` and ``P`` the per-term
 polynomial of degree p — ``poly="gegenbauer"``: the unit-variance Gegenbauer ``Q_p(<., .>)`` of
 the sphere (pure degree p, default); ``poly="hermite"``: ``He_p(sqrt(d) <., .>)/sqrt(p!)`` (leaks
-lower degrees on the sphere, the spec's pilot):
+lower degrees on the sphere, the pilot of notes random_features §9):
 
 ==============  ==========================================================================
 ``keys<p>``      mean_i P(<beta, x_i>)                            (keys only)
@@ -24,7 +24,7 @@ lower degrees on the sphere, the spec's pilot):
 ``keykey``       sum_{i<j} sqrt(d) <x_i, x_j> / sqrt(N(N-1)/2)    (negative control: no query)
 ==============  ==========================================================================
 
-Features (spec §3.1, §7.2), built in sample chunks with batched matrix products (no loop over
+Features (notes random_features §3.1, §7.2), built in sample chunks with batched matrix products (no loop over
 samples or heads):
 
 * attention, M heads, ``W: (M, D, D)`` from :func:`draw_heads`: block m of ``phi(x0, X)`` is
@@ -38,7 +38,7 @@ samples or heads):
 Both are scaled by ``1/sqrt(#heads)`` (``1/sqrt(P)`` for the MLP) so that ``phi phi^T`` tends to
 the infinite-width kernel of the theory module and one ridge grid means the same at every M.
 
-Fit (spec §7.3): ridge on mean-centred features, penalty ``n lam |v|^2``, for every lam of a grid
+Fit (notes random_features §7.3): ridge on mean-centred features, penalty ``n lam |v|^2``, for every lam of a grid
 from ONE symmetric eigendecomposition per training size: the dual ``Phi Phi^T`` (n x n) when
 n < #features, else the primal Gram ``Phi^T Phi`` (accumulated over the nested training prefixes).
 lam is chosen per target on a validation set; the excess risk is the test MSE against the
@@ -101,7 +101,7 @@ _CHUNK_ELEMS = 1 << 21  # elements of the largest temporary per feature chunk (~
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Conventions of the feature maps (spec §2.6); ``r_bias`` is used by ``brfa`` only."""
+    """Conventions of the feature maps (notes random_features §2.6); ``r_bias`` is used by ``brfa`` only."""
 
     augment: bool = True
     w_var: float | None = None

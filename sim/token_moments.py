@@ -6,7 +6,7 @@ Contract
 Tokens ``X = (x_1..x_n)``, shape ``(n, d)``, i.i.d. from a law ``mu`` with covariance Sigma
 (:class:`sim.distributions.TokenDistribution`). One attention head whose weights come from a
 fixed seed, at a sweep of scales ``s_1..s_S``; two weight conventions, both read in the
-authors' code [C] (spec token_sample §4.1-4.2), both with scores divided by sqrt(d):
+authors' code [C] (notes token_sample §4.1-4.2), both with scores divided by sqrt(d):
 
 ``"normalized"``    base W_q, W_k, W_v with N(0, 1/d) entries, W_q, W_k <- sqrt(s) * base
                     (the Gaussian experiment): A(s) = s * W_k^T W_q / sqrt(d);
@@ -25,7 +25,7 @@ of nu_n = (Gamma_{mu_n})_# mu_n), computed by the streaming kernel
 ``mean_err = |mean - mean_ref|_2``, ``cov_err = |cov - cov_ref|_F`` and ``cov_err_op =
 |cov - cov_ref|_2`` (spectral; the authors' sphere metric).
 
-Horizons (spec §1.3): ``H_eff = ||Sigma^{1/2} A(s) Sigma^{1/2}||_2`` from the exact exponent
+Horizons (notes token_sample §1.3): ``H_eff = ||Sigma^{1/2} A(s) Sigma^{1/2}||_2`` from the exact exponent
 and ``H_code = sqrt(d) H_eff``, the authors' convention that leaves out the 1/sqrt(d) scale.
 
 References: ``exact`` — Gaussian tokens N(m, Sigma): nu = N(V(I + Sigma A)m, V Sigma A Sigma

@@ -13,7 +13,7 @@ scale folded in), value matrix ``V`` (d_v x d) and radii ``R_1 < ... < R_k``::
 The supremum is searched, not solved: candidates are the centre, ``n_shells`` radial shells
 times ``n_dirs`` quasi-uniform directions (:func:`theory.token_sample.sphere_directions`) plus
 the top right-singular directions of ``Sigma^{1/2} A`` (where the error variance grows fastest,
-spec §5.3) with both signs; then the ``n_refine`` worst candidates of each radius are polished
+notes token_sample §5.3) with both signs; then the ``n_refine`` worst candidates of each radius are polished
 by a pattern search (steps along the coordinate axes and the radius, halving ``refine_iters``
 times, projected onto the ball). Every evaluation is a lower bound of the true supremum, and
 the search is deterministic given the sample, so the same tokens give the same value.
@@ -126,7 +126,7 @@ def sup_errors(tokens, dist, A, V=None, radii=(1.0,), *, lam: float = 1.0, n_dir
 
 
 # =============================================================================================
-# Hardmax regime (spec §2.3, §6 check 8): appended section of the token-sample thread.
+# Hardmax regime (notes token_sample §2.3, §6.8): appended section of the token-sample thread.
 #
 # For queries x_q (q, d), tokens Y (n, d), score matrix A and value matrix V (default I):
 #   pure hardmax  Gamma^inf_{mu_n}(x) = V y_{j*},  j* = argmax_j <A x, y_j>;

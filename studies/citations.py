@@ -28,7 +28,8 @@ __all__ = ["PAGES", "CITATION", "DOCS", "find", "label", "anchor", "labels", "re
 
 PAGES = ("token_sample", "random_features", "icl_regression", "tensor_attention", "token_selection")
 _REF = r"\d+(?:\.\d+)*[a-z]?"
-CITATION = re.compile(r"notes (" + "|".join(PAGES) + r") (§§?" + _REF + r"(?:(?:, |; |/|-|–| and )§?" + _REF + r")*)")
+CITATION = re.compile(r"notes (" + "|".join(PAGES) + r") (§" + _REF
+                      + r"(?:(?:, |; |/| and )§" + _REF + r"|(?:-|–)§?" + _REF + r")*)")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 _LABEL = re.compile(r"^\(([A-Za-z0-9_]+-s[0-9a-z-]+)\)=\s*$", re.M)
 

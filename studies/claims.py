@@ -8,7 +8,7 @@ field               meaning
 ==================  ==========================================================================
 ``id``              ``"<study>.<name>"``, e.g. ``convergence.clt_rate``
 ``where``           the point of the grid it is about (``"R=1"``), or ``""`` for the whole run
-``source``          the paper and result it tests (and the spec section)
+``source``          the paper and result it tests (and the section of the theory notes that derives it)
 ``statement``       one sentence in words
 ``prediction``      the predicted value (NaN for a form), with ``prediction_text`` in words
 ``measured``        the measured value, ``se`` its standard error, ``lo``/``hi`` its interval
@@ -30,7 +30,7 @@ Rules (``shared/ARCHITECTURE.md``, "Claims"):
   too few points, run too short) -- never ``holds``, never ``fails``;
 * tolerances come from statistics (``z`` standard errors, with ``z`` from a family-wise error
   rate over the claim's tests: :func:`z_family`), from a *declared* asymptotic or model error
-  (said so, with its source), or from a spec number (said so);
+  (said so, with its source), or from a declared threshold (said so);
 * a functional-form test compares the candidate forms against each other
   (:meth:`ClaimSpec.forms`), the predicted form being the one that fits ``theory/``'s own curve
   for the run's parameters (:func:`predicted_form`), never one R^2 against a cut.
@@ -47,7 +47,7 @@ Example::
     RATE = ClaimSpec("convergence.clt_rate", "Bohbot et al. 2025, Result 1", "E sup ~ C(R)/sqrt(n)")
     z, zsrc = z_family(n_tests)
     c = RATE.equal(slope, slope_se, -0.5, z=z, z_source=zsrc, allowance=0.05,
-                   allowance_source="declared pre-asymptotic allowance (spec §6.2)", where="R=1")
+                   allowance_source="declared pre-asymptotic allowance (notes token_sample §6.2)", where="R=1")
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``loglog_rate(x, y)`` fits ``log mean_rep y = c + slope log x`` by weighted least squares,
 weights ``1 / Var(log mean)`` with ``Var(log mean) ~ (sd / sqrt(k) / mean)^2`` (delta method;
-the authors' ``fit_convergence`` protocol, spec token_sample §4). The reported standard error is
+the authors' ``fit_convergence`` protocol, notes token_sample §4). The reported standard error is
 the known-variance WLS error inflated by ``sqrt(chi2 / dof)`` when the points scatter more than
 their error bars say (a misfit of the power law), never deflated. Replicates at different x
 must be independent (they are: every sweep cell has its own seed).

@@ -1,5 +1,5 @@
 """Closed forms of in-context linear regression with softmax attention (He, Pan, Chen, Yang,
-ICML 2025; spec ``icl_regression`` §§5-8): the reduced (omega, mu) loss and its gradient-flow
+ICML 2025; notes icl_regression §5-8): the reduced (omega, mu) loss and its gradient-flow
 ODE, exact and asymptotic risks of the predictors the trained model is compared with, and the
 optimal one-step preconditioner for non-isotropic covariates. Pure functions of parameters.
 
@@ -10,7 +10,7 @@ Setting and symbols
 is ``E (ŷ - y_q)^2`` and *includes* ``sigma2``. ``L`` examples per prompt, ``xi = d/L``,
 ``c = (1 + sigma2)/L``, ``n = L - 1``.
 
-Reduced model (spec §5) [C: ``TFEst.approx_loss``, ``utils/funcs.py``; derivation [D]]
+Reduced model (notes icl_regression §5) [C: ``TFEst.approx_loss``, ``utils/funcs.py``; derivation [D]]
     ŷ = sum_h mu_h sum_i softmax_i(omega_h x_iᵀx_q) y_i
     L̃(omega, mu) = 1 + sigma2 - 2 muᵀomega + muᵀ A(omega) mu,
     A(omega) = omega omegaᵀ + c exp∘(d omega omegaᵀ)               (exp elementwise)
@@ -22,7 +22,7 @@ Fixed-omega optimum ``mu*(omega) = A^-1 omega``; single head: ``omega^2 = 1/d``,
 ``mu = sqrt(d)/(1 + e d c)``, ``L̃ = sigma2 + e d c/(1 + e d c)``; every H: ``L̃ >= sigma2 +
 d c/(1 + d c)``, approached by zero-sum heads as omega -> 0 with ``2 mu omega -> 1/(1 + d c)``.
 
-Predictor risks (spec §6), exact at finite L [D; checked by Monte Carlo in the tests]
+Predictor risks (notes icl_regression §6), exact at finite L [D; checked by Monte Carlo in the tests]
     GD   ŷ = eta (1/L) sum y_i x_iᵀx_q:       R = sigma2 + (1-eta)^2 + eta^2 (d + 1 + sigma2 d)/L
     DGD  ŷ = eta (1/L) sum y_i (x_i - x̄)ᵀx_q: R = sigma2 + 1 - 2 eta n/L + eta^2 n (n + d + 1 + sigma2 d)/L^2
 (Wishart moments E W^2 = n(n + d + 1) I for W ~ W_d(n, I)); optimal steps ``1/(1 + k)``,
@@ -34,21 +34,21 @@ Bayes risk is ``sigma2 + tr[(XᵀX/sigma2 + d I)^-1]`` (finite L: its average ov
 Marchenko-Pastur limit [C: ``ridge_loss``]
     R_Bayes = ½ [sigma2 + 1 - 1/xi + sqrt((sigma2 + 1/xi - 1)^2 + 4 sigma2)].
 
-Non-isotropic covariates (spec §8) [D]: for ``ŷ = x_qᵀ Gamma g`` with ``g = (1/L) sum (x_i - x̄) y_i``
+Non-isotropic covariates (notes icl_regression §8) [D]: for ``ŷ = x_qᵀ Gamma g`` with ``g = (1/L) sum (x_i - x̄) y_i``
 (``centered``) or ``(1/L) sum x_i y_i``, the risk is quadratic in Gamma and minimised by
-    uncentred (spec): Gamma* = ((1 + 1/L) Sigma + ((tr Sigma + d sigma2)/L) I)^-1
+    uncentred (notes icl_regression §8): Gamma* = ((1 + 1/L) Sigma + ((tr Sigma + d sigma2)/L) I)^-1
     centred:          Gamma* = (Sigma + ((tr Sigma + d sigma2)/L) I)^-1
 both reducing to the optimal GD / DGD steps at Sigma = I. Which one the trained model's
 ``Gamma = sum_h mu_h W_h[:d, :d]`` should match is a convention of the comparison [?]: the
 studies record both cosines.
 
-Linear-attention baseline (spec §7, reconstructed [?]): a fixed normalisation 1/L_train makes
+Linear-attention baseline (notes icl_regression §7, reconstructed [?]): a fixed normalisation 1/L_train makes
 the learned predictor GD with step ``eta L'/L_train`` at test length ``L'``.
 
 Exact finite-L risk of the softmax kernels [D; checked by Monte Carlo in the tests]
     single head  ŷ = mu sum_i softmax_i(omega x_iᵀx_q) y_i
     pair         ŷ = mu [sum_i softmax_i(omega x_iᵀx_q) y_i - sum_i softmax_i(-omega x_iᵀx_q) y_i]
-(the two antisymmetric heads of the trained multi-head model, spec §4-§6). Given x_q (``s =
+(the two antisymmetric heads of the trained multi-head model, notes icl_regression §4-§6). Given x_q (``s =
 |x_q|^2``) and beta, ``(g_i, y_i) = (x_iᵀx_q, y_i)`` are i.i.d. Gaussian with ``y_i = (b/s) g_i
 + r_i``, ``b = betaᵀx_q``, ``r_i`` independent of ``g_i`` with variance ``|beta|^2 + sigma2 -
 b^2/s``; averaging over beta ~ N(0, I/d) leaves
@@ -74,7 +74,7 @@ Reduced ODE, early stage [D]: from omega = mu = (a, -a) the linearised flow grow
 ``2 mu omega = 1/(1 + c sinh(d omega^2)/omega^2)`` (:func:`valley_eta`), which tends to
 ``1/(1 + d c)`` = the DGD optimal step as omega -> 0.
 
-Prior covariance (multi-task, spec §9): with ``beta ~ N(0, B)`` (``B = I/d`` by default) the
+Prior covariance (multi-task, notes icl_regression §9): with ``beta ~ N(0, B)`` (``B = I/d`` by default) the
 centred one-step risk uses ``E g gᵀ = (n/L^2)[(n+1) Sigma B Sigma + (tr(Sigma B) + sigma2) Sigma]`` and
 ``E g betaᵀ = (n/L) Sigma B``; the optimal preconditioner is ``L B Sigma [(n+1) Sigma B Sigma +
 (tr(Sigma B) + sigma2) Sigma]^-1`` (``beta_cov=`` of :func:`optimal_preconditioner` and

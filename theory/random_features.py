@@ -5,7 +5,7 @@ study through the random features lens* (NeurIPS 2023), as reconstructed in
 ``shared/specs/random_features.md`` (the paper's full text was not available: items tagged
 [RECALL]/[DERIVED] there are conventions, so every one of them is a keyword argument here).
 
-Model (spec §2)
+Model (notes random_features §2)
 ---------------
 Inputs: a query ``x0`` and N keys ``x_1..x_N``, each on the unit sphere S^{d-1} (row vectors;
 a batch of samples is ``x0: (n, d)``, ``X: (n, N, d)``). With the appended constant coordinate
@@ -25,13 +25,13 @@ Head m has a frozen random query-key matrix ``W_m`` (D x D) and a trained value 
 * mean: ``Wbar = diag(I_d, 0)`` (``mean_shape="diag"``, default) or ``I_D`` (``"identity"``),
   ``mu = r_bias * sqrt(d) * sigma_score``: the *bias ratio* r = std of the score's mean part
   (mu <x0, xi>, whose std is mu/sqrt(d) on the sphere) over the std of its random part
-  ``sigma_score = s |x~0| |x~|`` (spec §2.4). r = 0 is RFA, r > 0 is BRFA.
+  ``sigma_score = s |x~0| |x~|`` (notes random_features §2.4). r = 0 is RFA, r > 0 is BRFA.
 
 Scores of two inputs are jointly Gaussian over W:
 ``mean m = mu x~0^T Wbar x~``, ``var v = s^2 |x~0|^2 |x~|^2``,
 ``cov(x~0^T W x~, x~0'^T W x~') = s^2 <x~0, x~0'> <x~, x~'>``.
 
-Kernels (spec §3.3)
+Kernels (notes random_features §3.3)
 -------------------
 Pairwise kernel on (query, key) pairs, and the infinite-head kernel of the full model (the mean
 over heads of ``<phi_m(X), phi_m(X')>``, phi_m the head's feature block)::
@@ -46,7 +46,7 @@ b = <xi,xj'>, ``kappa1`` the degree-1 arc-cosine kernel (:func:`kappa1`). The RF
 (ReLU features of the flattened input ``z = [x0; x1; ..; xN; 1]`` with ``w ~ N(0, I/|z|^2)``)
 has kernel ``kappa1(<z, z'>/|z|^2)`` (:func:`mlp_kernel`).
 
-Complexity and bounds (spec §§3.4, 4)
+Complexity and bounds (notes random_features §3.4, 4)
 -------------------------------------
 Zero-mean kernels depend on inner products only, so by Funk-Hecke they are diagonal in products
 of spherical harmonics. With ``P_p`` the Gegenbauer polynomial of S^{d-1} (P_p(1) = 1) and
@@ -58,20 +58,20 @@ of a unit-variance pure-degree pairwise function is ``1/mu``::
     keys  F = Q_p(<beta, x>)    B = 1/mu_{0,p};   query F = Q_p(<beta, x0>)  B = 1/mu_{p,0};
     pair  F = Q_p(<x0, x>)      B = 1/mu_{p,p}.
 
-``B(f*) := |F|_k^2`` for ``f* = (1/N) sum_i F(x0, xi)`` (spec §3.2) does not depend on N. For the RFMLP
+``B(f*) := |F|_k^2`` for ``f* = (1/N) sum_i F(x0, xi)`` (notes random_features §3.2) does not depend on N. For the RFMLP
 the same f* has ``|f*|^2 = 1/(N nu)`` with ``nu`` the eigenvalue of the flattened-input ReLU
 kernel (:func:`mlp_harmonic_eigenvalue`, an exact series in the arc-cosine coefficients).
-:func:`target_complexity` returns both. Excess-risk bound (spec §4.2, [RECALL form], constants
+:func:`target_complexity` returns both. Excess-risk bound (notes random_features §4.2, [RECALL form], constants
 and log factors unknown, set to one)::
 
     E l(f^) - E l(f*)  <=  sqrt(B R^2 / n) + sqrt(B R^2 / M)  [+ sqrt(log(1/delta) / n)],
 
 with ``R^2 = E K(X, X)`` the mean feature norm of one head (:func:`feature_radius_sq`; it depends
-on N and d only through this factor). :data:`COMPLEXITY_TABLE` is the spec's §4.3 table of
+on N and d only through this factor). :data:`COMPLEXITY_TABLE` is the table of notes random_features §4.3 of
 sample complexities (n needed for relative error eps ~ d^a N^b / eps^2, [DERIVED]) for attention
 (r = 0 and r ~ 1) and the RFMLP; :func:`predicted_sample_complexity` evaluates it.
 
-The eigenvalues as a positive series; ridge regression on M heads (spec §3.4, §4.4)
+The eigenvalues as a positive series; ridge regression on M heads (notes random_features §3.4, §4.4)
 -----------------------------------------------------------------------------------
 ``mu_{s,t} = sum_j e_j E[A_j P_s] E[B_j P_t]`` with non-negative terms only
 (:func:`rfa_harmonic_eigenvalue_series`): exact to the last digits at any size, and exactly zero
@@ -80,7 +80,7 @@ threshold on the value). :func:`rfa_eigenvalue` picks the quadrature or the seri
 of the full input has eigenvalues ``mu_{s,t}/N`` (t >= 1) and ``mu_{s,0}`` on the symmetrised
 pairwise harmonics, multiplicity ``N_s(d) N_t(d)`` (:func:`rfa_kernel_spectrum`); from it,
 :func:`random_feature_ridge_risk` is the deterministic equivalent of the excess risk of ridge
-regression on P random features from n noiseless samples (derived in spec §4.4), and
+regression on P random features from n noiseless samples (derived in notes random_features §4.4), and
 :func:`rfa_ridge_risk` its value for a Gegenbauer target with the ridge tuned on a grid.
 
 Predictions for a run's configuration (used by the study's claims)
@@ -196,7 +196,7 @@ def score_std(augment: bool = True, w_var: float | None = None) -> float:
 
 
 def bias_mu(r_bias: float, d: int, augment: bool = True, w_var: float | None = None) -> float:
-    """Mean scale mu of W = mu Wbar + G for bias ratio r (spec §2.4): mu = r sqrt(d) sigma_score."""
+    """Mean scale mu of W = mu Wbar + G for bias ratio r (notes random_features §2.4): mu = r sqrt(d) sigma_score."""
     return float(r_bias) * math.sqrt(d) * score_std(augment, w_var)
 
 
@@ -299,7 +299,7 @@ def bvn_upper(h, k, rho):
 def relu_moment(m1, m2, rho):
     """E[(m1 + U)^+ (m2 + V)^+] for standard normals U, V with correlation rho (broadcasting).
 
-    With h = -m1, k = -m2, s = sqrt(1 - rho^2), L = P(U > h, V > k) (spec §3.3):
+    With h = -m1, k = -m2, s = sqrt(1 - rho^2), L = P(U > h, V > k) (notes random_features §3.3):
     ``m1 m2 L + m1 E[V; .] + m2 E[U; .] + E[UV; .]`` with the truncated moments
     ``E[U; .] = phi(h) Q((k - rho h)/s) + rho phi(k) Q((h - rho k)/s)`` (and symmetrically) and
     ``E[UV; .] = rho L + rho h phi(h) Q((k-rho h)/s) + rho k phi(k) Q((h-rho k)/s)
@@ -427,7 +427,7 @@ def rfa_kernel(x0, X, x0p, Xp, *, key_norm="mean", chunk=64, **conv):
 def mlp_kernel(z, zp, *, w_var=None):
     """ReLU random-feature kernel ``E_w[relu(<w,z>) relu(<w,z'>)]``, w ~ N(0, w_var I), for
     flattened inputs ``z: (n, D_in)``, ``zp: (n', D_in)``; ``w_var=None`` means ``1/|z|^2`` of the
-    first row (unit-variance pre-activations, the spec's 1/(N+2) for augmented sphere inputs)."""
+    first row (unit-variance pre-activations, the pilot's 1/(N+2) for augmented sphere inputs)."""
     z, zp = np.asarray(z, float), np.asarray(zp, float)
     nz = np.linalg.norm(z, axis=-1)
     nzp = np.linalg.norm(zp, axis=-1)
@@ -612,7 +612,7 @@ def _zero_mean_conv(conv: dict) -> dict:
     return {k: v for k, v in conv.items() if k in ("augment", "w_var", "activation", "value", "nodes")}
 
 
-# ---------------------------------------------------------------- the kernel as a positive series (spec §3.4)
+# ---------------------------------------------------------------- the kernel as a positive series (notes random_features §3.4)
 #
 # With zero mean the pairwise kernel is e(a, b) vv(b): e = E_W[sigma(s) sigma(s')] a power series in one
 # product g of a query factor and a key factor, vv the values' inner product. Writing G_a = (1 + a)/2,
@@ -668,7 +668,7 @@ def _reaches(degrees: np.ndarray, s: int) -> bool:
 
 
 def rfa_eigenvalue_vanishes(s: int, t: int, d: int | None = None, **conv) -> bool:
-    """Whether mu_{s,t} is zero by structure (spec §3.2, §3.4): the parity/degree rule of the
+    """Whether mu_{s,t} is zero by structure (notes random_features §3.2, §3.4): the parity/degree rule of the
     kernel's positive series (see the comment above). Without the constant coordinate ReLU
     features are odd in (x0, X), so every even total degree s + t vanishes, and so does every
     odd query degree above 1 (kappa1 has one odd power, rho^1); linear attention has degree <= 1
@@ -748,7 +748,7 @@ def target_complexity(family: str, p: int, d: int, N: int = 1, *, model: str = "
     """Squared RKHS norm B of the unit-variance pure-degree Gegenbauer target of ``family``
     (keys, query, pair, bilin) under the infinite-width kernel of ``model``:
 
-    * ``"rfa"`` (zero mean): ``B(f*) = |F|_k^2`` of the pairwise function (N-free, spec §3.2);
+    * ``"rfa"`` (zero mean): ``B(f*) = |F|_k^2`` of the pairwise function (N-free, notes random_features §3.2);
       ``inf`` when the eigenvalue vanishes by structure (the target is outside the class);
     * ``"rfmlp"``: ``|f*|^2`` of ``f* = (1/N) sum_i F`` under the flattened-input ReLU kernel
       (``1/(N nu)`` for keys/pair/bilin; ``1/nu`` for the query-only target).
@@ -832,7 +832,7 @@ def feature_radius_sq(N: int, d: int, *, key_norm="mean", nodes: int = 160, **co
 
 def excess_risk_bound(n, M, B, *, N: int = 1, d: int = 8, delta: float | None = None,
                       radius_sq: float | None = None, **conv):
-    """Shape of the excess-risk bound (spec §4.2, constants and log factors set to one)::
+    """Shape of the excess-risk bound (notes random_features §4.2, constants and log factors set to one)::
 
         sqrt(B R^2 / n) + sqrt(B R^2 / M)  [+ sqrt(log(1/delta) / n)]
 
@@ -858,7 +858,7 @@ def excess_risk_bound(n, M, B, *, N: int = 1, d: int = 8, delta: float | None = 
 # --------------------------------------------------------------------------- ridge regression on M heads
 
 def rfa_kernel_spectrum(d: int, N: int, *, key_norm: str = "mean", max_degree: int = 24, **conv):
-    """Eigenvalues of the infinite-head kernel K on the full input (x0, X) (spec §4.4), as groups
+    """Eigenvalues of the infinite-head kernel K on the full input (x0, X) (notes random_features §4.4), as groups
     ``(eigenvalue, multiplicity, (s, t))`` over the bidegrees s, t <= ``max_degree`` without the
     constant (0, 0) (the fits centre features and labels), and the mass ``tail`` of the rest of
     the spectrum (the trace R^2 minus the groups listed).
@@ -898,8 +898,7 @@ def _df(lam, mult, tail, k):
 def random_feature_ridge_risk(lam, mult, tail, target, n, P, ridge):
     """Deterministic equivalent of the excess risk of ridge regression (penalty ``n ridge |v|^2``)
     on ``P`` random features whose kernel has the spectrum ``(lam, mult, tail)``, from ``n``
-    noiseless samples of a target with ``target[g]`` of its variance on eigen-group g (spec
-    §4.4, derived there): with df1, df2 of :func:`_df`, ``k`` solves
+    noiseless samples of a target with ``target[g]`` of its variance on eigen-group g (notes random_features §4.4, derived there): with df1, df2 of :func:`_df`, ``k`` solves
     ``ridge = k (1 - df1(k)/P) (1 - df1(k)/n)``, and
 
         risk = sum_g target_g [k/(lam_g + k) - k lam_g (1 - df1/P) / ((1 - df2/P) (lam_g + k)^2)]
@@ -966,9 +965,9 @@ def rfa_ridge_risk(family: str, p: int, d: int, N: int, n, P, ridges, *, key_nor
 
 # --------------------------------------------------------------------------- complexity table
 
-# spec §4.3 [DERIVED]: n needed for relative error eps ~ d^a N^b / eps^2 for a per-key term of
+# notes random_features §4.3 [DERIVED]: n needed for relative error eps ~ d^a N^b / eps^2 for a per-key term of
 # degree p. Entries: (a, b) as functions of p; None = not learnable (outside the function class);
-# "?" = no prediction (the spec only says "worse than RFA").
+# "?" = no prediction (the notes only say "worse than RFA").
 COMPLEXITY_TABLE = {
     "keys": {"rfa": lambda p: (p, 0), "brfa": "?", "rfmlp": lambda p: (p, p)},
     "query": {"rfa": lambda p: (p, 0), "brfa": "?", "rfmlp": lambda p: (p, p)},
@@ -981,12 +980,12 @@ COMPLEXITY_TABLE = {
 
 def is_learnable(family: str, model: str) -> bool:
     """Whether the target family lies in the model's infinite-width function class: attention
-    sees (query, key) pairs only, so key-key interactions are out of reach (spec §3.2)."""
+    sees (query, key) pairs only, so key-key interactions are out of reach (notes random_features §3.2)."""
     return COMPLEXITY_TABLE[family][model] is not None
 
 
 def complexity_exponents(family: str, model: str, p: int):
-    """(a, b) with n ~ d^a N^b / eps^2 (spec §4.3); None if not learnable, "?" if unknown."""
+    """(a, b) with n ~ d^a N^b / eps^2 (notes random_features §4.3); None if not learnable, "?" if unknown."""
     entry = COMPLEXITY_TABLE[family][model]
     if entry is None or entry == "?":
         return entry
@@ -995,7 +994,7 @@ def complexity_exponents(family: str, model: str, p: int):
 
 def predicted_sample_complexity(family: str, model: str, p: int, d: int, N: int,
                                 eps: float = 0.1, constant: float = 1.0) -> float:
-    """constant * d^a N^b / eps^2 (inf when not learnable); raises when the spec has no entry.
+    """constant * d^a N^b / eps^2 (inf when not learnable); raises when the table has no entry.
 
     Examples
     --------
@@ -1020,7 +1019,7 @@ def predicted_sample_complexity(family: str, model: str, p: int, d: int, N: int,
 # --------------------------------------------------------------------------- predictions for a run
 
 def target_variance(family: str, p: int, N: int) -> float | None:
-    """Var f* of a Gegenbauer target (spec §7.1 menu): the mean over N keys of uncorrelated
+    """Var f* of a Gegenbauer target (notes random_features §7.1 menu): the mean over N keys of uncorrelated
     unit-variance terms has variance 1/N (keys, pair, bilin with p >= 1); query-only and the
     key-key control are unit-variance. None where there is no closed form (attn)."""
     if family in ("keys", "pair", "bilin"):
@@ -1036,7 +1035,7 @@ def mlp_feature_radius_sq() -> float:
 
 
 def bound_complexity(family: str, p: int, d: int, N: int, *, model: str = "rfa", **conv) -> float:
-    """``B(f*) R^2``, the scale of the excess-risk bound (spec §4.2: ``n, M >~ B R^2 / eps^2``) for
+    """``B(f*) R^2``, the scale of the excess-risk bound (notes random_features §4.2: ``n, M >~ B R^2 / eps^2``) for
     the Gegenbauer target of ``family``: ``f* = (1/N) sum_i F``, F unit-variance. RFA: ``|F|_k^2``
     times ``feature_radius_sq(N, d)`` (mean over keys); RFMLP: its ``|f*|^2`` times 1/2. The product does
     not depend on ``w_var`` or on the key normalisation (both rescale B and R^2 inversely);
@@ -1052,17 +1051,17 @@ def bound_complexity(family: str, p: int, d: int, N: int, *, model: str = "rfa",
 def sample_complexity_ratio(family: str, p: int, d: int, N: int, **conv) -> float:
     """Predicted sample-complexity ratio RFMLP / RFA for the same target: by the bound, each
     model needs n ~ B R^2 / eps^2 samples to reach excess risk eps, so the RFMLP needs
-    ``B_mlp R_mlp^2 / (B_rfa R_rfa^2)`` times as many (spec §4.3: ~ N^deg); inf outside RFA's class."""
+    ``B_mlp R_mlp^2 / (B_rfa R_rfa^2)`` times as many (notes random_features §4.3: ~ N^deg); inf outside RFA's class."""
     return bound_complexity(family, p, d, N, model="rfmlp", **conv) / bound_complexity(
         family, p, d, N, model="rfa", **conv)
 
 
 def in_attention_class(family: str, p: int, d: int, **conv) -> bool | None:
-    """Whether a target lies in the zero-mean attention layer's function class (spec §3.2):
+    """Whether a target lies in the zero-mean attention layer's function class (notes random_features §3.2):
     never the key-key control (a layer with query-key scores sees (query, key) pairs only);
     Gegenbauer keys/query/pair/bilin targets iff their bidegree eigenvalue does not vanish
     (:func:`rfa_eigenvalue_vanishes`); the attention-like target for ReLU with the constant
-    coordinate (spec §4.3); None where the theory does not say (softmax, attn otherwise)."""
+    coordinate (notes random_features §4.3); None where the theory does not say (softmax, attn otherwise)."""
     if family == "keykey":
         return False
     if conv.get("activation", "relu") not in ACTIVATIONS:
@@ -1100,13 +1099,13 @@ def N_exponent(family: str, model: str, p: int) -> float | None:
 
 
 _BIAS = {
-    "pair": ("lowers", "spec §3.4/§4.3: a mean mu <x0, x_i> in the score synthesises any profile of <x0, x_i> "
+    "pair": ("lowers", "notes random_features §3.4/§4.3: a mean mu <x0, x_i> in the score synthesises any profile of <x0, x_i> "
                        "at a d-free cost (d^{2p} -> O_p(1))"),
-    "attn": ("lowers", "spec §3.4/§4.3: the profile relu(u_i) is synthesised at a d-free cost, leaving the "
+    "attn": ("lowers", "notes random_features §3.4/§4.3: the profile relu(u_i) is synthesised at a d-free cost, leaving the "
                        "linear value factor (d^{2p+1} -> d)"),
-    "keys": ("raises", "spec §3.4: the mean concentrates the features on the <x0, x_i> direction, which a "
+    "keys": ("raises", "notes random_features §3.4: the mean concentrates the features on the <x0, x_i> direction, which a "
                        "keys-only target does not depend on"),
-    "query": ("raises", "spec §3.4: the mean concentrates the features on the <x0, x_i> direction, which a "
+    "query": ("raises", "notes random_features §3.4: the mean concentrates the features on the <x0, x_i> direction, which a "
                         "query-only target does not depend on"),
 }
 
@@ -1117,23 +1116,23 @@ def bias_effect(family: str) -> tuple[str | None, str]:
     mean unless W-bar ~ S, and the key-key control, outside both classes)."""
     if family in _BIAS:
         return _BIAS[family]
-    return None, "spec §4.3 gives no direction for this family (bilin: ~ RFA unless W-bar ~ S; keykey: not learnable)"
+    return None, "notes random_features §4.3 gives no direction for this family (bilin: ~ RFA unless W-bar ~ S; keykey: not learnable)"
 
 
 def bias_theory_covers(*, activation: str = "relu", augment: bool = True, mean_shape: str = "diag",
                        value: str = "augmented") -> tuple[bool, str]:
-    """Whether the bias argument of spec §3.4 applies to these conventions, and why not: it
+    """Whether the bias argument of notes random_features §3.4 applies to these conventions, and why not: it
     needs ReLU scores, the constant coordinate (the bias entry G_{d+1,d+1} and the value
     e_{d+1} synthesise the profile), a mean W-bar = diag(I_d, 0) (I_{d+1} also shifts every
     score by mu) and values on [x; 1]."""
     if activation != "relu":
-        return False, f"the bias argument (spec §3.4) is for ReLU scores, not {activation}"
+        return False, f"the bias argument (notes random_features §3.4) is for ReLU scores, not {activation}"
     if not augment:
-        return False, "the bias argument (spec §3.4) uses the constant coordinate; this run has none"
+        return False, "the bias argument (notes random_features §3.4) uses the constant coordinate; this run has none"
     if mean_shape != "diag":
-        return False, "the bias argument (spec §3.4) is for W-bar = diag(I_d, 0); I_{d+1} also shifts every score"
+        return False, "the bias argument (notes random_features §3.4) is for W-bar = diag(I_d, 0); I_{d+1} also shifts every score"
     if value != "augmented":
-        return False, "the bias argument (spec §3.4) uses the value's constant coordinate; values act on x here"
+        return False, "the bias argument (notes random_features §3.4) uses the value's constant coordinate; values act on x here"
     return True, ""
 
 

@@ -67,7 +67,7 @@ does **not** come from the coefficients the approximation used (:func:`approxima
 so that a wrong coefficient there is caught: :func:`reference_relative_error` computes ``eps`` from
 the closed-form Taylor remainder ``e^{-x} sum_{t>g} x^t/t!`` (no coefficients at all) or from the
 Chebyshev interpolant in the Chebyshev basis (discrete cosine formula, Clenshaw evaluation; no
-monomial conversion), on the fine grid of spec §5 item 13. :func:`coefficient_mass` bounds
+monomial conversion), on the fine grid of notes tensor_attention §5 item 13. :func:`coefficient_mass` bounds
 ``sum_t |c_t| R^t`` of the same polynomials (exact rationals; ``sum_j |a_j| ||T_j||_1`` for
 Chebyshev, which also bounds the float64 conversion error), and :func:`rounding_allowance` turns it
 into a relative float64 allowance on every kernel value.
@@ -239,7 +239,7 @@ def _cheb_cached(g: int, R: float) -> tuple:
 def chebyshev_coefficients(g: int, R: float) -> np.ndarray:
     """Monomial coefficients (in x) of the interpolant of ``e^x`` at the ``g+1`` Chebyshev
     points of the first kind on ``[-R, R]``. Raises ValueError when the float64 monomial form no
-    longer reproduces ``e^x`` at the nodes to 1e-3 (large R or g, spec §2.1 numerical notes)."""
+    longer reproduces ``e^x`` at the nodes to 1e-3 (large R or g, notes tensor_attention §2.1 numerical notes)."""
     g = check_degree(g)
     R = float(R)
     if not R > 0:
@@ -470,7 +470,7 @@ class MultiIndex:
 
 @functools.lru_cache(maxsize=64)
 def multi_indices(d: int, g: int) -> MultiIndex:
-    """Enumerate ``{alpha in N^d : |alpha| <= g}`` degree by degree (spec §2.3).
+    """Enumerate ``{alpha in N^d : |alpha| <= g}`` degree by degree (notes tensor_attention §2.3).
 
     Examples
     --------
@@ -630,7 +630,7 @@ def reference_relative_error(g: int, R: float, method: str = "taylor") -> float:
     """``eps = max_{|x| <= R} |P(x) e^{-x} - 1|`` of the degree-g Taylor polynomial or Chebyshev
     interpolant, computed **independently of the coefficients the approximation uses**: Taylor
     from the remainder series ``e^{-x} sum_{t>g} x^t/t!``, Chebyshev from its Chebyshev-basis
-    coefficients (discrete cosine formula) by Clenshaw's recurrence; on the fine grid of spec §5
+    coefficients (discrete cosine formula) by Clenshaw's recurrence; on the fine grid of notes tensor_attention §5
     item 13 (:func:`relative_error`'s grid). ``inf`` when not finite."""
     g = check_degree(g)
     R = float(R)
@@ -652,7 +652,7 @@ def reference_relative_error(g: int, R: float, method: str = "taylor") -> float:
 def relative_error_profile(g: int, R: float, method: str, x) -> np.ndarray:
     """``delta(x) = P(x) e^{-x} - 1`` of the degree-g polynomial (Taylor, or Chebyshev interpolant on
     ``[-R, R]``) at the points ``x``, from the reference forms, independent of the coefficients the
-    approximation uses (spec §2.8): Taylor from the closed form of its remainder,
+    approximation uses (notes tensor_attention §2.8): Taylor from the closed form of its remainder,
     ``-P(g+1, x)`` (regularised lower incomplete gamma) for x >= 0 and
     ``(-1)^g y^{g+1}/(g+1)! 1F1(g+1; g+2; y)`` (y = -x, a positive series) for x < 0, both
     accurate to the last digits however small; Chebyshev by Clenshaw's recurrence in its basis."""
@@ -701,7 +701,7 @@ def _taylor_profiles(x: np.ndarray, degrees) -> dict:
 def predicted_output_error(Q, keys, values, degrees, methods, R: float, scale: float, *,
                            chunk: int = 64) -> np.ndarray:
     """``max_{i,l} |T_approx - T|`` that the polynomial method must produce on these inputs, from
-    theory alone (spec §2.8): with the exact softmax weights ``p_J`` of query i over the key
+    theory alone (notes tensor_attention §2.8): with the exact softmax weights ``p_J`` of query i over the key
     tuples J and the polynomial's relative errors ``delta_J = delta(logit_J)``, every weight of
     the approximation is ``p_J (1 + delta_J)`` up to the common normaliser, so, exactly,
 
@@ -780,7 +780,7 @@ def exact_flops(n, d: int, k: int = 3, *, lower_order: bool = False, dv: int | N
 
 
 def approx_flops(n, d: int, g: int, k: int = 3, *, lower_order: bool = False):
-    """``n r k (d + 2)`` with ``r = C(d+g, g)`` (spec §2.4); with ``lower_order``, plus the
+    """``n r k (d + 2)`` with ``r = C(d+g, g)`` (notes tensor_attention §2.4); with ``lower_order``, plus the
     n-independent ``r (d+1) (k-1) + r`` products that combine the key sides and weight the query
     features."""
     r = rank(d, g)
@@ -819,7 +819,7 @@ def crossover_n(d: int, g: int, k: int = 3) -> float:
 
 def crossover_entry_bound(n: int, d: int, k: int, eps: float, method: str = "chebyshev") -> float:
     """Largest entry bound B at which the approximation with relative error ``eps`` on the
-    range ``B^k`` still costs no more flops than exact attention at this n (spec §5 item 15).
+    range ``B^k`` still costs no more flops than exact attention at this n (notes tensor_attention §5 item 15).
     Degrees are capped at 40 (the monomial conversion's limit) and ``B^k`` at 64; returns 0 when
     nothing qualifies. For small d the rank is cheap and the float64 floor binds instead:
     ``e^{2R} u <= eps`` caps ``R = B^k`` near ``log(eps/u)/2`` (11.4 for eps = 1e-6)."""

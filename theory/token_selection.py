@@ -1,6 +1,6 @@
 r"""Attention over m of n keys: what sampling, top-k, hybrids and coverage rules should cost.
 
-This module extends the token-sample thread (spec ``token_sample.md``: attention over n sampled
+This module extends the token-sample thread (notes token_sample §2.1: attention over n sampled
 tokens against its infinite-token limit) from "n tokens out of a law" to "m keys out of n given
 keys", the question every sparse-attention method answers. Pure functions of parameters
 (numpy/scipy only); nothing of the workbench is imported.
@@ -92,7 +92,7 @@ the tilted mean. Writing ``e^{2s} mu / E e^{2s}`` as the tilt by 2a,
   u = a/|a|, k = kappa, ``A'(x) = 1 - A^2 - (2 nu + 1) A / x``. As kappa -> infinity the bracket
   in front grows like ``sqrt(pi) kappa^{nu + 1/2} / (Gamma(nu+1) 4^nu)`` and the second bracket
   decays like ``(||V||_F^2 - |Vu|^2) / (2 kappa)``, so ``B ~ kappa^{(d-3)/2}``: polynomial, not
-  exponential (the spec's ``sqrt(n) RMSE ~ kappa^{(d-3)/4}`` at budget m).
+  exponential (the token-sample thread's ``sqrt(n) RMSE ~ kappa^{(d-3)/4}`` at budget m).
 * Mixture: the same formula with the mixture's tilt (a mixture of tilted components with
   weights ``softmax_k(log pi_k + a.m_k + a^T S_k a / 2)``).
 * ``kappa_n -> E e^{2s} / (E e^s)^2``: ``e^{sigma^2}`` for Gaussians, the bracket above for the

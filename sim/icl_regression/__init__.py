@@ -1,9 +1,9 @@
 """In-context linear regression with one layer of multi-head softmax attention: data, model,
 hand-written gradients, batched Adam training, pattern metrics and Monte Carlo of the
 closed-form predictors (He, Pan, Chen, Yang, "In-context linear regression demystified",
-ICML 2025; spec ``icl_regression`` §§1-4, 6-9, 12).
+ICML 2025; notes icl_regression §1-4, §6-9, §12).
 
-Data (spec §1) [C]
+Data (notes icl_regression §1) [C]
 ------------------
 A prompt has ``L`` examples ``(x_i, y_i)`` and a query ``(x_q, y_q)``; ``d`` covariates and
 ``N`` outputs (``N = 1`` except in the multi-task variant):
@@ -15,11 +15,11 @@ A prompt has ``L`` examples ``(x_i, y_i)`` and a query ``(x_q, y_q)``; ``d`` cov
 Tokens ``z_i = [x_i; y_{1,i}..y_{N,i}]`` (``D = d + N``), query token ``z_q = [x_q; 0]``. The
 query label carries noise by default (the authors' code), so MSE includes ``sigma^2``. A
 :class:`TaskSpec` holds ``C, s, m, sigma, sigma_q``; :func:`isotropic_task`,
-:func:`toeplitz_task` (``Sigma_ij = rho^|i-j|``, spec §8) and :func:`multitask_task` (spec §1:
+:func:`toeplitz_task` (``Sigma_ij = rho^|i-j|``, notes icl_regression §8) and :func:`multitask_task` (notes icl_regression §1:
 d = 6, tasks on x[0:4] and x[2:6], beta_n ~ N(0, I_4), noise variance 0.4, noiseless query)
 build the three families.
 
-Model (spec §2) [C]
+Model (notes icl_regression §2) [C]
 -------------------
 Per head ``h = 1..H``: ``Q_h, K_h, V_h`` (D x D) and a readout ``O_h`` (D x N); no residual,
 LayerNorm, MLP or bias; the query does not attend to itself. With temperature ``c = 1/sqrt(D)``
@@ -30,10 +30,10 @@ LayerNorm, MLP or bias; the query does not attend to itself. With temperature ``
 
 Loss: mean over prompts *and outputs* of ``(ŷ - y_q)^2`` (torch ``MSELoss``). Init: PyTorch
 ``nn.Linear`` default, ``Q, K, V ~ U(±1/sqrt(D))``, ``O ~ U(±1/sqrt(H D))``. The *linear*
-baseline (spec §7, reconstructed [?]) replaces ``p_{h,i}`` by ``s_{h,i} / L_train``: a fixed
+baseline (notes icl_regression §7, reconstructed [?]) replaces ``p_{h,i}`` by ``s_{h,i} / L_train``: a fixed
 normalisation, so it is GD with step ``eta L'/L_train`` at test length ``L'``.
 
-Gradients (spec §12, hand-written): with ``r_n = 2 (ŷ_n - y_{q,n}) / (B N)``,
+Gradients (notes icl_regression §12, hand-written): with ``r_n = 2 (ŷ_n - y_{q,n}) / (B N)``,
 ``g_u[h] = sum_b a_h r^T``, ``v_{h,i} = sum_n r_n u_{h,:,n}ᵀ z_i``,
 ``g_s = r p (v - <p, v>)`` (softmax) or ``r v / L_train`` (linear),
 ``G_h = sum_b z_q (g_s Z)^T``; then ``dQ_h = c K_h G_hᵀ, dK_h = c Q_h G_h, dV_h = O_h g_u[h]ᵀ,
@@ -63,7 +63,7 @@ call per step (data + forward + backward for all runs), Adam (lr 1e-3, betas (0.
 eps 1e-8, PyTorch's bias-corrected form). ``state_dict()`` holds everything needed to resume
 bit for bit.
 
-Pattern metrics (spec §4, authors' ``extract_kq_ov_details``): on the x-block ``W_x = W_h[:d, :d]``
+Pattern metrics (notes icl_regression §4, authors' ``extract_kq_ov_details``): on the x-block ``W_x = W_h[:d, :d]``
 ``diag_ratio = ||diag W_x|| / ||W_x||_F``, ``diag_cv2 = Var(diag)/mean(diag)^2`` (population
 variance [?]), ``last_entry_ratio = |u_h[d+n, n]| / ||u_h[:, n]||``, ``omega_h = mean diag W_x``,
 ``mu_h = u_h[d+n, n]`` (y_n -> output n), ``eta = sum_h mu_h omega_h``.

@@ -1,4 +1,4 @@
-"""Forward and hand-written backward of one-layer multi-head attention in Numba (spec §2, §12):
+"""Forward and hand-written backward of one-layer multi-head attention in Numba (notes icl_regression §2, §12):
 one prompt (:func:`_fb_prompt`), a training step with prompts drawn in the kernel
 (:func:`_train_kernel`), given data (:func:`_data_kernel`) and evaluation (:func:`_eval_kernel`)."""
 from __future__ import annotations

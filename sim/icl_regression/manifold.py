@@ -1,5 +1,5 @@
-"""Plain gradient descent of one-layer softmax attention on its pattern manifold (spec
-``icl_regression`` §2, §5; notes icl_regression §5.7): the trained model that the reduced
+"""Plain gradient descent of one-layer softmax attention on its pattern manifold (notes
+icl_regression §2, §5, §5.7): the trained model that the reduced
 (omega, mu) ODE describes, with the *exact* loss in place of the reduced one.
 
 Model

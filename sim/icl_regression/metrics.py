@@ -1,4 +1,4 @@
-"""Pattern metrics of trained heads (spec §4, the authors' ``extract_kq_ov_details``) and
+"""Pattern metrics of trained heads (notes icl_regression §4, the authors' ``extract_kq_ov_details``) and
 across-head sums (zero-sum ratio, the debiased-GD step eta)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ PATTERN_KEYS = ("omega", "mu", "diag_ratio", "diag_cv2", "last_entry_ratio", "of
 
 def pattern_metrics(W: np.ndarray, U: np.ndarray, d: int, out: int = 0) -> dict:
     """Per-head metrics (arrays over the leading axes of W (..., H, D, D), U (..., H, D, N)) for
-    output ``out`` (spec §4): omega, mu, diag_ratio, diag_cv2, last_entry_ratio, offdiag_max
+    output ``out`` (notes icl_regression §4): omega, mu, diag_ratio, diag_cv2, last_entry_ratio, offdiag_max
     (max |off-diagonal| of the x-block), key_y_max (max |W[:d, d+out]|, the key-y column) and
     ov_x_max (max |u[:d, out]|). Zero heads give omega = mu = 0 and ratios 0."""
     Wx = W[..., :d, :d]
@@ -37,7 +37,7 @@ def pattern_metrics(W: np.ndarray, U: np.ndarray, d: int, out: int = 0) -> dict:
 def head_sums(omega, mu, exists=None) -> dict:
     """Across-head summaries over the last axis: ``sum_mu``, ``sum_abs_mu``, ``zero_sum_ratio`` =
     |sum_h mu_h| / sum_h |mu_h| (0 when all mu vanish) and ``eta`` = sum_h mu_h omega_h (the
-    debiased-GD step the heads implement, spec §6). ``exists`` masks padded heads."""
+    debiased-GD step the heads implement, notes icl_regression §6). ``exists`` masks padded heads."""
     omega = np.asarray(omega, dtype=float)
     mu = np.asarray(mu, dtype=float)
     if exists is not None:

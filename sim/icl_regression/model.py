@@ -113,7 +113,7 @@ def reference_forward(W, U, Z, zq, *, kind="softmax", lin_scale=0.0):
 
 
 def reference_loss_and_grads(Q, K, V, O, Z, zq, yq, *, temperature=None, kind="softmax", lin_scale=0.0):
-    """The obviously-correct reference (spec §12 einsum form), batched over runs: Z (R, B, L, D),
+    """The obviously-correct reference (notes icl_regression §12 einsum form), batched over runs: Z (R, B, L, D),
     zq (R, B, D), yq (R, B, N). Returns ``(loss (R,), (dQ, dK, dV, dO))``."""
     xp = namespace(Q, Z)
     D = Q.shape[-1]

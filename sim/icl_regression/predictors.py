@@ -1,4 +1,4 @@
-"""Monte Carlo of the closed-form predictors the trained model is compared with (spec §5, §6, §8):
+"""Monte Carlo of the closed-form predictors the trained model is compared with (notes icl_regression §5, §6, §8):
 GD, debiased GD, preconditioned GD, ridge (= Bayes), the reduced softmax-head model."""
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from sim.icl_regression.prompts import Prompts
 
 
 def predict_gd(p: Prompts, eta, out: int = 0):
-    """One-step GD from 0: ŷ = eta (1/L) sum_i y_i x_iᵀ x_q (spec §6)."""
+    """One-step GD from 0: ŷ = eta (1/L) sum_i y_i x_iᵀ x_q (notes icl_regression §6)."""
     L = p.x.shape[1]
     return np.asarray(eta)[..., None] * np.einsum("nl,nld,nd->n", p.y[..., out], p.x, p.xq) / L
 
 
 def predict_dgd(p: Prompts, eta, out: int = 0):
-    """Debiased GD: ŷ = eta (1/L) sum_i y_i (x_i - x̄)ᵀ x_q (spec §6)."""
+    """Debiased GD: ŷ = eta (1/L) sum_i y_i (x_i - x̄)ᵀ x_q (notes icl_regression §6)."""
     L = p.x.shape[1]
     xc = p.x - p.x.mean(axis=1, keepdims=True)
     return np.asarray(eta)[..., None] * np.einsum("nl,nld,nd->n", p.y[..., out], xc, p.xq) / L
 
 
 def predict_preconditioned(p: Prompts, Gamma: np.ndarray, centered: bool = True, out: int = 0):
-    """ŷ = x_qᵀ Gamma (1/L) sum_i (x_i - x̄) y_i (x̄ = 0 when not centered; spec §8)."""
+    """ŷ = x_qᵀ Gamma (1/L) sum_i (x_i - x̄) y_i (x̄ = 0 when not centered; notes icl_regression §8)."""
     L = p.x.shape[1]
     x = p.x - p.x.mean(axis=1, keepdims=True) if centered else p.x
     g = np.einsum("nl,nld->nd", p.y[..., out], x) / L
@@ -48,7 +48,7 @@ def ridge_conditional_risk(p: Prompts, sigma2: float) -> np.ndarray:
 
 
 def predict_softmax_heads(p: Prompts, omega, mu, out: int = 0):
-    """The reduced model ŷ = sum_h mu_h sum_i softmax_i(omega_h x_iᵀ x_q) y_i (spec §5)."""
+    """The reduced model ŷ = sum_h mu_h sum_i softmax_i(omega_h x_iᵀ x_q) y_i (notes icl_regression §5)."""
     omega = np.atleast_1d(np.asarray(omega, dtype=float))
     mu = np.atleast_1d(np.asarray(mu, dtype=float))
     g = np.einsum("nld,nd->nl", p.x, p.xq)

@@ -1,4 +1,4 @@
-"""Prompt generation (spec §1, §12): prompt ``b`` of step ``t`` on a stream is a pure function of
+"""Prompt generation (notes icl_regression §1, §12): prompt ``b`` of step ``t`` on a stream is a pure function of
 (key, t, b, stream), drawn inside Numba from the Philox stream (:mod:`.philox`)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data laws of in-context regression (spec ``icl_regression`` §1, §8): :class:`TaskSpec` and
+"""Data laws of in-context regression (notes icl_regression §1, §8): :class:`TaskSpec` and
 its three families, the data keys of the counter-based streams, and the per-run task arrays the
 kernels read.
 
@@ -57,7 +57,7 @@ def isotropic_task(d: int, sigma2: float = 0.1, query_noise: bool = True) -> Tas
 
 
 def toeplitz_task(d: int, rho: float, sigma2: float = 0.1) -> TaskSpec:
-    """x ~ N(0, Sigma) with Sigma_ij = rho^|i-j| (AR(1); spec §8), beta ~ N(0, I/d)."""
+    """x ~ N(0, Sigma) with Sigma_ij = rho^|i-j| (AR(1); notes icl_regression §8), beta ~ N(0, I/d)."""
     idx = np.arange(d)
     cov = float(rho) ** np.abs(idx[:, None] - idx[None, :])
     base = isotropic_task(d, sigma2)
@@ -67,7 +67,7 @@ def toeplitz_task(d: int, rho: float, sigma2: float = 0.1) -> TaskSpec:
 
 def multitask_task(d: int = 6, supports=((0, 4), (2, 6)), beta_var: float = 1.0,
                    noise_var: float = 0.4, query_noise: bool = False) -> TaskSpec:
-    """Multi-task regression (spec §1): task n reads x[a_n:b_n], beta_n ~ N(0, beta_var I),
+    """Multi-task regression (notes icl_regression §1): task n reads x[a_n:b_n], beta_n ~ N(0, beta_var I),
     label-noise variance ``noise_var`` (4 x 0.1: SNR 1 : 0.1), noiseless query labels."""
     n = len(supports)
     mask = np.zeros((n, d))

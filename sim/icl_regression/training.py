@@ -1,5 +1,5 @@
 """Adam, the batched trainer of R runs (one fused kernel call per step) and the per-run NumPy
-reference trainer (spec §3, §12; see the package docstring, "Batched training")."""
+reference trainer (notes icl_regression §3, §12; see the package docstring, "Batched training")."""
 from __future__ import annotations
 
 import math
@@ -203,7 +203,7 @@ class BatchedTrainer:
 
 
 class ReferenceTrainer:
-    """A plain per-run NumPy training loop (spec §12): ``numpy.random.Generator`` data, the
+    """A plain per-run NumPy training loop (notes icl_regression §12): ``numpy.random.Generator`` data, the
     einsum reference gradients, the same Adam. The benchmark's baseline."""
 
     def __init__(self, run: RunSpec, L: int, batch: int = 256, lr: float = 1e-3, temperature=None):

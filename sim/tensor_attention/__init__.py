@@ -14,7 +14,7 @@ order-k attention of query ``i`` is::
 where ``o`` is the entrywise product and **the softmax is joint over all** ``n_1 ... n_{k-1}``
 index tuples ``J``. k = 2 is matrix attention ``D^{-1} exp(s Q K^T) V``; k = 3 is tensor attention
 ``D^{-1} exp(s Q (K_1 ⊘ K_2)^T) (V_1 ⊘ V_2)`` with ``⊘`` the column-wise Kronecker (Khatri–Rao)
-product (spec §1). The order of the ``n^2`` Khatri–Rao rows never matters (tested); this module
+product (notes tensor_attention §1). The order of the ``n^2`` Khatri–Rao rows never matters (tested); this module
 uses numpy's order, row ``j_1 n_2 + j_2`` (second index fastest); :func:`khatri_rao` also gives
 the paper's order (first index fastest).
 
@@ -28,7 +28,7 @@ Exact implementations (``method=``), all float64, all agreeing to ~1e-13 (tests/
              flattened prefix tuples ``(j_1..j_{k-2})``, scores against ``K_{k-1}`` by one GEMM,
              joint online softmax with float64 accumulators; memory O(budget).
 ``"naive"``  materialise the flattened Khatri–Rao keys/values and call the foundation's naive
-             softmax (small inputs only): the ``D^{-1} A V`` form of the spec.
+             softmax (small inputs only): the ``D^{-1} A V`` form of notes tensor_attention §1.
 ``"loop"``   pure-Python loops over (i, J): the obviously-correct oracle
              (tiny inputs only).
 ``"cuda"``   k = 2, 3 on a CUDA device: the numba-cuda kernels of :mod:`gpu.tensor_attention`
@@ -38,7 +38,7 @@ Exact implementations (``method=``), all float64, all agreeing to ~1e-13 (tests/
              ``"auto"`` picks it for device arrays (k <= 3, dimensions that fit), else
              ``"numba"`` for NumPy and ``"stream"`` for other namespaces.
 
-Polynomial method (AS23/AS24, spec §2): with ``P(x) = sum_{t<=g} c_t x^t`` (Taylor or Chebyshev,
+Polynomial method (AS23/AS24, notes tensor_attention §2): with ``P(x) = sum_{t<=g} c_t x^t`` (Taylor or Chebyshev,
 :mod:`theory.tensor_attention`) and multi-indices ``alpha`` (``|alpha| <= g``, ``r = C(d+g, g)``),
 the monomial feature maps::
 
@@ -68,7 +68,7 @@ Baselines: FAVOR+ positive random features for the matrix case (Choromanski et a
 ``x' = sqrt(s) x``, W Gaussian or block-orthogonal with chi-distributed row norms), so its error
 decays like ``m^{-1/2}`` only.
 
-Match3 (spec §5.1, SHT23 [C]): labels by a histogram oracle and by brute force; the exact
+Match3 (notes tensor_attention §5.1, SHT23 [C]): labels by a histogram oracle and by brute force; the exact
 tensor-attention construction with ``d = 4`` (``cos`` of the triple sum as a trilinear form) and
 the pairwise baselines (the Match2 construction; random pairwise heads with a trained readout).
 

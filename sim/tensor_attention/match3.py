@@ -1,4 +1,4 @@
-"""Match3 and Match2 (spec §5.1, SHT23 [C]): labels (histogram oracle, brute force), the exact
+"""Match3 and Match2 (notes tensor_attention §5.1, SHT23 [C]): labels (histogram oracle, brute force), the exact
 tensor-attention construction with d = 4, and the pairwise baselines."""
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _angles(x, M):
 
 
 def match3_tensor_inputs(x, M: int):
-    """The d = 4 construction of spec §5.1: ``sum_l q_i,l k1_j1,l k2_j2,l = cos(2 pi (x_i + x_j1
+    """The d = 4 construction of notes tensor_attention §5.1: ``sum_l q_i,l k1_j1,l k2_j2,l = cos(2 pi (x_i + x_j1
     + x_j2)/M)`` with ``q = (a, -a, -b, -b)``, ``k1 = (a, b, a, b)``, ``k2 = (a, b, b, a)``,
     values ``V1 = K1, V2 = K2``; returns ``(Q, K1, K2, V1, V2, scale)`` with ``scale = lam``."""
     N = len(x)

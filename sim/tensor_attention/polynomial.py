@@ -1,4 +1,4 @@
-"""The polynomial method (AS23/AS24, spec §2): CP feature maps, the tensor trick and the
+"""The polynomial method (AS23/AS24, notes tensor_attention §2): CP feature maps, the tensor trick and the
 near-linear approximation :func:`polynomial_attention`, with its positivity safeguards."""
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def monomial_features(X, index: th.MultiIndex, weights=None):
 
 def cp_factors(Q, keys, degree: int, *, coeffs=None, method: str = "taylor", R=None, scale=None):
     """The CP factors ``U_1 = w o F(Q)``, ``U_{m+1} = F(K_m)`` as ``(n, r)`` arrays, so that
-    ``P(logit(i, j_1..)) = sum_alpha U_1[i,alpha] U_2[j_1,alpha] ...`` exactly (spec §2.3)."""
+    ``P(logit(i, j_1..)) = sum_alpha U_1[i,alpha] U_2[j_1,alpha] ...`` exactly (notes tensor_attention §2.3)."""
     s = _scale(scale, Q.shape[1])
     index = th.multi_indices(Q.shape[1], degree)
     if coeffs is None:
@@ -116,7 +116,7 @@ class PolyAttention:
 def polynomial_attention(Q, keys: Sequence, values: Sequence, *, degree: int, method: str = "taylor",
                          B: float | None = None, R: float | None = None, scale=None,
                          chunk: int | None = None, engine: str = "auto") -> PolyAttention:
-    """Near-linear approximation of order-k attention by the polynomial method (spec §2.3–2.5).
+    """Near-linear approximation of order-k attention by the polynomial method (notes tensor_attention §2.3–2.5).
 
     ``degree`` g >= 0; ``method`` "taylor" or "chebyshev"; the design range is ``R`` if given,
     else ``|s| d B^k`` for a declared entry bound ``B``, else the realised bound of these inputs.

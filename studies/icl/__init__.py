@@ -1,6 +1,6 @@
 """In-context linear regression with multi-head softmax attention: ``python -m studies.icl SUB``.
 
-Sub-studies (spec ``icl_regression``; He, Pan, Chen, Yang, ICML 2025), one module each, each a
+Sub-studies (theory notes ``docs/theory/icl_regression.md``; He, Pan, Chen, Yang, ICML 2025), one module each, each a
 study of the shared shape (:mod:`studies`: ``STUDY = "icl_<sub>"``, ``DEFAULTS``, ``QUICK``,
 ``add_arguments``, ``validate``, ``parts``, ``analyze(ds)`` reading the run's stored parameters,
 ``summary``, ``main``; its figure is ``paper_figs.icl.draw``):

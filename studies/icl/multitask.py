@@ -1,7 +1,6 @@
 """``python -m studies.icl multitask``: two regression tasks on x[0:4] and x[2:6] (d = 6,
-beta_n ~ N(0, I_4) on its support, label-noise variance 0.4, noiseless query; spec
-icl_regression §1, §9, §13.9; sweep S8): per-task debiased GD and the superposition of heads.
-The tasks fix their own noise (the spec's 0.4), so this sub-study has no ``--sigma2``; the
+beta_n ~ N(0, I_4) on its support, label-noise variance 0.4, noiseless query; notes icl_regression §1, §9, §13.9; sweep S8): per-task debiased GD and the superposition of heads.
+The tasks fix their own noise (0.4, notes icl_regression §9), so this sub-study has no ``--sigma2``; the
 analysis rebuilds the tasks from the stored ``task`` parameters.
 
 Per task n the first-order (debiased-GD) theory has the optimal preconditioner
@@ -26,7 +25,7 @@ claim's own quantity has not settled at its tolerance: the gate of notes icl_reg
 
 With H <= N heads no claim is tested: the zero-sum combinations of H heads span at most H - 1
 preconditioners, fewer than the N the tasks need, so the first-order theory has no value there.
-* ``split`` (H >= 2N): every task has a pair of heads of its own; the spec expects this only
+* ``split`` (H >= 2N): every task has a pair of heads of its own; the notes expect (notes icl_regression §9) this only
   after >= 1e5 Adam steps (§9, §13.9), so shorter runs do not test it.
 """
 from __future__ import annotations

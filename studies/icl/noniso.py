@@ -1,5 +1,4 @@
-"""``python -m studies.icl noniso``: anisotropic covariates Sigma_ij = rho^|i-j| (spec
-icl_regression §8, §13.8; sweep S7): the learned preconditioner Gamma = sum_h mu_h W_h[:d, :d]
+"""``python -m studies.icl noniso``: anisotropic covariates Sigma_ij = rho^|i-j| (notes icl_regression §8, §13.8; sweep S7): the learned preconditioner Gamma = sum_h mu_h W_h[:d, :d]
 against the optimal one-step preconditioner of debiased GD, Gamma* = (Sigma + ((tr Sigma +
 d sigma2)/L) I)^-1 (:func:`theory.icl_regression.optimal_preconditioner`, centred).
 
@@ -150,7 +149,7 @@ def _preconditioner_variables(ds, d, L, sigma2, mu):
     gs_u = np.stack([th.optimal_preconditioner(S_, L, sigma2) for S_ in covs])
     gs_c = np.stack([th.optimal_preconditioner(S_, L, sigma2, centered=True) for S_ in covs])
     out["theory_Gamma_star"] = (("rho", "i", "j"), gs_u, {"long_name": "((1+1/L) Sigma + ((tr Sigma + d sigma2)/L) "
-                                                                       "I)^-1 (spec; uncentred one-step GD)"})
+                                                                       "I)^-1 (notes icl_regression §8; uncentred one-step GD)"})
     out["theory_Gamma_star_centered"] = (("rho", "i", "j"), gs_c, {"long_name": "(Sigma + ((tr Sigma + d sigma2)/L) "
                                                                                 "I)^-1 (debiased one-step GD)"})
     shp = Gamma.shape[:3]

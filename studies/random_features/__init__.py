@@ -1,12 +1,12 @@
 """Random-feature attention study: ``python -m studies.random_features [--parts ...]``.
 
 Measures what a single random-feature attention layer learns (Fu, Guo, Bai, Mei, *What can a
-single attention layer learn? A study through the random features lens*, NeurIPS 2023; spec
-``shared/specs/random_features.md``, reconstructed conventions recorded as parameters) and sets
+single attention layer learn? A study through the random features lens*, NeurIPS 2023; theory
+notes ``docs/theory/random_features.md``, reconstructed conventions recorded as parameters) and sets
 it against the theory of :mod:`theory.random_features` computed for the run's own d, N, M,
 grids, targets and conventions.
 
-Model (spec §2): a query x0 and N keys on S^{d-1} (``x0: (n, d)``, ``X: (n, N, d)``), M heads
+Model (notes random_features §2): a query x0 and N keys on S^{d-1} (``x0: (n, d)``, ``X: (n, N, d)``), M heads
 with frozen query-key matrices ``W_m = mu Wbar + G_m`` (``G`` i.i.d. N(0, s^2), unit-variance
 scores by default; bias ratio r = mu/sqrt(d) over the score's sd; r = 0 is RFA, r > 0 BRFA)
 and trained values: ``f(x0, X) = sum_m (1/N) sum_i sigma(x~0^T W_m x~_i) <v_m, x~_i>``,
@@ -33,7 +33,7 @@ Claims (:mod:`studies.claims`, ids ``random_features.<name>``; z from ``z_family
 claim's tests, Student t with reps - 1 dof where the standard errors come from the replicates;
 "not tested" with the reason where the theory or the grid does not reach, where the tolerance is
 as large as the effect a claim tests (the power rule), and where the fits sit at their numerical
-floor (smallest ridge chosen everywhere, relative error <= 1e-4: spec §4.5)):
+floor (smallest ridge chosen everywhere, relative error <= 1e-4: notes random_features §4.5)):
 
 ==========================  ===================================================================
 ``kernel_clt``              per kmodel: every z-score of K_emp against the closed form within the
@@ -46,7 +46,7 @@ floor (smallest ridge chosen everywhere, relative error <= 1e-4: spec §4.5)):
                             "not tested" where it is vacuous (at the default grid it is)
 ``risk_exponent_n``         per rate target (keys/pair/bilin): at M_max, the replicates' slope of the risk in
                             n = the slope of theory's deterministic equivalent of ridge regression on
-                            M (d+1) random features with the kernel's exact spectrum (spec §4.4), within
+                            M (d+1) random features with the kernel's exact spectrum (notes random_features §4.4), within
                             z SE + a declared model error; two-sided, the sharp claim of the rate group
 ``risk_slope_n``            per rate target: at M_max, over n <= P (trained parameters), the risk's
                             log-log slope <= the bound's slope over the same n + z SE
@@ -62,7 +62,7 @@ floor (smallest ridge chosen everywhere, relative error <= 1e-4: spec §4.5)):
 ``mlp_degrades_in_N``       per N target where B_mlp(N) grows: log err(N_max) - log err(N_min) > 0
 ``bias_lowers_risk``,       per bias target with a predicted sign (theory.random_features.bias_effect):
 ``bias_raises_risk``        paired log err(r ~ 1) - log err(0) < 0 (pair, attn) or > 0 (keys, query);
-                            "not tested" for conventions the argument of spec §3.4 does not cover
+                            "not tested" for conventions the argument of notes random_features §3.4 does not cover
 ==========================  ===================================================================
 
 Data (inputs, beta, S) depend on (root seed, replicate) only, so models, M and r at one
@@ -197,7 +197,7 @@ def add_arguments(p) -> None:
                         f"--quick {QUICK['reps']})")
     _add_sizes(p.add_argument_group("sizes"))
     _add_targets_and_fit(p.add_argument_group("targets and fit"))
-    _add_conventions(p.add_argument_group("conventions (spec §2.6; all recorded in the dataset)"))
+    _add_conventions(p.add_argument_group("conventions (notes random_features §2.6; all recorded in the dataset)"))
 
 
 def _add_sizes(s) -> None:

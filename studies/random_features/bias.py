@@ -8,7 +8,7 @@ its SE, the best r > 0 per target and the predicted direction of the effect
 (:func:`theory.random_features.bias_effect`). Claims, at the grid's r closest to 1 (within
 ``BIAS_R_WINDOW``): ``bias_lowers_risk`` (pair, attention-like targets: log ratio < 0) and
 ``bias_raises_risk`` (keys- and query-only targets: > 0); "not tested" for families without a
-prediction and for conventions the argument of spec §3.4 does not cover.
+prediction and for conventions the argument of notes random_features §3.4 does not cover.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def analyze_bias(ds: xr.Dataset):
             claims.append(_nt(spec, why, where=where))
             continue
         if abs(r[rstar] - 1.0) > BIAS_R_WINDOW:
-            claims.append(_nt(spec, f"the prediction is for r ~ 1 (spec §4.3, BRFA column); the grid's closest "
+            claims.append(_nt(spec, f"the prediction is for r ~ 1 (notes random_features §4.3, BRFA column); the grid's closest "
                                           f"r > 0 is {r[rstar]:g}", where=where))
             continue
         claims.append(spec.exceeds(lr_mean[t, rstar], lr_se[t, rstar], 0.0, z=z, z_source=zsrc,

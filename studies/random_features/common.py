@@ -30,68 +30,68 @@ PERMUTATION_TOL = 1e-9  # declared float64 rounding allowance (relative) of sums
 MIN_SLOPE_POINTS = 3  # grid points needed for a slope with a misfit check
 BIAS_R_WINDOW = 0.5  # the table's BRFA column is r ~ 1: the grid's r closest to 1, within this distance
 EXACT_FIT_REL = 1e-4  # a relative error below this (smallest ridge chosen everywhere) is the fit's numerical floor
-EXPONENT_MODEL_ERROR = 0.15  # declared model error of the deterministic equivalent's exponent (spec §4.4)
+EXPONENT_MODEL_ERROR = 0.15  # declared model error of the deterministic equivalent's exponent (notes random_features §4.4)
 
 KERNEL_CLT = ClaimSpec(
-    "random_features.kernel_clt", f"{PAPER}: infinite-head kernel (spec §3.3; §9 check 1)",
+    "random_features.kernel_clt", f"{PAPER}: infinite-head kernel (notes random_features §3.3; §9.1)",
     "The M-head empirical kernel is a mean of M i.i.d. per-head products whose expectation is the closed-form "
     "kernel of theory.random_features: every z-score (K_emp - K)/(sd/sqrt(M)) is within the family's normal band.")
 KERNEL_RATE = ClaimSpec(
-    "random_features.kernel_rate", f"{PAPER}: M heads approximate the infinite-head kernel (spec §4.1)",
+    "random_features.kernel_rate", f"{PAPER}: M heads approximate the infinite-head kernel (notes random_features §4.1)",
     "The relative RMS error of the M-head kernel decays like M^(-1/2): its log-log slope in M is -1/2.")
 PERMUTATION = ClaimSpec(
-    "random_features.permutation_invariance", f"{PAPER}: targets permutation invariant in the keys (spec §3.1; "
-                                              "§9 check 2)",
+    "random_features.permutation_invariance", f"{PAPER}: targets permutation invariant in the keys (notes random_features §3.1; "
+                                              "§9.2)",
     "Attention features, hence the M-head kernel, are exactly invariant under a permutation of the keys.",
     role=CONSISTENCY,
     why="an exact identity of the feature map (a sum over keys does not depend on their order): it holds for every "
         "sampler, input law, head count and convention, so only the feature code itself can break it")
 BELOW_BOUND = ClaimSpec(
-    "random_features.below_bound", f"{PAPER}: excess-risk bound (spec §4.2, [RECALL form], constants and logs 1)",
+    "random_features.below_bound", f"{PAPER}: excess-risk bound (notes random_features §4.2, [RECALL form], constants and logs 1)",
     "Zero-mean RFA's excess risk stays below sqrt(B R^2/n) + sqrt(B R^2/M) computed for this run's target, N, d "
     "and conventions, wherever that bound is below the trivial risk Var(f*).")
 SLOPE_N = ClaimSpec(
-    "random_features.risk_slope_n", f"{PAPER}: excess-risk bound, estimation term (spec §4.2; §9 check 10)",
+    "random_features.risk_slope_n", f"{PAPER}: excess-risk bound, estimation term (notes random_features §4.2; §9.10)",
     "Where the estimation term governs (n <= the number of trained parameters), the excess risk at the largest M "
     "falls with n at least as fast as the bound does over the same training sizes.")
 EXPONENT_N = ClaimSpec(
-    "random_features.risk_exponent_n", f"{PAPER}: ridge regression on M random heads (spec §4.4, the "
+    "random_features.risk_exponent_n", f"{PAPER}: ridge regression on M random heads (notes random_features §4.4, the "
                                        "deterministic equivalent derived there)",
     "At the largest M, the excess risk falls with n at the exponent of the deterministic-equivalent risk of ridge "
     "regression on M (d+1) random features with this kernel's exact spectrum, for this run's target, n grid, M, "
     "ridge grid and conventions: the log-log slopes agree within the statistics and the equivalent's declared "
     "model error.")
 SLOPE_M = ClaimSpec(
-    "random_features.risk_slope_M", f"{PAPER}: excess-risk bound, approximation term (spec §4.1-4.2)",
+    "random_features.risk_slope_M", f"{PAPER}: excess-risk bound, approximation term (notes random_features §4.1-4.2)",
     "Where the approximation term governs (the number of trained parameters <= n), the excess risk at the largest "
     "n falls with M at least as fast as the bound does over the same head counts.")
 BEATS_MLP = ClaimSpec(
     "random_features.beats_mlp", f"{PAPER}: sample-complexity advantage over random-feature MLPs (abstract; "
-                                 "spec §4.3)",
+                                 "notes random_features §4.3)",
     "To reach the same error, the RF-MLP (same number of trained parameters) needs at least "
     "B_mlp R_mlp^2 / (B_rfa R_rfa^2) times as many samples as zero-mean RFA: the bound's sample-complexity "
     "ratio for this target, N, d and conventions.")
 OUTSIDE = ClaimSpec(
     "random_features.outside_class", f"{PAPER}: the function class is means of (query, key) pair functions "
-                                     "(spec §3.2; §9 check 9)",
+                                     "(notes random_features §3.2; §9.9)",
     "A target orthogonal to every attention feature (the key-key control; a Gegenbauer target whose bidegree "
     "eigenvalue vanishes under these conventions) is not learned: relative error >= 1 at every n.")
 N_FREE = ClaimSpec(
-    "random_features.attention_N_free", f"{PAPER}: B(f*) of attention does not depend on N (spec §3.2, §4.3; "
-                                        "§9 check 5)",
+    "random_features.attention_N_free", f"{PAPER}: B(f*) of attention does not depend on N (notes random_features §3.2, §4.3; "
+                                        "§9.5)",
     "RFA's relative error at fixed n follows the N-exponent of its own complexity (N-free: err ~ N^0), not the "
     "RF-MLP's (err ~ N^(b/2) from n ~ d^a N^b / eps^2).")
 MLP_DEGRADES = ClaimSpec(
-    "random_features.mlp_degrades_in_N", f"{PAPER}: the RF-MLP pays for the flattened input (spec §4.3; §9 "
+    "random_features.mlp_degrades_in_N", f"{PAPER}: the RF-MLP pays for the flattened input (notes random_features §4.3; §9 "
                                          "check 5)",
     "Where the theory's B_mlp(f*) grows with N, the RF-MLP's relative error at fixed n grows from N_min to N_max.")
 BIAS_LOWERS = ClaimSpec(
     "random_features.bias_lowers_risk", f"{PAPER}: a biased Gaussian query-key matrix helps certain natural "
-                                        "targets (abstract; spec §3.4, §4.3)",
+                                        "targets (abstract; notes random_features §3.4, §4.3)",
     "For query-key inner-product and attention-like targets, a non-zero-mean query-key matrix (r ~ 1) lowers "
     "the risk relative to zero mean (paired replicates).")
 BIAS_RAISES = ClaimSpec(
-    "random_features.bias_raises_risk", f"{PAPER}: the bias does not come for free (spec §3.4)",
+    "random_features.bias_raises_risk", f"{PAPER}: the bias does not come for free (notes random_features §3.4)",
     "For keys-only and query-only targets, a non-zero-mean query-key matrix (r ~ 1) raises the risk relative to "
     "zero mean (paired replicates).")
 PREDICTION_TEXT = {
@@ -197,7 +197,7 @@ def _z(m: int, reps: int) -> tuple:
 def numerical_floor(rel, best_lambda, lambdas, dtype=np.float64) -> tuple[bool, str]:
     """Whether a set of fits sits at the numerical floor of ridge regression: the validation chose
     the smallest ridge of the grid in every fit and every relative error is below
-    ``max(EXACT_FIT_REL, sqrt(eps))`` of the data's floating-point type (spec §4.5). Such a fit
+    ``max(EXACT_FIT_REL, sqrt(eps))`` of the data's floating-point type (notes random_features §4.5). Such a fit
     represents its target exactly: what is left is the bias of the smallest ridge (~(lambda_min /
     eigenvalue)^2) and rounding, not a sample-complexity effect, so no rate or exponent can be read
     from it. Returns ``(at_floor, reason)``; the decision reads the data and the dtype only."""
@@ -210,5 +210,5 @@ def numerical_floor(rel, best_lambda, lambdas, dtype=np.float64) -> tuple[bool, 
     reason = (f"the error is at the numerical floor of the fit: relative error {rel.min():.2g}..{rel.max():.2g} "
               f"(<= {cut:.0e}) with the smallest ridge of the grid ({lam_min:.0e}) chosen in every fit, so the "
               f"target is fitted exactly and what remains is that ridge's bias and {np.dtype(dtype).name} rounding "
-              f"(eps {eps:.1e}), not a sample-complexity effect (spec §4.5)")
+              f"(eps {eps:.1e}), not a sample-complexity effect (notes random_features §4.5)")
     return at_floor, reason

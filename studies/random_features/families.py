@@ -5,7 +5,7 @@ Data (the group's store): ``rel_err(target, n, model, rep)``; every model of one
 the same data (paired comparisons).
 
 :func:`analyze_families` gives means and SEs, the geometric-mean error ratio of the RF-MLP to
-each model, the function-class table of the spec (``theory_learnable``) and, for targets with
+each model, the function-class table of notes random_features §4.3 (``theory_learnable``) and, for targets with
 closed-form complexities, ``B`` under RFA and the RF-MLP and the predicted sample-complexity
 ratio ``n_mlp/n_rfa = B_mlp R_mlp^2 / (B_rfa R_rfa^2)``. Claims: ``beats_mlp`` (the measured ratio
 at the RF-MLP's final error, interpolated in log-log along RFA's mean curve, with a jackknife SE
@@ -106,7 +106,7 @@ def analyze_families(ds: xr.Dataset):
     out["mlp_over_model"] = (("target", "n", "model"), every,
                              {"long_name": "geometric mean over replicates of rel_err(rfmlp) / rel_err(model)"})
     out["theory_learnable"] = (("target", "model"), learn, {"description": "target in the model's function class "
-                                                                           "(spec §4.3 table)"})
+                                                                           "(notes random_features §4.3 table)"})
     exact = [t for t in targets if _exact(t, params)]
     ratio = {}
     if exact:

@@ -9,7 +9,7 @@ n at each M and in M at each n (:func:`studies.fits.loglog_rate`), the bound's s
 ``n^-1/2 + M^-1/2`` and its slopes, and, for targets with a closed-form complexity, the bound
 ``sqrt(B R^2/n) + sqrt(B R^2/M)`` (constants and logs 1) and the trivial risk ``Var f*``, and the
 deterministic-equivalent risk of ridge regression on M (d+1) independent random features with the
-kernel's exact spectrum (``theory_risk_iid``, spec §4.4). Claims:
+kernel's exact spectrum (``theory_risk_iid``, notes random_features §4.4). Claims:
 
 * ``risk_exponent_n`` (the sharp one): at the largest M, the replicates' slope of log risk on log n
   over the whole n grid equals the deterministic equivalent's, within z SE (Student t, reps - 1
@@ -103,11 +103,11 @@ def analyze_rate(ds: xr.Dataset):
         out["theory_B_R2"] = (("bound_target",), BR2[has], {"long_name": "B(f*) R^2 (zero-mean RFA, unit-variance pairwise term)"})
         out["theory_target_var"] = (("bound_target",), var[has], {"long_name": "Var f* (the trivial risk)"})
         out["theory_bound"] = (("bound_target", "n", "M"), bound[has],
-                               {"long_name": "sqrt(B R^2/n) + sqrt(B R^2/M), constants and logs 1 (spec §4.2)"})
+                               {"long_name": "sqrt(B R^2/n) + sqrt(B R^2/M), constants and logs 1 (notes random_features §4.2)"})
     iid = _iid_risk(params, targets, n, M)
     out["theory_risk_iid"] = (("target", "n", "M"), np.nan_to_num(iid, nan=0.0), {
         "long_name": "deterministic-equivalent excess risk of ridge regression on M D_v independent random features "
-                     "with this kernel's exact spectrum, ridge tuned on the grid (spec §4.4; 0: no prediction)"})
+                     "with this kernel's exact spectrum, ridge tuned on the grid (notes random_features §4.4; 0: no prediction)"})
     claims = _rate_claims(params, targets, n, M, mse, mse_mean, mse_se, shape, BR2, var)
     claims += _exponent_claims(ds, params, targets, n, M, mse, iid, out)
     return out, claims
@@ -162,7 +162,7 @@ def _exponent_claims(ds, params, targets, n, M, mse, iid, out) -> list:
         elif fam == "query":
             rows.append((t, where, None, "the independent-feature equivalent does not describe query-only targets: a "
                                          "head carries a function of the query through its constant value coordinate "
-                                         "alone, so its d + 1 features are far from independent there (spec §4.4)"))
+                                         "alone, so its d + 1 features are far from independent there (notes random_features §4.4)"))
         elif floor:
             rows.append((t, where, None, why))
         elif n.size < MIN_SLOPE_POINTS:
@@ -184,7 +184,7 @@ def _exponent_claims(ds, params, targets, n, M, mse, iid, out) -> list:
         claims.append(EXPONENT_N.equal(
             meas[t], meas_se[t], pred[t], z=z, z_source=zsrc + " (slopes of the replicates)",
             allowance=EXPONENT_MODEL_ERROR,
-            allowance_source="declared model error of the deterministic equivalent (spec §4.4): it treats a head's "
+            allowance_source="declared model error of the deterministic equivalent (notes random_features §4.4): it treats a head's "
                              "d + 1 value features as independent random features and is asymptotic in the "
                              "spectrum's dimension; on the configurations of §4.4 its n-exponent is within 0.11 of "
                              "the measured one for keys and pair targets",

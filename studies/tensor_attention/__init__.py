@@ -1,7 +1,7 @@
 """Bounded-entry tensor attention: ``python -m studies.tensor_attention [--parts ...]``.
 
 Alman & Song, *Fast attention requires bounded entries* (NeurIPS 2023, AS23, k = 2) and *How to
-capture higher-order correlations?* (ICLR 2024, AS24, k = 3); spec ``shared/specs/tensor_attention.md``.
+capture higher-order correlations?* (ICLR 2024, AS24, k = 3); theory notes ``docs/theory/tensor_attention.md``.
 Conventions: inputs ``Q, K_m, V_m`` in R^{n x d} with entries in [-B, B]; logits ``s sum_l Q_il
 K_1,j1,l ... K_{k-1},j_{k-1},l`` with scale ``s`` (``--scale``, default 1/d); the softmax is joint over
 all key tuples; the design range of the polynomial is ``R = |s| d B^k`` (:mod:`theory.tensor_attention`).
@@ -16,7 +16,7 @@ root's identity is the study and the seed, and it lists its groups), selected by
 * ``runtime`` (:mod:`.runtime`) -- wall time against n of exact matrix (~n^2) and tensor (~n^3)
   attention and of the near-linear approximations (k = 2, 3) at fixed (d, g), log-log slopes over
   the window of sizes whose time is measurable, and the crossover n (described, not claimed);
-* ``match3`` (:mod:`.match3`) -- accuracy on Match3 (spec §5.1) of the exact tensor-attention
+* ``match3`` (:mod:`.match3`) -- accuracy on Match3 (notes tensor_attention §5.1) of the exact tensor-attention
   construction, its polynomial approximation, the pairwise baselines (the Match2 head; random
   pairwise heads with a trained bilinear readout) and the majority class.
 
@@ -36,15 +36,15 @@ d, scale, k, B, g, n, N and M, read from the store):
 * ``error_profile`` (per family, k; the sharp claim): every run's error equals theory's prediction
   for that very input -- the polynomial's relative-error profile ``delta(x) = P(x) e^{-x} - 1`` at
   the realised logits through the exact softmax weights, ``sum_J p_J (delta_J - mean delta) V_J /
-  (1 + mean delta)`` (spec §2.8), the inputs drawn again from the stored seed -- within float64
+  (1 + mean delta)`` (notes tensor_attention §2.8), the inputs drawn again from the stored seed -- within float64
   rounding; ``bound`` stays as the paper's (weaker) guarantee;
 * ``decay`` (per family, k, B; sign-aligned inputs): the error falls with g at the rate of
   ``eps(g)`` -- the slope of log10 error on g equals theory's slope of log10 eps over the degrees
   where ``eps`` lies between 100 x the float64 allowance and 0.1 (not tested with fewer than 3);
 * ``exact_slope`` / ``approx_slope`` (per matrix, tensor): the log-log slope of wall time on n
   over the measurable window equals the slope of theory's flop model (lower-order terms included)
-  over that window (the replicates' own slopes, t with reps - 1 dof), within z SE plus the spec's
-  declared band (spec §5 item 16); not tested when fewer than 3 sizes take >= 30 ms, or when the
+  over that window (the replicates' own slopes, t with reps - 1 dof), within z SE plus the
+  declared band (notes tensor_attention §5 item 16); not tested when fewer than 3 sizes take >= 30 ms, or when the
   tolerance reaches one power of n (the power rule);
 * ``match3_tensor`` (per N; a *consistency* check: an exact construction of the theory, which only
   its own code or the engine it runs on can break): the exact construction classifies every token, as

@@ -20,7 +20,7 @@ certified degree; the measured maxima and means. Claims:
   "not tested" where ``eps >= 1`` at every (B, g);
 * ``error_profile`` (per family, k): every run's error against theory's prediction for that input
   (:func:`theory.tensor_attention.predicted_output_error` on the inputs drawn again from the stored
-  seed by :func:`error_inputs`), within float64 rounding (spec §2.8); "not tested" where no run's
+  seed by :func:`error_inputs`), within float64 rounding (notes tensor_attention §2.8); "not tested" where no run's
   predicted error is above its rounding;
 * ``decay`` (per family, k, B; sign-aligned inputs): the slope of log10 error on g equals theory's
   slope of log10 eps over the degrees where eps lies between ``DECAY_FLOOR`` x the float64
@@ -60,16 +60,16 @@ SETTINGS = (f"DECAY_ALLOWANCE={DECAY_ALLOWANCE}; DECAY window {DECAY_FLOOR:g} x 
             f"MIN_DECAY_POINTS={MIN_DECAY_POINTS}; ERR_TARGET={ERR_TARGET}")
 
 BOUND = ClaimSpec(
-    "tensor_attention.bound", f"{SOURCE}: polynomial method error guarantee (spec §2.5 [D], §5 item 13)",
+    "tensor_attention.bound", f"{SOURCE}: polynomial method error guarantee (notes tensor_attention §2.5 [D], §5 item 13)",
     "Where the degree-g polynomial has relative error eps < 1 on the design range [-R, R], the output error "
     "||T_approx - T_exact||_inf is at most 2 eps/(1 - eps) prod_m ||V_m||_inf, for every input.")
 PROFILE = ClaimSpec(
-    "tensor_attention.error_profile", f"{SOURCE}: the polynomial method's error, exactly (spec §2.8 [D], §5 item 18)",
+    "tensor_attention.error_profile", f"{SOURCE}: the polynomial method's error, exactly (notes tensor_attention §2.8 [D], §5 item 18)",
     "The output error of the polynomial method on each input is the one theory predicts from the polynomial's "
     "relative-error profile delta(x) = P(x) e^{-x} - 1 at the realised logits, propagated through the exact softmax "
     "weights (T_approx - T = sum_J p_J (delta_J - mean delta) V_J / (1 + mean delta)), within float64 rounding.")
 DECAY = ClaimSpec(
-    "tensor_attention.decay", f"{SOURCE}: super-exponential decay of the error in g (spec §2.1, §5 item 14)",
+    "tensor_attention.decay", f"{SOURCE}: super-exponential decay of the error in g (notes tensor_attention §2.1, §5 item 14)",
     "On inputs that reach the edge of the logit range, the output error decays with the degree g at the rate "
     "of the polynomial's relative error eps(g): the slope of log10 error on g is theory's slope of log10 eps.")
 
@@ -175,7 +175,7 @@ def _theory(out, methods, ks, Bs, degs, d, s, n):
     dims4 = ("family", "k", "B", "degree")
     out["theory_eps"] = (dims4, eps, {
         "long_name": "relative error of P on [-R, R], R = |s| d B^k: theory.reference_relative_error (computed "
-                     "without the approximation's coefficients; spec §5 item 13 grid)"})
+                     "without the approximation's coefficients; notes tensor_attention §5 item 13 grid)"})
     out["theory_eps_proven"] = (dims4, np.minimum(eps_proven, big), {
         "long_name": "closed-form proven bound (Taylor: e^R R^(g+1)/(g+1)!; Chebyshev: e^(2R) R^(g+1)/(2^g (g+1)!))"})
     out["theory_rounding_allowance"] = (dims4, allow, {
@@ -258,7 +258,7 @@ def _bound_claim(method, k, Bs, degs, defined, ratio, bad_rej, R) -> object:
             f"eps >= 1 at every (B, g) of the grid (R = {R.min():.3g}..{R.max():.3g}, g <= {int(degs.max())}): the "
             "certified bound 2 eps/(1 - eps) is undefined there", where=where, prediction_text=text)
     cover = f"tested at {int(defined.sum())} of {defined.size} (B, g) points (eps < 1)"
-    src = ("no statistical tolerance: a deterministic bound (spec §2.5 [D]); the limit includes theory."
+    src = ("no statistical tolerance: a deterministic bound (notes tensor_attention §2.5 [D]); the limit includes theory."
            "rounding_allowance on every kernel value and the exact reference's float64 rounding")
     worst = float(ratio.max())
     if bad_rej.any():
@@ -305,11 +305,11 @@ def _profile_claims(ds, out, methods, ks, Bs, degs, d, s, n, eps, allow, defined
     pred = _predicted_errors(ds, methods, ks, Bs, degs, d, s, n, need)
     out["theory_err_out"] = (("family", "k", "B", "degree", "inputs", "rep"), np.nan_to_num(pred, nan=-1.0), {
         "long_name": "theory's prediction of err_out from the polynomial's relative-error profile at the realised "
-                     "logits (spec §2.8; -1 where 1 + mean delta <= 0: no prediction)"})
+                     "logits (notes tensor_attention §2.8; -1 where 1 + mean delta <= 0: no prediction)"})
     use = defined[..., None, None] & np.isfinite(pred)
     gap = np.abs(err - np.nan_to_num(pred))
     claims = []
-    src = ("no statistical tolerance: a deterministic prediction (spec §2.8 [D]); the tolerance is float64 rounding: "
+    src = ("no statistical tolerance: a deterministic prediction (notes tensor_attention §2.8 [D]); the tolerance is float64 rounding: "
            "theory.rounding_allowance of the approximation and of the prediction's own profile, and the exact "
            "reference's rounding, each relative on every weight (2 e/(1 - e) prod ||V_m||)")
     for im, m in enumerate(methods):
@@ -403,7 +403,7 @@ def _decay_claims(methods, ks, Bs, degs, eps, floor, err, rej, out) -> list:
             allowance=DECAY_ALLOWANCE * abs(pred),
             allowance_source=f"declared model error, {DECAY_ALLOWANCE:.0%} of the predicted rate: the output error "
                              "is a softmax-weighted difference of the polynomial's relative errors at the realised "
-                             "logits (spec §2.5), which follows eps(g) at the edge of the range only up to the "
+                             "logits (notes tensor_attention §2.5), which follows eps(g) at the edge of the range only up to the "
                              "variation of that error profile",
             where=where, prediction_text=f"{pred:.3f} decades/degree (log10 eps, g={int(gs.min())}..{int(gs.max())})"))
     return claims

@@ -1,4 +1,4 @@
-"""The ``match3`` group of the tensor-attention study: Match3 (spec §5.1) solved by tensor attention
+"""The ``match3`` group of the tensor-attention study: Match3 (notes tensor_attention §5.1) solved by tensor attention
 and not by pairwise attention.
 
 Cell (one replicate): for every sequence length N (modulus ``M = round(N^2/ln 4)``, about half the
@@ -38,7 +38,7 @@ PAIRWISE = ("pairwise_match2", "pairwise_readout")
 
 MATCH3_TENSOR = ClaimSpec(
     "tensor_attention.match3_tensor", "AS24 motivation; Sanford, Hsu, Telgarsky 2023 (SHT23) Match3; "
-    "construction of spec §5.1 [D]",
+    "construction of notes tensor_attention §5.1 [D]",
     "The exact tensor-attention construction (d = 4, logits lam cos(2 pi (x_i + x_j1 + x_j2)/M)) classifies "
     "every token correctly wherever its readout margin exceeds the float64 rounding of the readout.",
     role=CONSISTENCY,
@@ -97,7 +97,7 @@ def match3_sweep(args):
                                                "predicted correctly"},
                    "match3_positive": {"long_name": "fraction of positive labels of the sequence"}},
         attrs={"match3_convention": "indices unrestricted (SHT23 form [C]); M = round(N^2/ln 4); construction of "
-                                    "spec 5.1 with d = 4 and scale lam"},
+                                    "notes tensor_attention §5.1 with d = 4 and scale lam"},
         gpu_engines="match3: exact construction on the GPU kernel, baselines and the polynomial readout on the CPU")
 
 

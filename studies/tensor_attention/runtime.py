@@ -14,7 +14,7 @@ terms included), the measured and fitted crossover n (described, not claimed: th
 per flop differ), and theory's entry bounds at n = 2^16 (``(log n)^(1/k)``, and the largest B at
 which the approximation costs no more flops than exact attention). Claims ``exact_slope`` and
 ``approx_slope`` (per matrix, tensor): the measured slope equals the flop model's within z SE plus
-the spec's declared band (spec §5 item 16); "not tested" with fewer than ``MIN_FIT_POINTS``
+the declared band (notes tensor_attention §5 item 16); "not tested" with fewer than ``MIN_FIT_POINTS``
 measurable sizes.
 """
 from __future__ import annotations
@@ -49,18 +49,18 @@ GRIDS = {"exact_matrix": "n_matrix", "exact_tensor": "n_tensor", "approx_matrix"
          "approx_tensor": "n_approx"}
 MIN_FIT_TIME = 0.03  # s: timer resolution and per-call overhead are negligible above this
 MIN_FIT_POINTS = 3
-# declared bands of spec §5 item 16 around the flop-model slope (a spec number, said so)
+# declared bands of notes tensor_attention §5 item 16 around the flop-model slope (a declared threshold, said so)
 SLOPE_BAND = {"exact_matrix": 0.3, "exact_tensor": 0.4, "approx_matrix": 0.4, "approx_tensor": 0.4}
-SETTINGS = f"MIN_FIT_TIME={MIN_FIT_TIME}s; MIN_FIT_POINTS={MIN_FIT_POINTS}; SLOPE_BAND={SLOPE_BAND} (spec §5 item 16)"
+SETTINGS = f"MIN_FIT_TIME={MIN_FIT_TIME}s; MIN_FIT_POINTS={MIN_FIT_POINTS}; SLOPE_BAND={SLOPE_BAND} (notes tensor_attention §5 item 16)"
 ENTRY_N = 2**16  # the n of the entry-bound theory shown with the runtimes
 ORDERS = (2, 3, 4)
 
 EXACT_SLOPE = ClaimSpec(
-    "tensor_attention.exact_slope", f"{SOURCE}: exact order-k attention costs n^k (spec §2.6, §5 item 16)",
+    "tensor_attention.exact_slope", f"{SOURCE}: exact order-k attention costs n^k (notes tensor_attention §2.6, §5 item 16)",
     "Wall time of exact attention grows like the flop model n^k (2d + 1) + lower-order terms over the "
     "measurable window of n.")
 APPROX_SLOPE = ClaimSpec(
-    "tensor_attention.approx_slope", f"{SOURCE}: the polynomial method runs in n r k (d + 2) time (spec §2.4, "
+    "tensor_attention.approx_slope", f"{SOURCE}: the polynomial method runs in n r k (d + 2) time (notes tensor_attention §2.4, "
     "§5 item 16)",
     "Wall time of the polynomial method at fixed (d, g) grows linearly in n (its flop model) over the "
     "measurable window of n.")
@@ -210,7 +210,7 @@ def _crossovers(ds, out, d, g, slope, icpt) -> None:
 
 def _slope_claims(slope, se, lo, hi, pred, npts, reps) -> list:
     """``exact_slope`` and ``approx_slope`` per matrix, tensor: the replicates' mean slope against
-    the flop model's, within z SE (Student t, reps - 1 dof) plus the spec's band; "not tested"
+    the flop model's, within z SE (Student t, reps - 1 dof) plus the declared band; "not tested"
     without enough measurable sizes, or when the tolerance reaches a whole power of n (the effect
     the claim must resolve: a law off by one power, e.g. n^2 work hidden in the approximation)."""
     z, zsrc = z_family(int(np.isfinite(slope).sum()), dof=max(1, int(reps) - 1))
@@ -229,7 +229,7 @@ def _slope_claims(slope, se, lo, hi, pred, npts, reps) -> list:
         band = SLOPE_BAND[impl]
         claims.append(spec.equal(
             slope[i], se[i], pred[i], z=z, z_source=zsrc, allowance=band,
-            allowance_source=f"spec §5 item 16 band {band:g} (a spec number: timings carry cache and memory-hierarchy "
+            allowance_source=f"notes tensor_attention §5 item 16 band {band:g} (a declared threshold: timings carry cache and memory-hierarchy "
                              "effects the flop model does not)",
             where=where, effect=1.0, prediction_text=f"{pred[i]:.3f} (flop model, n={int(lo[i])}..{int(hi[i])})"))
     return claims

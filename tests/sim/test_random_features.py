@@ -227,7 +227,7 @@ def test_ridge_path_rejects_bad_sizes():
 
 def test_attention_learns_keys_target_mlp_does_not():
     """A small end-to-end fit: with d = 6, N = 6 and 1024 samples, zero-mean RFA fits the
-    degree-2 keys-only target far better than the RFMLP with as many features (spec check 4)."""
+    degree-2 keys-only target far better than the RFMLP with as many features (notes random_features §9.4)."""
     rng = np.random.default_rng(0)
     d, N, M, n, nv, nt = 6, 6, 48, 1024, 512, 512
     x0, X = rs.sample_inputs(rng, n + nv + nt, N, d)

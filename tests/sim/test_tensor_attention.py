@@ -1,7 +1,7 @@
 """Unit tests of sim.tensor_attention: Khatri-Rao conventions, exact kernels at extreme logits and
 all code paths (parallel/serial, chunking, engines), safeguards, FAVOR+ statistics, Match3.
 
-The hypothesis property tests of spec §5 live in test_tensor_attention_properties.py."""
+The hypothesis property tests of notes tensor_attention §5 live in test_tensor_attention_properties.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -147,7 +147,7 @@ def test_favor_kernel_is_unbiased():
 
 
 def test_favor_error_decays_like_inverse_sqrt_m():
-    """spec §5 item 17: log-log slope of the FAVOR+ output error over m in [64, 4096] is -1/2
+    """notes tensor_attention §5 item 17: log-log slope of the FAVOR+ output error over m in [64, 4096] is -1/2
     within 5 standard errors (and the fit is tight enough to fail)."""
     rng = _rng(12)
     Q, (K,), (V,) = sta.uniform_inputs(rng, 64, 4, 1.0, 2)
@@ -182,7 +182,7 @@ def test_match3_construction_identity(N, M, seed):
 
 @pytest.mark.parametrize("N", [6, 8, 12, 16])
 def test_constructions_solve_match3_and_match2_exactly(N):
-    """The exact tensor construction gets every Match3 label right (a margin argument, spec §5.1);
+    """The exact tensor construction gets every Match3 label right (a margin argument, notes tensor_attention §5.1);
     the pairwise construction gets every Match2 label right."""
     M = th.match3_balanced_M(N)
     thr = th.match3_threshold(M)

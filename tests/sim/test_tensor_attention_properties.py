@@ -1,4 +1,4 @@
-"""Hypothesis property tests of sim.tensor_attention (spec §5, items 1-13 and 15).
+"""Hypothesis property tests of sim.tensor_attention (notes tensor_attention §5, items 1-13 and 15).
 
 Generators: n in [1, 8] (oracle tests), d in [1, 5], entry bound B in [0.1, 2]; entries uniform in
 [-B, B] drawn by hypothesis (so it also tries the extremes), adversarial sign-aligned inputs

@@ -267,7 +267,7 @@ def test_bound_complexity_is_convention_free_and_gives_the_ratio():
     mlp = rf.bound_complexity("keys", 2, d, N, model="rfmlp")
     assert mlp == pytest.approx(rf.target_complexity("keys", 2, d, N, model="rfmlp") * 0.5)
     assert rf.sample_complexity_ratio("keys", 2, d, N) == pytest.approx(mlp / base)
-    # the advantage grows with the degree (spec §4.3: ~ N^deg) and with N
+    # the advantage grows with the degree (notes random_features §4.3: ~ N^deg) and with N
     r = [rf.sample_complexity_ratio("keys", p, d, N) for p in (1, 2, 3)]
     assert r[0] < r[1] < r[2]
     assert rf.sample_complexity_ratio("pair", 1, d, 32) > rf.sample_complexity_ratio("pair", 1, d, 2)
@@ -310,7 +310,7 @@ def test_bound_loglog_slope():
         rf.bound_loglog_slope(n[:1], M, over="n")
 
 
-# ---------------------------------------------------------------- structural zeros and the positive series (spec §3.4)
+# ---------------------------------------------------------------- structural zeros and the positive series (notes random_features §3.4)
 
 CONVENTIONS = [{}, dict(augment=False), dict(activation="identity"), dict(value="x"), dict(w_var=0.7),
                dict(augment=False, activation="identity"), dict(value="x", activation="identity")]
@@ -355,7 +355,7 @@ def test_a_tiny_genuine_eigenvalue_is_not_a_structural_zero():
     assert rf.rfa_eigenvalue_vanishes(3, 3, d, augment=False) and rf.outside_class_exactly("pair", 3, d, augment=False)
 
 
-# ---------------------------------------------------------------- ridge regression on random heads (spec §4.4)
+# ---------------------------------------------------------------- ridge regression on random heads (notes random_features §4.4)
 
 def test_kernel_spectrum_carries_the_trace():
     """The eigen-groups (mu/N for t >= 1, mu for the query-only t = 0, multiplicity N_s N_t) plus

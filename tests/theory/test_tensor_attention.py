@@ -82,7 +82,7 @@ def test_min_degree_reports_the_float64_floor():
 
 
 def test_super_exponential_decay_in_degree():
-    """spec §5 item 14: for g >= 2R + 2 the Taylor error ratio eps(g+1)/eps(g) is <= c R/(g+1) and
+    """notes tensor_attention §5 item 14: for g >= 2R + 2 the Taylor error ratio eps(g+1)/eps(g) is <= c R/(g+1) and
     decreasing, and log eps is concave in g (until the float64 floor)."""
     for R in (0.5, 1.0, 2.0):
         gs = np.arange(int(2 * R + 2), 30)
@@ -168,7 +168,7 @@ def test_cost_model_and_crossovers():
         assert th.exact_flops(nx, d, k) == pytest.approx(th.approx_flops(nx, d, g, k), rel=1e-9)
         assert th.exact_flops(2 * nx, d, k) > th.approx_flops(2 * nx, d, g, k)
     # more tokens buy more degrees: the crossover entry bound grows with n; order 3 allows less than 2
-    # in logit range but more in entries up to the spec's d = 16 table (B ~ 1.5-1.75 tensor, <~ 0.7 matrix)
+    # in logit range but more in entries up to the notes' d = 16 table (B ~ 1.5-1.75 tensor, <~ 0.7 matrix)
     b3 = [th.crossover_entry_bound(n, 16, 3, 1e-6) for n in (2**10, 2**16)]
     assert b3[1] > b3[0]
     assert 1.3 < b3[1] < 2.0
@@ -302,7 +302,7 @@ def test_match3_readouts_keep_the_predicted_margin(N):
         assert np.all(np.where(y, s - thr, thr - s) >= margin - th.match3_rounding_error(N, M))
 
 
-# --------------------------------------------------- the output error, exactly (spec §2.7)
+# --------------------------------------------------- the output error, exactly (notes tensor_attention §2.7)
 
 @pytest.mark.parametrize("method", th.METHODS)
 @pytest.mark.parametrize("g", [0, 1, 3, 8, 14])

@@ -117,7 +117,7 @@ def test_predicted_constants_for_isotropic_gaussian():
     S = np.diag([2.0, 0.5])
     A = np.array([[1.0, 0.5], [0.0, 0.3]])
     assert np.isclose(ts.log_C_quadratic_coefficient(S, A), 0.5 * np.linalg.norm(np.sqrt(S) @ A, 2) ** 2)
-    # uniform sphere in d = 3: sqrt(n) RMSE is ~1 for every query (spec §3.2): C polynomial (flat)
+    # uniform sphere in d = 3: sqrt(n) RMSE is ~1 for every query (notes token_sample §3.2): C polynomial (flat)
     sph = ts.SphereLaw(3, 1.0)
     assert abs(ts.predicted_log_C(sph, 8.0, np.eye(3)) - ts.predicted_log_C(sph, 1.0, np.eye(3))) < 0.05
 
