@@ -9,7 +9,7 @@ page cannot drift from the code.
 
 A ``§N.M`` in a claim's source becomes a link to the section of the theory notes that derives it
 (``docs/theory/<thread>.md``, label ``(<thread>-sN-M)=``), falling back to ``§N`` when ``§N.M`` has
-no label of its own; ``spec <thread> §...`` switches the thread. Where the note or the label does
+no label of its own; ``notes <thread> §...`` switches the thread. Where the note or the label does
 not exist yet, the text stays plain.
 
 A study module that fails to import stops the build with the study's name, the module and the
@@ -21,7 +21,6 @@ the tests point it at a broken catalogue).
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import re
 import sys
 from pathlib import Path
@@ -33,27 +32,16 @@ from sphinx.errors import ExtensionError
 from sphinx.util.docutils import SphinxDirective
 
 LABEL = re.compile(r"^\(([A-Za-z0-9_.:-]+)\)=\s*$", re.M)
-CITE = re.compile(r"spec\s+([a-z_]+)|§\s*(\d+(?:\.\d+)*)")
+CITE = re.compile(r"notes\s+([a-z_]+)|§\s*(\d+(?:\.\d+)*)")
 
 
 def claim_specs(module_name: str, study: str) -> list:
-    """The ClaimSpec constants ``<study>.*`` of a study module (and of its package's submodules),
-    in declaration order, each once."""
-    from studies.claims import ClaimSpec
+    """The claims ``<study>.*`` a study declares (:func:`studies.claims.declared_claims`, which
+    imports its module's package and every submodule), in declaration order, each once."""
+    from studies.claims import declared_claims
 
-    module = importlib.import_module(module_name)
-    modules = [module]
-    if hasattr(module, "__path__"):  # a package: its claims may live in a submodule
-        for info in pkgutil.iter_modules(module.__path__, module_name + "."):
-            if info.name.rsplit(".", 1)[-1] != "__main__":
-                modules.append(importlib.import_module(info.name))
-    seen, out = set(), []
-    for mod in modules:
-        for value in vars(mod).values():
-            if isinstance(value, ClaimSpec) and value.id.startswith(study + ".") and value.id not in seen:
-                seen.add(value.id)
-                out.append(value)
-    return out
+    package = module_name.rsplit(".", 1)[0] if module_name.count(".") > 1 else module_name
+    return [spec for cid, spec in declared_claims([package, module_name]).items() if cid.startswith(study + ".")]
 
 
 def theory_labels(srcdir: Path) -> dict[str, set[str]]:
