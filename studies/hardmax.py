@@ -64,23 +64,23 @@ MIN_FORM_POINTS = 4  # a form comparison needs this many points
 
 SOURCE = "Bohbot, Letrouit, Peyré, Vialard (2025), Result 3 (hardmax regime)"
 BIAS_EXACT = ClaimSpec(
-    "hardmax.bias_exact", f"{SOURCE}; spec token_sample §2.3, §3.2 [D], §6 check 8(i)",
+    "hardmax.bias_exact", f"{SOURCE}; notes token_sample §2.3, §3.2 [D], §6.8(i)",
     "The softmax-to-hardmax bias at parameter lam (radial deficit at the largest n) equals rho (1 - A_d(lam "
     "kappa_1)) plus the first-order finite-n bias of the ratio estimator.")
 BIAS_SLOPE = ClaimSpec(
-    "hardmax.bias_slope", f"{SOURCE}; spec token_sample §6 check 8(i) (slope -> -1 as lam kappa_1 >> d)",
+    "hardmax.bias_slope", f"{SOURCE}; notes token_sample §6.8(i) (slope -> -1 as lam kappa_1 >> d)",
     "The log-log slope of the bias in lam equals the slope of the predicted curve over the same lams.")
 PURE_CURVE = ClaimSpec(
-    "hardmax.pure_curve", "spec token_sample §2.3 [D], §6 check 8(ii): empirical hardmax on the sphere",
+    "hardmax.pure_curve", "notes token_sample §2.3 [D], §6.8(ii): empirical hardmax on the sphere",
     "The error of the empirical hardmax, E|y_{j*} - rho u|, equals the exact 1-D integral at every n.")
 PURE_RATE = ClaimSpec(
-    "hardmax.pure_rate", "spec token_sample §2.3 [D], §6 check 8(ii): slope -> -1/(d-1)",
+    "hardmax.pure_rate", "notes token_sample §2.3 [D], §6.8(ii): slope -> -1/(d-1)",
     "The log-log slope of the pure-hardmax error in n equals the exact curve's slope over the grid.")
 COUPLED_BAND = ClaimSpec(
-    "hardmax.coupled_band", f"{SOURCE}: lam_n = c log n (spec token_sample §2.3 [G], §6 check 8(iii))",
+    "hardmax.coupled_band", f"{SOURCE}: lam_n = c log n (notes token_sample §2.3 [G], §6.8(iii))",
     "With lam_n = c log n the error lies in the first-order band [|E e|, sqrt(|E e|^2 + tr M/n)] at every n.")
 COUPLED_FORM = ClaimSpec(
-    "hardmax.coupled_form", f"{SOURCE}: 'a logarithmic rate of convergence' (spec token_sample §6 check 8(iii))",
+    "hardmax.coupled_form", f"{SOURCE}: 'a logarithmic rate of convergence' (notes token_sample §6.8(iii))",
     "With lam_n = c log n, log error against n follows the form the theory's curve takes on this grid: "
     "linear in log log n (logarithmic rate) once lam_n kappa_1 >> d, else possibly a slow power law.")
 COUPLED_FORMS = {"log log n": lambda n: np.log(np.log(n)), "log n": np.log}
@@ -285,7 +285,7 @@ def _bias_claims(out, k, lam, first_order, bias, bias_se, th_bias, fin, ratio, b
             continue
         allow, asrc = _next_order(ratio[i], b1[i])
         members.append(BIAS_EXACT.equal(bias[i], bias_se[i], fin[i], z=z, z_source=zsrc, allowance=allow,
-                                        allowance_source=asrc, where=where,
+                                        allowance_source=asrc, where=where, effect=fin[i],
                                         prediction_text=f"{fin[i]:.4g} (exact {th_bias[i]:.4g} + finite n)"))
     claims.append(worst_of(members, every="lam"))
 
@@ -307,13 +307,14 @@ def _bias_claims(out, k, lam, first_order, bias, bias_se, th_bias, fin, ratio, b
     claims.append(BIAS_SLOPE.equal(
         slope, se, pred, z=z, z_source=zsrc, allowance=abs(pred - exact),
         allowance_source="declared: the finite-n correction's own effect on the slope bounds the neglected orders",
+        effect=abs(pred),
         prediction_text=f"{pred:+.4f} over lam in {lam[w].min():g}..{lam[w].max():g} (asymptote -1)"))
     return claims
 
 
 def _pure_claims(out, k, n, pm, ps, th_pure):
     z, zsrc = z_family(n.size, dof=k - 1)
-    members = [PURE_CURVE.equal(pm[i], ps[i], th_pure[i], z=z, z_source=zsrc, where=f"n={int(n[i])}",
+    members = [PURE_CURVE.equal(pm[i], ps[i], th_pure[i], z=z, z_source=zsrc, where=f"n={int(n[i])}", effect=th_pure[i],
                                 prediction_text=f"{th_pure[i]:.4g} (exact)") for i in range(n.size)]
     claims = [worst_of(members, every="n")]
     slope, se, pred = _slope_vs_curve(n, pm, ps, th_pure)
@@ -322,7 +323,7 @@ def _pure_claims(out, k, n, pm, ps, th_pure):
     out["theory_pure_slope_grid"] = ((), pred, {"long_name": "log-log slope of the exact curve over the n grid "
                                                                "(same weights)"})
     z, zsrc = z_family(1, dof=k - 1)
-    claims.append(PURE_RATE.equal(slope, se, pred, z=z, z_source=zsrc,
+    claims.append(PURE_RATE.equal(slope, se, pred, z=z, z_source=zsrc, effect=abs(pred),
                                   prediction_text=f"{pred:+.4f} (exact curve; asymptote "
                                                   f"{float(out['theory_pure_slope']):+.4f})"))
     return claims
@@ -343,7 +344,7 @@ def _coupled_claims(out, k, n, cm, cs, lo, hi, cratio, b1):
         members.append(COUPLED_BAND.equal(
             cm[i], cs[i], 0.5 * (lo[i] + hi[i]), z=z, z_source=zsrc, allowance=0.5 * (hi[i] - lo[i]) + allow,
             allowance_source="half-width of the first-order band (Jensen: |E e| <= E|e| <= sqrt(E|e|^2)) + " + asrc,
-            where=where, prediction_text=f"in [{lo[i]:.4g}, {hi[i]:.4g}]"))
+            where=where, effect=0.5 * (lo[i] + hi[i]), prediction_text=f"in [{lo[i]:.4g}, {hi[i]:.4g}]"))
     claims = [worst_of(members, every="n")]
     z, zsrc = z_family(1)
     if ok.sum() < MIN_FORM_POINTS:

@@ -93,15 +93,15 @@ MOMENTS = ("mean", "cov")
 SOURCE = "Bohbot, Letrouit, Peyré, Vialard (2025), Result 2"
 RATE_BOUND = ClaimSpec(
     "moments.rate_bound", f"{SOURCE}: rate C'/n^beta(H), the authors' curve beta(H) = 1/(2(1+H^2)) "
-                          "(spec token_sample §2.2 [C+G], §6 check 4(iii))",
+                          "(notes token_sample §2.2 [C+G], §6.4(iii))",
     "The moment error decays at least as fast as n^(-1/(2(1+H^2))): |beta_hat| >= 1/(2(1+H_eff^2)) at every scale.")
 SMALL_H = ClaimSpec(
-    "moments.small_H_rate", f"{SOURCE}: beta -> 1/2 as H -> 0 (spec token_sample §2.2, §6 check 4(i))",
+    "moments.small_H_rate", f"{SOURCE}: beta -> 1/2 as H -> 0 (notes token_sample §2.2, §6.4(i))",
     "At a horizon small enough that the authors' curve cannot be told from 1/2, the moment error decays like "
     "n^(-1/2).")
 DECREASING = ClaimSpec(
-    "moments.decreasing", f"{SOURCE}: the slowdown grows with the horizon (spec token_sample §2.2 [D] finer "
-                          "heuristic, §6 check 4(ii))",
+    "moments.decreasing", f"{SOURCE}: the slowdown grows with the horizon (notes token_sample §2.2 [D] finer "
+                          "heuristic, §6.4(ii))",
     "Where the finer heuristic predicts a resolvable drop of beta between the smallest and the largest horizon "
     "of the run, |beta_hat| is significantly smaller at the largest horizon.")
 
@@ -333,7 +333,7 @@ def _claims(mom, scales, H, b, e, law_beta, k) -> list:
     bound = ts.beta_of_horizon(H)
     z, zsrc = z_family(scales.size, dof=k - 1)
     members = [RATE_BOUND.at_least(b[s], e[s], bound[s], z=z, z_source=zsrc, where=f"s={scales[s]:.4g}",
-                                   prediction_text=f">= {bound[s]:.3g} (H_eff={H[s]:.3g})")
+                                   effect=bound[s], prediction_text=f">= {bound[s]:.3g} (H_eff={H[s]:.3g})")
                for s in range(scales.size)]
     out.append(worst_of(members, where=mom, every="scale"))
 
@@ -341,7 +341,7 @@ def _claims(mom, scales, H, b, e, law_beta, k) -> list:
     z, zsrc = z_family(1, dof=k - 1)
     gap = 0.5 - float(bound[lo])
     if law_beta[lo] == 0.5 and gap <= z * e[lo]:
-        out.append(SMALL_H.equal(b[lo], e[lo], 0.5, z=z, z_source=zsrc, where=mom,
+        out.append(SMALL_H.equal(b[lo], e[lo], 0.5, z=z, z_source=zsrc, where=mom, effect=0.5,
                                  prediction_text=f"0.5 at H_eff={H[lo]:.3g} (authors' curve {bound[lo]:.3g})"))
     else:
         why = (f"the finer heuristic predicts {law_beta[lo]:.3g} there" if law_beta[lo] != 0.5 else

@@ -1,7 +1,7 @@
 """Bounded vs unbounded tokens: ``python -m studies.tails``.
 
 How the constants of the token sample complexity grow with the size of the tokens
-(Bohbot, Letrouit, Peyré, Vialard; spec token_sample §2.1-2.2, §6 checks 3 and 5). The store
+(Bohbot, Letrouit, Peyré, Vialard; notes token_sample §2.1-2.2, §6.3, §6.5). The store
 has two groups, ``sup`` and ``moments`` (the shared ``--parts`` flag selects them; the root
 records them); :func:`analyze` and :func:`summary` tell them apart by the stored group name:
 
@@ -10,19 +10,16 @@ against the query radius R, for three token laws, each set against the delta met
 own law, A and grid (:mod:`theory.token_sample`):
 
 * ``gaussian``  N(0, I_2), A = a I: log C(R) ~ 1/2 a^2 R^2 (quadratic in R);
-* ``sphere``    uniform on S^{d-1} (d = 5), A = a_s I: C(R) ~ kappa^{(d-3)/4} once kappa = a_s R >> 1
-                (polynomial; pre-asymptotic at kappa ~ 1, hence the default a_s = 4);
-* ``atom``      bounded, (1 - eps) Uniform(ball of radius r_0) + eps delta_{R_mu e_1} with a tiny
-                eps: C(R) grows exponentially (~ sqrt(eps) e^{a R (R_mu - r_0)}) once the atom
-                dominates E w^2, and saturates once it dominates E w as well.
+* ``sphere``    uniform on S^{d-1} (d = 5), A = a_s I: C(R) ~ kappa^{(d-3)/4} once kappa = a_s R >> 1;
+* ``atom``      (1 - eps) Uniform(ball of radius r_0) + eps delta_{R_mu e_1}, tiny eps: C(R) grows
+                like sqrt(eps) e^{a R (R_mu - r_0)} once the atom dominates E w^2, then saturates.
 
 Group ``moments``: the moment prefactor C' of the output mean and covariance of self-attention
 (error ~ C'/sqrt(n)) for box-truncated Gaussians of growing support (c sigma per coordinate,
 c = 0.5..4: from nearly uniform boxes to the Gaussian limit): C' follows the delta-method limit
 :func:`theory.token_sample.truncated_moment_prefactors`, a power of the support radius R_mu
 that bends to a constant once the truncation stops mattering (H < 1: the Gaussian limit has a
-finite-variance influence function), i.e. polynomial in R_mu; the uniform constant C(R_mu) of
-the same laws (``theory_log_C_sup``, delta method) grows exponentially.
+finite-variance influence function), i.e. polynomial in R_mu; the same laws' C(R_mu) grows exponentially.
 
 Claims (:mod:`studies.claims`; a family over a grid is shown by its worst member, at
 Bonferroni z with Student-t quantiles for replicate standard errors):
@@ -30,8 +27,9 @@ Bonferroni z with Student-t quantiles for replicate standard errors):
 * ``clt_rate[law]``     -- where every n of the grid is >= 100 n_3(R) (the CLT regime of
   :func:`theory.token_sample.uniform_regimes`: Berry-Esseen distance sqrt(n_3/n) <= 0.1), the sup
   error decays like n^(-1/2) (± z SE + the spec's 0.05);
-* ``C_lower[law]``      -- where the largest n is in the CLT regime, C(R) >= sup_x E|G(x)|
-  (:func:`theory.token_sample.predicted_log_C_lower`, a rigorous n -> infinity lower bound);
+* ``C_limit[law]``      -- where the largest n is in the CLT regime, C(R) = E sup|G|, G the Gaussian
+  limit process (:func:`theory.token_sample.expected_sup_norm`; laws in d <= 3), two-sided;
+* ``C_lower[law]``      -- there, C(R) >= sup_x E|G(x)| (the weaker, one-sided bound);
 * ``C_growth[law]``     -- over those radii (>= 4), log C(R) has the form (R^2, R or log R) that the
   law's own delta-method curve :func:`theory.token_sample.predicted_log_C` singles out; "not
   tested" when the curve singles out none;
@@ -42,10 +40,9 @@ Bonferroni z with Student-t quantiles for replicate standard errors):
 
 Dataset (``results/tails.zarr``, groups ``sup`` and ``moments``): raw ``sup_err(law, R, n, rep)``
 and ``mean_err``/``cov_err(c, n, rep)``; C(R), C'(c), fits, ``theory_*`` (delta method, lower
-bound, Berry-Esseen scale, prefactors) and the claims of each group. Each group's stored
-parameters hold everything its analysis reads: the laws (``laws``; the truncated law's ``d``,
-``sigma``, ``A``) and ``theory_search``, the sup search of the delta-method curves (finer by
-default, coarser with ``--quick``).
+bound, E sup|G|, Berry-Esseen scale, prefactors) and the claims of each group. Each group's stored
+parameters hold everything its analysis reads: the laws and ``theory_search`` (the sup search of
+the delta-method curves, coarser with ``--quick``); the root seed seeds the theory's Monte Carlo.
 """
 from __future__ import annotations
 
@@ -61,6 +58,7 @@ from sim.distributions import make_atom_distribution, make_distribution
 from sim.token_moments import moment_errors
 from sim.token_sample import sup_errors
 from studies.claims import ClaimSpec, predicted_form, worst_of, z_family
+from studies.convergence import LIMIT_MAX_DIM, LIMIT_SAMPLES, THEORY_SPAWN  # the limit process' Monte Carlo
 from studies.cli import (PAIR_RATE, Part, StoreParamsError, UsageError, check_resources, check_scores, group_of,
                          parse_n_grid, parse_range, positive_float, positive_int, run_params, study_main)
 from studies.fits import loglog_rate, ols
@@ -86,24 +84,28 @@ LAYOUT = "tails-v3: groups sup (cells (n, rep) x laws) and moments (cells (n, re
 CLT_FACTOR = 100.0  # the CLT regime: n >= CLT_FACTOR n_3(R), i.e. the Berry-Esseen distance of the
 # weights' average to the normal, ~ sqrt(n_3/n), is <= 0.1 (the atom law, whose heavy weight is a rare
 # atom, is where that bound is nearly tight; studies.convergence, on laws without atoms, uses 10)
-RATE_ALLOWANCE = 0.05  # declared pre-asymptotic error of a rate fit (spec token_sample §6 check 2)
+RATE_ALLOWANCE = 0.05  # declared pre-asymptotic error of a rate fit (notes token_sample §6.2)
 MIN_FORM_POINTS = 4
 GROWTH_FORMS = {"R^2": lambda R: R**2, "R": lambda R: R, "log R": np.log}
 
 SOURCE = "Bohbot, Letrouit, Peyré, Vialard (2025)"
 CLT_RATE = ClaimSpec(
-    "tails.clt_rate", f"{SOURCE}, Result 1: rate C(R)/sqrt(n) (spec token_sample §2.1, §6 check 2)",
+    "tails.clt_rate", f"{SOURCE}, Result 1: rate C(R)/sqrt(n) (notes token_sample §2.1, §6.2)",
     "Where every n of the grid is in the CLT regime (n >= 100 n_3(R)), the sup error decays like n^(-1/2).")
+C_LIMIT = ClaimSpec(
+    "tails.C_limit", f"{SOURCE}, Result 1: the constant C(R) = E sup|G| of the limit process (notes token_sample §2.5)",
+    "Where the largest n is in the CLT regime, C(R) = sqrt(n) E sup equals E sup_{|x|<=R} |G(x)|, G the Gaussian "
+    "process with covariance E[IF_x IF_x'^T] (laws of dimension <= 3).")
 C_LOWER = ClaimSpec(
-    "tails.C_lower", f"{SOURCE}, Result 1: the constant C(R), delta method (spec token_sample §2.1 [D])",
+    "tails.C_lower", f"{SOURCE}, Result 1: the constant C(R), delta method (notes token_sample §2.1 [D])",
     "Where the largest n is in the CLT regime, C(R) = sqrt(n) E sup is at least sup_x E|G(x)|, G(x) ~ N(0, M(x)).")
 C_GROWTH = ClaimSpec(
     "tails.C_growth", f"{SOURCE}, Result 1: C(R) grows exponentially in R in the worst case; polynomially for "
-                      "the sphere (spec token_sample §3.1, §3.2, §6 check 3)",
+                      "the sphere (notes token_sample §3.1, §3.2, §6.3)",
     "Across the CLT-regime radii, log C(R) follows the form (R^2, R or log R) that the law's delta-method curve "
     "singles out, not the other candidates.")
 MOMENT_RATE = ClaimSpec(
-    "tails.moment_rate", f"{SOURCE}, Result 2 (spec token_sample §2.2 [D], §6 check 5)",
+    "tails.moment_rate", f"{SOURCE}, Result 2 (notes token_sample §2.2 [D], §6.5)",
     "For truncated Gaussians with H < 1 (finite-variance influence function) the moment error decays like n^(-1/2).")
 CPRIME_LEVEL = ClaimSpec(
     "tails.Cprime_level", f"{SOURCE}, Result 2: the prefactor C' (delta method, theory.token_sample."
@@ -111,7 +113,7 @@ CPRIME_LEVEL = ClaimSpec(
     "sqrt(n) E|moment error| at the largest n equals the delta-method limit C' of the truncated law.")
 CPRIME_FORM = ClaimSpec(
     "tails.Cprime_form", f"{SOURCE}, Result 2: 'C'(R) depends polynomially on the size of the support' "
-                         "(spec token_sample §1.2, §6 check 5)",
+                         "(notes token_sample §1.2, §6.5)",
     "Across the truncation levels, log C' against the support radius R_mu follows the form the delta-method "
     "C' curve singles out (log R: polynomial), not the other candidates.")
 
@@ -234,11 +236,6 @@ def _moment_cell(cell, *, args_t, cs, refs, device):
     return {"mean_err": np.asarray(me), "cov_err": np.asarray(ce)}
 
 
-def make_sweeps(args) -> tuple[Sweep, Sweep]:
-    """The sweeps of the two groups, ``sup`` and ``moments``."""
-    return sup_sweep(args), moment_sweep(args)
-
-
 def sup_sweep(args) -> Sweep:
     """The sweep of group ``sup``: every law's searched sup error per (R, n, rep)."""
     radii = np.asarray(args.R, dtype=float)
@@ -297,13 +294,14 @@ def moment_sweep(args) -> Sweep:
 def analyze(ds: xr.Dataset) -> tuple[xr.Dataset, list]:
     """The analysis of one group (:func:`studies.cli.group_of`), a pure function of its stored
     data and parameters: the laws (group ``sup``) or the truncated law (group ``moments``), and
-    the sup search of the delta-method curves (``theory_search``, chosen by ``--quick``)."""
+    the sup search of the delta-method curves (``theory_search``, chosen by ``--quick``); the
+    seeds of the theory's Monte Carlo of the limit process come from the stored root seed."""
     params = run_params(ds)
     group = group_of(ds)
     search = dict(params["theory_search"])
     if group == SUP_GROUP:
         setups = {name: _law_setup(name, params["laws"]) for name in (str(v) for v in ds["law"].values)}
-        out, claims = _analyze_sup(ds, setups, search)
+        out, claims = _analyze_sup(ds, setups, search, int(ds.attrs.get("root_seed", 0)))
     elif group == MOMENT_GROUP:
         out, claims = _analyze_moments(ds, int(params["d"]), float(params["sigma"]), _scale_of(params["A"]), search)
     else:
@@ -313,26 +311,13 @@ def analyze(ds: xr.Dataset) -> tuple[xr.Dataset, list]:
     return out, claims
 
 
-def _analyze_sup(ds: xr.Dataset, setups: dict, theory_search: dict) -> tuple[xr.Dataset, list]:
-    """C(R) per law, the delta-method theory for each law's own A and grid, and the claims."""
-    R = ds["R"].values.astype(float)
-    n = ds["n"].values.astype(float)
-    laws = [str(v) for v in ds["law"].values]
-    err = ds["sup_err"].values  # (law, R, n, rep)
-    k = err.shape[-1]
-    mean = err.mean(axis=-1)
-    sem = err.std(axis=-1, ddof=1) / np.sqrt(k)
-    C_hat = np.sqrt(n)[None, None, :] * mean
-    C = C_hat[:, :, -1]
-    C_se = np.sqrt(n[-1]) * sem[:, :, -1]
-    out = xr.Dataset(coords={"law": ds["law"].values, "R": R, "n": ds["n"].values})
-    out["mean_sup_err"] = (("law", "R", "n"), mean)
-    out["sem_sup_err"] = (("law", "R", "n"), sem)
-    out["C_hat"] = (("law", "R", "n"), C_hat, {"long_name": "sqrt(n) * mean_sup_err"})
-    out["C"] = (("law", "R"), C, {"long_name": "C(R) = sqrt(n) E sup at the largest n"})
-    out["C_se"] = (("law", "R"), C_se)
+def _sup_theory(setups: dict, laws: list, R, n, theory_search: dict, root_seed: int) -> dict:
+    """Per law and radius: the delta-method C, the lower bound, n_3, n*, the CLT regime at the
+    largest n and, at its radii, E sup|G| of the limit process (notes token_sample §2.5) with its
+    Monte Carlo and grid errors (laws of dimension <= LIMIT_MAX_DIM)."""
     L = len(laws)
     th, lower, ln3, lns = (np.zeros((L, R.size)) for _ in range(4))
+    lim = {k: np.full((L, R.size), np.nan) for k in ("esup", "esup_se", "disc", "points")}
     for i, name in enumerate(laws):
         dist, A = setups[name]
         V = np.eye(dist.dim)
@@ -340,63 +325,85 @@ def _analyze_sup(ds: xr.Dataset, setups: dict, theory_search: dict) -> tuple[xr.
         lower[i] = [ts.predicted_log_C_lower(dist.law, r, A, V, **theory_search) for r in R]
         ln3[i] = [ts.log_normal_approx_threshold_sup(dist.law, r, A, **theory_search) for r in R]
         lns[i] = [ts.log_effective_sample_threshold_sup(dist.law, r, A, **theory_search) for r in R]
-    out["theory_log_C"] = (("law", "R"), th, {"long_name": "log sup_x sqrt(tr M(x)) (delta method)"})
-    out["theory_log_C_lower"] = (("law", "R"), lower, {"long_name": "log sup_x E|G(x)|, G(x) ~ N(0, M(x)): the "
-                                                                     "n -> infinity lower bound of C(R)"})
-    out["theory_log_n_3"] = (("law", "R"), ln3, {"long_name": "log Berry-Esseen scale; CLT needs n >> n_3"})
-    out["theory_log_n_star"] = (("law", "R"), lns, {"long_name": "log effective-sample threshold n*"})
     clt = np.log(n[-1]) >= np.log(CLT_FACTOR) + ln3
-    out["clt_regime"] = (("law", "R"), clt, {"description": f"largest n >= {CLT_FACTOR:g} n_3(R)"})
-    out["C_over_theory"] = (("law", "R"), C / np.exp(th))
-    out["C_over_lower"] = (("law", "R"), C / np.exp(lower))
-    slope, slope_se = np.full((L, R.size), np.nan), np.full((L, R.size), np.nan)
-    regime = np.zeros((L, R.size), dtype=np.int8)
-    for i in range(L):
-        regime[i], _ = ts.uniform_regimes(ln3[i], lns[i], n, clt_factor=CLT_FACTOR, min_points=n.size)
+    for i, name in enumerate(laws):
+        dist, A = setups[name]
+        if dist.dim > LIMIT_MAX_DIM:
+            continue
+        for j in np.where(clt[i])[0]:
+            res = ts.expected_sup_norm(dist.law, float(R[j]), A, np.eye(dist.dim), n_samples=LIMIT_SAMPLES,
+                                       seed=np.random.SeedSequence(root_seed, spawn_key=(THEORY_SPAWN, i, j)))
+            lim["esup"][i, j], lim["esup_se"][i, j], lim["disc"][i, j] = res.value, res.se, res.discretisation
+            lim["points"][i, j] = res.points[-1]
+    dims = np.array([setups[name][0].dim for name in laws])
+    return dict(log_C=th, log_C_lo=lower, log_n3=ln3, log_nstar=lns, clt=clt, pre=np.exp(ln3) / n[-1], dim=dims, **lim)
+
+
+def _analyze_sup(ds: xr.Dataset, setups: dict, theory_search: dict, root_seed: int) -> tuple[xr.Dataset, list]:
+    """C(R) per law, the theory for each law's own A and grid, and the claims."""
+    R = ds["R"].values.astype(float)
+    n = ds["n"].values.astype(float)
+    laws = [str(v) for v in ds["law"].values]
+    err = ds["sup_err"].values  # (law, R, n, rep)
+    k = err.shape[-1]
+    mean = err.mean(axis=-1)
+    sem = err.std(axis=-1, ddof=1) / np.sqrt(k)
+    C, C_se = np.sqrt(n[-1]) * mean[:, :, -1], np.sqrt(n[-1]) * sem[:, :, -1]
+    t = _sup_theory(setups, laws, R, n, theory_search, root_seed)
+    out = xr.Dataset(coords={"law": ds["law"].values, "R": R, "n": ds["n"].values})
+    lr = ("law", "R")
+    out["mean_sup_err"] = (("law", "R", "n"), mean)
+    out["sem_sup_err"] = (("law", "R", "n"), sem)
+    out["C_hat"] = (("law", "R", "n"), np.sqrt(n)[None, None, :] * mean, {"long_name": "sqrt(n) * mean_sup_err"})
+    out["C"] = (lr, C, {"long_name": "C(R) = sqrt(n) E sup at the largest n"})
+    out["C_se"] = (lr, C_se)
+    out["theory_log_C"] = (lr, t["log_C"], {"long_name": "log sup_x sqrt(tr M(x)) (delta method)"})
+    out["theory_log_C_lower"] = (lr, t["log_C_lo"], {"long_name": "log sup_x E|G(x)|, G(x) ~ N(0, M(x))"})
+    out["theory_C_limit"] = (lr, t["esup"], {"long_name": "E sup_{|x|<=R} |G(x)| (limit process, grid Monte Carlo)"})
+    out["theory_C_limit_se"] = (lr, t["esup_se"], {"long_name": "Monte Carlo standard error of theory_C_limit"})
+    out["theory_C_limit_grid_error"] = (lr, t["disc"], {"long_name": "declared discretisation error of the grid"})
+    out["theory_log_n_3"] = (lr, t["log_n3"], {"long_name": "log Berry-Esseen scale; CLT needs n >> n_3"})
+    out["theory_log_n_star"] = (lr, t["log_nstar"], {"long_name": "log effective-sample threshold n*"})
+    out["clt_regime"] = (lr, t["clt"], {"description": f"largest n >= {CLT_FACTOR:g} n_3(R)"})
+    out["C_over_theory"] = (lr, C / np.exp(t["log_C"]))
+    out["C_over_lower"] = (lr, C / np.exp(t["log_C_lo"]))
+    out["C_over_limit"] = (lr, C / t["esup"])
+    slope, slope_se, regime = (np.zeros((len(laws), R.size), dtype=dt) for dt in (float, float, np.int8))
+    for i in range(len(laws)):
+        regime[i], _ = ts.uniform_regimes(t["log_n3"][i], t["log_nstar"][i], n, clt_factor=CLT_FACTOR,
+                                          min_points=n.size)
         for j in range(R.size):
             f = loglog_rate(n, err[i, j])
             slope[i, j], slope_se[i, j] = f.slope, f.se
-    out["fit_slope"] = (("law", "R"), slope, {"long_name": "WLS log-log slope of mean_sup_err vs n"})
-    out["fit_slope_se"] = (("law", "R"), slope_se)
-    out["regime"] = (("law", "R"), regime, {"flag_values": [0, 1, 2], "flag_meanings": " ".join(ts.REGIMES),
-                                            "description": "theory.token_sample.uniform_regimes with every n of the "
-                                                           f"grid >= {CLT_FACTOR:g} n_3(R) for clt"})
-    forms = []
-    for i in range(L):
-        c = clt[i]
-        forms.append(predicted_form(R[c], th[i, c], GROWTH_FORMS) if c.sum() >= 3 else None)
-    out["theory_growth_form"] = (("law",), str_coord([f or "none" for f in forms]),
-                                 {"long_name": "form of log C(R) singled out by the delta-method curve over the "
-                                               "CLT-regime radii (predicted_form)"})
+    out["fit_slope"] = (lr, slope, {"long_name": "WLS log-log slope of mean_sup_err vs n"})
+    out["fit_slope_se"] = (lr, slope_se)
+    out["regime"] = (lr, regime, {"flag_values": [0, 1, 2], "flag_meanings": " ".join(ts.REGIMES), "description":
+                                  f"uniform_regimes with every n of the grid >= {CLT_FACTOR:g} n_3(R) for clt"})
+    clt = t["clt"]
+    forms = [predicted_form(R[c], t["log_C"][i, c], GROWTH_FORMS) if c.sum() >= 3 else None for i, c in enumerate(clt)]
+    out["theory_growth_form"] = (("law",), str_coord([f or "none" for f in forms]), {
+        "long_name": "form of log C(R) singled out by the delta-method curve over the CLT-regime radii"})
     claims = []
     for i, name in enumerate(laws):
-        claims += _sup_claims(name, R, n, k, regime[i], clt[i], slope[i], slope_se[i], C[i], C_se[i], th[i],
-                              lower[i], forms[i])
+        per_law = {key: v[i] for key, v in t.items()}
+        claims += _sup_claims(name, R, k, regime[i], slope[i], slope_se[i], C[i], C_se[i], per_law, forms[i])
     return out, claims
 
 
-def _sup_claims(law, R, n, k, regime, clt, slope, slope_se, C, C_se, th, lower, form) -> list:
+def _sup_claims(law, R, k, regime, slope, slope_se, C, C_se, t, form) -> list:
     out = []
-    inside = regime == 0
+    inside, clt = regime == 0, t["clt"]
     z, zsrc = z_family(int(inside.sum()), dof=k - 1)
     if inside.any():
         out.append(worst_of([CLT_RATE.equal(slope[j], slope_se[j], -0.5, z=z, z_source=zsrc, allowance=RATE_ALLOWANCE,
-                                            allowance_source="declared pre-asymptotic error of the slope (spec "
-                                                             "token_sample §6 check 2: -0.5 ± 0.05)",
-                                            where=f"R={R[j]:g}", prediction_text="slope -0.5")
+                                            allowance_source="declared pre-asymptotic error of the slope (notes "
+                                                             "token_sample §6.2: -0.5 ± 0.05)",
+                                            where=f"R={R[j]:g}", prediction_text="slope -0.5", effect=0.5)
                              for j in np.where(inside)[0]], where=law, every="CLT radius"))
     else:
         out.append(CLT_RATE.not_tested(f"no radius has every n of the grid >= {CLT_FACTOR:g} n_3(R) (raise the "
                                        "smallest n)", where=law, prediction_text="slope -0.5"))
-    z, zsrc = z_family(int(clt.sum()), dof=k - 1)
-    if clt.any():
-        out.append(worst_of([C_LOWER.at_least(C[j], C_se[j], float(np.exp(lower[j])), z=z, z_source=zsrc,
-                                              where=f"R={R[j]:g}",
-                                              prediction_text=f">= {np.exp(lower[j]):.4g} (Gaussian limit, worst query)")
-                             for j in np.where(clt)[0]], where=law, every="CLT radius"))
-    else:
-        out.append(C_LOWER.not_tested(f"the largest n is below {CLT_FACTOR:g} n_3(R) at every radius", where=law,
-                                      prediction_text="C(R) >= sup_x E|G(x)|"))
+    out += _constant_claims(law, R, k, C, C_se, t)
     z, zsrc = z_family(1)
     if clt.sum() < MIN_FORM_POINTS:
         out.append(C_GROWTH.not_tested(f"{int(clt.sum())} radius(es) with the largest n in the CLT regime; comparing "
@@ -406,6 +413,37 @@ def _sup_claims(law, R, n, k, regime, clt, slope, slope_se, C, C_se, th, lower, 
         out.append(C_GROWTH.forms(R[clt], np.log(C[clt]), C_se[clt] / C[clt], GROWTH_FORMS, form, z=z, z_source=zsrc,
                                   where=law, min_points=MIN_FORM_POINTS, what="log C"))
     return out
+
+
+def _constant_claims(law, R, k, C, C_se, t) -> list:
+    """C_limit (two-sided, against E sup|G|) and C_lower (one-sided) over the radii whose largest
+    n is in the CLT regime."""
+    clt = t["clt"]
+    if not clt.any():
+        why = f"the largest n is below {CLT_FACTOR:g} n_3(R) at every radius"
+        return [C_LIMIT.not_tested(why, where=law, prediction_text="C(R) = E sup|G|"),
+                C_LOWER.not_tested(why, where=law, prediction_text="C(R) >= sup_x E|G(x)|")]
+    z, zsrc = z_family(int(clt.sum()), dof=k - 1)
+    lims, lows = [], []
+    for j in np.where(clt)[0]:
+        where, lower, esup = f"R={R[j]:g}", float(np.exp(t["log_C_lo"][j])), float(t["esup"][j])
+        lows.append(C_LOWER.at_least(C[j], C_se[j], lower, z=z, z_source=zsrc, where=where, effect=lower,
+                                     prediction_text=f">= {lower:.4g} (Gaussian limit, worst query)"))
+        if not np.isfinite(esup):
+            lims.append(C_LIMIT.not_tested(f"a grid of the {int(t['dim'])}-dimensional ball fine enough for "
+                                           f"the sup of G is out of reach (d > {LIMIT_MAX_DIM}; notes token_sample "
+                                           "§2.5)", where=where, measured=C[j], se=C_se[j],
+                                           prediction_text="C(R) = E sup|G|"))
+            continue
+        lims.append(C_LIMIT.equal(
+            C[j], float(np.hypot(C_se[j], t["esup_se"][j])), esup, z=z,
+            z_source=f"{zsrc}, on the combined SE of C and of the E sup|G| Monte Carlo",
+            allowance=esup * t["pre"][j] + t["disc"][j],
+            allowance_source=f"declared pre-asymptotic error, relative size n_3(R)/n_max = {t['pre'][j]:.2g} (notes "
+                             f"token_sample §2.5); + grid discretisation {t['disc'][j]:.2g} (refinement to "
+                             f"{int(t['points'][j])} points, below the tolerance)",
+            where=where, effect=0.5 * esup, prediction_text=f"{esup:.4g} ± {t['esup_se'][j]:.2g} (E sup|G|)"))
+    return [worst_of(lims, where=law, every="CLT radius"), worst_of(lows, where=law, every="CLT radius")]
 
 
 def _analyze_moments(ds: xr.Dataset, d: int, sigma: float, a: float, theory_search: dict) -> tuple[xr.Dataset, list]:
@@ -457,10 +495,10 @@ def _moment_claims(mom, cs, Rmu, H, k, beta, se, Cp, Cp_se, pref) -> list:
            "holds only past the effective sample size of its weights, which the run does not check")
     out = []
     for spec, tested in ((MOMENT_RATE, lambda i, z, zs: MOMENT_RATE.equal(
-            beta[i], se[i], 0.5, z=z, z_source=zs, where=f"c={cs[i]:g}",
+            beta[i], se[i], 0.5, z=z, z_source=zs, where=f"c={cs[i]:g}", effect=0.5,
             prediction_text=f"beta 0.5 (H={H[i]:.3g} < 1)")),
                          (CPRIME_LEVEL, lambda i, z, zs: CPRIME_LEVEL.equal(
-            Cp[i], Cp_se[i], pref[i], z=z, z_source=zs, where=f"c={cs[i]:g}",
+            Cp[i], Cp_se[i], pref[i], z=z, z_source=zs, where=f"c={cs[i]:g}", effect=0.5 * pref[i],
             prediction_text=f"{pref[i]:.4g} (delta method)"))):
         z, zsrc = z_family(int(ok.sum()), dof=k - 1)
         members = [tested(i, z, zsrc) if ok[i] else spec.not_tested(why.format(H[i]), where=f"c={cs[i]:g}")
@@ -485,16 +523,14 @@ def summary(an: xr.Dataset) -> str:
 
 def _summary_sup(sup: xr.Dataset) -> str:
     laws = [str(v) for v in sup["law"].values]
-    R = sup["R"].values
-    rows = ["C(R) = sqrt(n) E sup at n = " + str(int(sup["n"].values[-1])) + "  (theory: delta method; "
-            "lower: sup_x E|G(x)|; * = largest n in the CLT regime)"]
-    rows.append(f"{'R':>5} " + " ".join(f"{nm + ' C':>13} {'theory':>8} {'lower':>8}" for nm in laws))
-    for j, r in enumerate(R):
-        cells = []
-        for i in range(len(laws)):
-            mark = "*" if bool(sup["clt_regime"].values[i, j]) else " "
-            cells.append(f"{sup['C'].values[i, j]:>12.4g}{mark} {np.exp(sup['theory_log_C'].values[i, j]):>8.4g} "
-                         f"{np.exp(sup['theory_log_C_lower'].values[i, j]):>8.4g}")
+    rows = [f"C(R) = sqrt(n) E sup at n = {int(sup['n'].values[-1])}  (limit: E sup|G|; lower: sup_x E|G(x)|; "
+            "* = largest n in the CLT regime)", f"{'R':>5} " + " ".join(f"{nm + ' C':>13} {'limit':>8} {'lower':>8}"
+                                                                        for nm in laws)]
+    for j, r in enumerate(sup["R"].values):
+        cells = [f"{sup['C'].values[i, j]:>12.4g}{'*' if bool(sup['clt_regime'].values[i, j]) else ' '} "
+                 f"{sup['theory_C_limit'].values[i, j]:>8.4g} {np.exp(sup['theory_log_C_lower'].values[i, j]):>8.4g}"
+                 .replace("nan", "  -")
+                 for i in range(len(laws))]
         rows.append(f"{r:>5g} " + " ".join(cells))
     for i, nm in enumerate(laws):
         rows.append(f"{nm:>9}: delta-method form of log C over the CLT radii: {sup['theory_growth_form'].values[i]}; "
@@ -517,18 +553,16 @@ def _summary_moments(mom: xr.Dataset) -> str:
 
 # ---------------------------------------------------------------------------------- main
 def validate(args) -> None:
-    if min(args.R) <= 0:
-        raise UsageError(f"--R: radii must be positive (got {min(args.R):g})")
-    if len(args.R) < 4:
-        raise UsageError("--R: growth fits need at least 4 radii")
+    if min(args.R) <= 0 or len(args.R) < 4:
+        raise UsageError(f"--R: radii must be positive (got {min(args.R):g})" if min(args.R) <= 0 else
+                         "--R: growth fits need at least 4 radii")
     if len(args.c) < 3 or min(args.c) <= 0:
         raise UsageError("--c: need at least 3 positive truncation levels")
     if len(args.n) < 2:
         raise UsageError("--n: a rate fit needs at least 2 token counts")
-    if len(args.moment_n) < 3:
-        raise UsageError("--moment-n: a rate fit needs at least 3 token counts")
-    if min(args.moment_n) < 2:
-        raise UsageError("--moment-n: token counts must be >= 2")
+    if len(args.moment_n) < 3 or min(args.moment_n) < 2:
+        raise UsageError("--moment-n: a rate fit needs at least 3 token counts" if len(args.moment_n) < 3 else
+                         "--moment-n: token counts must be >= 2")
     if args.reps < 2 or args.moment_reps < 2:
         raise UsageError("--reps / --moment-reps: standard errors need at least 2 replicates")
     if args.sphere_d < 2:

@@ -32,16 +32,22 @@ def test_quick_run_writes_dataset_claims_and_figure(tmp_path, capsys, claims):
     assert ds["sup_err"].dims == ("R", "n", "rep")
     assert ds["sup_err"].shape == (2, 5, 10) and bool(ds["done"].all())
     for v in ("fit_slope", "fit_slope_se", "fit_n_min", "fit_n_max", "C", "C_se", "theory_log_C",
-              "theory_log_C_lower", "regime", "claim_outcome", "claim_tolerance_source"):
+              "theory_log_C_lower", "theory_C_limit", "theory_C_limit_se", "theory_saturated_slope", "regime",
+              "claim_outcome", "claim_tolerance_source"):
         assert v in ds, v
+    per_regime = ("theory_slope", "theory_C_limit", "theory_C_limit_se", "theory_C_limit_grid_error",
+                  "theory_C_limit_points", "theory_C_preasymptotic", "C_over_limit", "theory_saturated_slope",
+                  "theory_saturated_slope_se")  # NaN off their regime
     for v in ds.data_vars:
-        if ds[v].dtype.kind == "f" and not v.startswith("claim_") and v != "theory_slope":  # NaN off the CLT regime
+        if ds[v].dtype.kind == "f" and not v.startswith("claim_") and v not in per_regime:
             assert np.all(np.isfinite(ds[v].values)), v
+    assert np.isfinite(ds["theory_C_limit"].values[0]) and np.isfinite(ds["theory_saturated_slope"].values[1])
     assert out.with_suffix(".png").stat().st_size > 10_000
     text = capsys.readouterr().out
     assert "slope ± se" in text and "claims:" in text
     got = claims.none_fail(out)
     assert got["convergence.clt_rate[R=1]"].outcome == "holds"
+    assert got["convergence.C_limit[R=1]"].outcome == "holds"
     assert got["convergence.saturated_rate[R=8]"].outcome == "holds"
     assert got["convergence.C_growth"].outcome == "not tested"  # one radius in the CLT regime
     # rerunning the same command resumes: nothing recomputed, same numbers, same claims
@@ -63,8 +69,13 @@ def test_rates_at_small_and_large_radius(tmp_path, claims):
     assert list(ds["regime"].values) == [0, 2]
     got = claims.none_fail(out)
     assert {k: c.outcome for k, c in got.items()} == {
-        "convergence.clt_rate[R=1]": "holds", "convergence.C_lower[R=1]": "holds",
+        "convergence.clt_rate[R=1]": "holds", "convergence.C_limit[R=1]": "holds", "convergence.C_lower[R=1]": "holds",
         "convergence.saturated_rate[R=8]": "holds", "convergence.C_growth": "not tested"}
+    # two-sided: the measured constant sits within its tolerance of E sup|G|, far from the weaker bound
+    lim = got["convergence.C_limit[R=1]"]
+    assert abs(lim.measured - lim.prediction) < lim.tolerance < 0.25 * (lim.prediction - np.exp(
+        float(ds["theory_log_C_lower"].values[0])))
+    assert "discretisation" in lim.tolerance_source and "n_3(R)/n" in lim.tolerance_source
 
 
 OFF_DEFAULT = {
@@ -75,6 +86,8 @@ OFF_DEFAULT = {
                       "--queries", "16"],
     "mixture_d2": ["--dist", "mixture", "--R", "0.5,1,3", "--quick"],
     "ball_d3": ["--dist", "ball", "--d", "3", "--R", "1,4", "--quick"],
+    # saturated radii in three dimensions: the worst query's curve, within the declared allowance for the sup
+    "gauss_d3_saturated": ["--d", "3", "--R", "5,8", "--n", "2^8..2^12", "--reps", "12", "--queries", "16"],
 }
 
 
@@ -89,11 +102,17 @@ def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
         assert "bounded law" in got["convergence.saturated_rate"].reason
     if name == "gauss_d3_weak":
         assert sum(c.name == "clt_rate" and c.outcome == "holds" for c in got.values()) == 4
+        assert sum(c.name == "C_limit" and c.outcome == "holds" for c in got.values()) == 4
         assert got["convergence.C_growth"].outcome in ("holds", "not tested")
+    if name == "gauss_d3_saturated":
+        assert all(got[f"convergence.saturated_rate[R={r}]"].outcome == "holds" for r in (5, 8))
+    if name == "mixture_d2":
+        sat = [c for c in got.values() if c.name == "saturated_rate"]
+        assert sat and all(c.outcome == "not tested" for c in sat)
 
 
 def _scaled_tokens(factor):
-    """A broken sampler: tokens of the wrong variance (the law the theory uses is unchanged)."""
+    """A broken sampler: tokens of the wrong spread (the law the theory uses is unchanged)."""
     from sim import token_sample as sts
 
     real = sts.sup_errors
@@ -103,13 +122,25 @@ def _scaled_tokens(factor):
     return broken
 
 
-def test_broken_sampler_variance_fails_the_rate(tmp_path, monkeypatch, claims):
-    monkeypatch.setattr(convergence, "sup_errors", _scaled_tokens(1.3))
+# a CLT radius and a saturated one, with enough replicates for the saturated slope under a broken sampler
+SPREAD = ["--R", "1,4", "--n", "2^8..2^14", "--reps", "24", "--queries", "16", "--no-progress"]
+
+
+@pytest.mark.breaks("convergence.clt_rate", "convergence.C_limit", "convergence.saturated_rate")
+@pytest.mark.parametrize("factor", [1.3, 0.8])
+def test_token_spread_off_by_a_factor_fails_the_rate_the_constant_and_the_saturated_slope(tmp_path, monkeypatch,
+                                                                                           claims, factor):
+    """The sampler's spread x1.3 or x0.8: the CLT rate, the two-sided constant and the saturated
+    slope (against the worst query's curve) all fail; the old one-sided saturated claim ("flatter
+    than -1/2") held under both."""
+    monkeypatch.setattr(convergence, "sup_errors", _scaled_tokens(factor))
     out = tmp_path / "b.zarr"
-    assert run(QUICK + ["--out", str(out)]) == 0
-    claims.some_fail(out, "clt_rate")
+    assert run(SPREAD + ["--out", str(out)]) == 0
+    for name in ("clt_rate", "C_limit", "saturated_rate"):
+        claims.some_fail(out, name)
 
 
+@pytest.mark.breaks("convergence.clt_rate")
 def test_broken_softmax_scale_fails_the_rate(tmp_path, monkeypatch, claims):
     from sim import token_sample as sts
 
@@ -120,15 +151,47 @@ def test_broken_softmax_scale_fails_the_rate(tmp_path, monkeypatch, claims):
     claims.some_fail(out, "clt_rate")
 
 
+@pytest.mark.breaks("convergence.C_lower")
 def test_broken_sup_search_fails_the_constant(tmp_path, monkeypatch, claims):
     """A search that only looks at a quarter of the ball underestimates the sup: C(R) falls
-    below the Gaussian-limit bound at the worst query."""
+    below the Gaussian-limit bound at the worst query (and below E sup|G|)."""
     real = convergence.sup_errors
     monkeypatch.setattr(convergence, "sup_errors",
                         lambda tokens, dist, A, V, radii, **kw: real(tokens, dist, A, V, np.asarray(radii) / 4, **kw))
     out = tmp_path / "b.zarr"
     assert run(QUICK + ["--out", str(out)]) == 0
     claims.some_fail(out, "C_lower")
+    claims.some_fail(out, "C_limit")
+
+
+# four CLT radii (A = I/2: n_3(2) = e^3), so C_growth is tested
+GROWTH = ["--A-scale", "0.5", "--R", "0.5..2:0.5", "--n", "2^8..2^12", "--reps", "10", "--queries", "16",
+          "--no-progress"]
+
+
+def test_growth_of_the_constant_against_the_limit_radius_by_radius(tmp_path, claims):
+    out = tmp_path / "g.zarr"
+    assert run(GROWTH + ["--out", str(out)]) == 0
+    got = claims.none_fail(out)
+    assert got["convergence.C_growth"].outcome == "holds"
+    assert sum(c.name == "C_limit" and c.outcome == "holds" for c in got.values()) == 4
+    ds = open_result(out)
+    # the measured growth follows E sup|G| (0.25 per unit R^2 here), not the delta-method curve (0.175)
+    assert abs(float(ds["logC_vs_R2_slope"]) - float(ds["theory_log_C_limit_vs_R2_slope"])) < 3 * float(
+        ds["logC_vs_R2_slope_se"])
+
+
+@pytest.mark.breaks("convergence.C_growth")
+def test_wrong_softmax_scale_fails_the_growth(tmp_path, monkeypatch, claims):
+    """Sampled attention with A x 1.25 while theory keeps A: C(R)/C(R_min) grows faster than
+    E sup|G| does."""
+    from sim import token_sample as sts
+
+    real = sts.empirical_attention
+    monkeypatch.setattr(sts, "empirical_attention", lambda x, t, A, *a, **kw: real(x, t, 1.25 * A, *a, **kw))
+    out = tmp_path / "b.zarr"
+    assert run(GROWTH + ["--out", str(out)]) == 0
+    claims.some_fail(out, "C_growth")
 
 
 def test_same_seed_identical_and_workers_equal_serial(tmp_path):

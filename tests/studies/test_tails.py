@@ -8,6 +8,7 @@ from studies import tails
 from studies.sweep import open_group
 
 QUICK = ["--quick", "--no-progress"]
+LIMIT_VARS = ("fit_slope", "theory_C_limit", "C_over_limit")  # NaN off their regime
 
 
 def run(argv):
@@ -29,10 +30,14 @@ def test_quick_run_writes_both_groups_claims_and_figure(tmp_path, capsys, claims
         assert bool(ds["done"].all())
         assert not [v for v in ds.data_vars if v.startswith("verdict_")]
         for v in ds.data_vars:
-            if ds[v].dtype.kind == "f" and not v.startswith("claim_") and v not in ("fit_slope", "fit_slope_se"):
+            if ds[v].dtype.kind == "f" and not v.startswith("claim_") and not v.startswith(LIMIT_VARS):
                 assert np.all(np.isfinite(ds[v].values)), v
-    for v in ("C", "C_se", "theory_log_C", "theory_log_C_lower", "theory_log_n_3", "clt_regime", "theory_growth_form"):
+    for v in ("C", "C_se", "theory_log_C", "theory_log_C_lower", "theory_C_limit", "theory_C_limit_se",
+              "theory_log_n_3", "clt_regime", "theory_growth_form"):
         assert v in sup, v
+    # E sup|G| at the CLT radii of the laws in d <= 3 (gaussian, atom), none for the 5-dimensional sphere
+    lim = np.isfinite(sup["theory_C_limit"].values)
+    np.testing.assert_array_equal(lim, sup["clt_regime"].values & np.array([[True], [False], [True]]))
     for v in ("Cprime_mean", "Cprime_cov_se", "theory_Cprime_mean", "theory_Cprime_cov", "theory_log_C_sup", "H"):
         assert v in mom, v
     assert out.with_suffix(".png").stat().st_size > 10_000
@@ -40,7 +45,8 @@ def test_quick_run_writes_both_groups_claims_and_figure(tmp_path, capsys, claims
     assert "== sup" in text and "== moments" in text and "claims:" in text and "verdict" not in text
     got = claims.none_fail(out)
     names = {c.name for c in got.values()}
-    assert names == {"clt_rate", "C_lower", "C_growth", "moment_rate", "Cprime_level", "Cprime_form"}
+    assert names == {"clt_rate", "C_limit", "C_lower", "C_growth", "moment_rate", "Cprime_level", "Cprime_form"}
+    assert "5-dimensional" in got["tails.C_limit[sphere]"].reason
     assert {c.where for c in got.values() if c.name == "C_lower"} == {"gaussian", "sphere", "atom"}
     # rerun resumes both groups
     assert run(QUICK + ["--out", str(out)]) == 0
@@ -68,7 +74,11 @@ def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
     if name == "trunc_strong_A":
         mom = open_group(out, "moments")
         assert mom["H"].values.max() >= 1
-        assert "(2 of 4;" in got["tails.moment_rate[mean]"].prediction_text  # only the levels with H < 1
+        # the levels with H >= 1 are not claimed; at those with H < 1 quick's 6 samples resolve neither the
+        # rate nor a factor of two in the prefactor: "not tested", with both reasons
+        for key in ("tails.moment_rate[mean]", "tails.Cprime_level[cov]"):
+            c = got[key]
+            assert c.outcome == "not tested" and ">= 1" in c.reason and "too few samples" in c.reason, key
 
 
 # ------------------------------------------------------------------------ broken ingredients
@@ -89,13 +99,16 @@ def _wrong_sampler(monkeypatch, name, factor):
     monkeypatch.setattr(tails, "make_distribution", make)
 
 
-def test_wrong_gaussian_variance_fails_the_sup_rate(tmp_path, monkeypatch, claims):
+@pytest.mark.breaks("tails.clt_rate", "tails.C_limit")
+def test_wrong_gaussian_variance_fails_the_sup_rate_and_the_constant(tmp_path, monkeypatch, claims):
     _wrong_sampler(monkeypatch, "gaussian", 1.3)
     out = tmp_path / "b.zarr"
-    assert run(QUICK + ["--reps", "8", "--out", str(out)]) == 0
-    claims.some_fail(out, "clt_rate")
+    assert run(QUICK + ["--reps", "16", "--out", str(out)]) == 0
+    assert set(claims.some_fail(out, "clt_rate")) == {"tails.clt_rate[gaussian]"}
+    assert set(claims.some_fail(out, "C_limit")) == {"tails.C_limit[gaussian]"}
 
 
+@pytest.mark.breaks("tails.C_lower")
 def test_sup_search_over_a_quarter_of_the_ball_fails_the_lower_bound(tmp_path, monkeypatch, claims):
     """A search that only looks at |x| <= R/4 underestimates the sup: C(R) falls below the
     Gaussian-limit bound at the worst query of the ball."""
@@ -107,11 +120,35 @@ def test_sup_search_over_a_quarter_of_the_ball_fails_the_lower_bound(tmp_path, m
     claims.some_fail(out, "C_lower")
 
 
-def test_wrong_truncated_sampler_fails_the_moment_claims(tmp_path, monkeypatch, claims):
+@pytest.mark.breaks("tails.moment_rate")
+def test_wrong_truncated_sampler_fails_the_moment_rate(tmp_path, monkeypatch, claims):
     _wrong_sampler(monkeypatch, "truncated", 1.15)
     out = tmp_path / "b.zarr"
-    assert run(QUICK + ["--moment-reps", "12", "--out", str(out)]) == 0
-    claims.some_fail(out, "moment_rate", "Cprime_level")
+    assert run(QUICK + ["--parts", "moments", "--moment-reps", "12", "--out", str(out)]) == 0
+    claims.some_fail(out, "moment_rate")
+
+
+@pytest.mark.breaks("tails.moment_rate", "tails.Cprime_level")
+def test_shifted_truncated_sampler_fails_the_prefactor(tmp_path, monkeypatch, claims):
+    """Tokens 0.05 off the law's mean: the output mean no longer converges to the exact one, so
+    sqrt(n) E|mean error| grows past the delta-method C' and the rate flattens."""
+    real = tails.make_distribution
+
+    def make(n, d, **kw):
+        dist = real(n, d, **kw)
+        if n != "truncated":
+            return dist
+        sample = dist.sample
+
+        class Shifted(type(dist)):
+            def sample(self, rng, m):
+                return sample(rng, m) + 0.05
+        return Shifted(dist.law, dist.params)
+    monkeypatch.setattr(tails, "make_distribution", make)
+    out = tmp_path / "b.zarr"
+    assert run(QUICK + ["--parts", "moments", "--moment-reps", "12", "--out", str(out)]) == 0
+    assert "tails.Cprime_level[mean]" in claims.some_fail(out, "Cprime_level")
+    assert "tails.moment_rate[mean]" in claims.some_fail(out, "moment_rate")
 
 
 def _args():
@@ -137,6 +174,7 @@ def _lognormal(shape, seed=0):
     return np.exp(0.05 * np.random.default_rng(seed).standard_normal(shape))
 
 
+@pytest.mark.breaks("tails.C_growth")
 def test_growth_of_the_wrong_form_fails_the_form_claim(claims):
     """A measured C(R) that grows exponentially for the sphere, where the delta method predicts
     a power of R: the form comparison fails (the other laws follow their theory and hold)."""
@@ -162,6 +200,7 @@ def ts_log_C(setup, r):
     return ts.predicted_log_C(dist.law, r, A, np.eye(dist.dim), **tails.THEORY_SEARCH_QUICK)
 
 
+@pytest.mark.breaks("tails.Cprime_form")
 def test_exponential_moment_prefactor_fails_the_form_claim(claims):
     """A prefactor C' that grows exponentially in the support radius where the delta method
     gives a power of it: Cprime_form fails."""

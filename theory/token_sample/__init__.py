@@ -47,7 +47,9 @@ exponent overlaid by the authors is ``beta(H) = 1/(2(1+H^2))`` ([C+G]).
 Everything here is a deterministic function of its parameters (numpy/scipy/sympy only).
 
 The package splits along the paper's results: :mod:`.laws` (token laws), :mod:`.uniform`
-(Result 1), :mod:`.moments` (Result 2), :mod:`.hardmax` (Result 3), :mod:`.encoder` (Result 2
+(Result 1), :mod:`.limit_process` (Result 1's constant: the Gaussian limit process G of the error,
+its covariance K and E sup|G|), :mod:`.saturation` (Result 1 below n*: the pre-asymptotic curve
+of Gaussian tokens), :mod:`.moments` (Result 2), :mod:`.hardmax` (Result 3), :mod:`.encoder` (Result 2
 on a finite sequence of real tokens) and :mod:`.derivations` (sympy). Everything public is re-exported here, so ``from theory import token_sample as ts``
 sees one namespace.
 """
@@ -55,6 +57,10 @@ from .laws import *  # noqa: F401,F403
 from .laws import __all__ as _laws_all
 from .uniform import *  # noqa: F401,F403
 from .uniform import __all__ as _uniform_all
+from .limit_process import *  # noqa: F401,F403
+from .limit_process import __all__ as _limit_all
+from .saturation import *  # noqa: F401,F403
+from .saturation import __all__ as _saturation_all
 from .moments import *  # noqa: F401,F403
 from .moments import __all__ as _moments_all
 from .hardmax import *  # noqa: F401,F403
@@ -63,4 +69,4 @@ from .derivations import derive_gaussian_tilt
 from .encoder import *  # noqa: F401,F403
 from .encoder import __all__ as _encoder_all
 
-__all__ = [*_laws_all, *_uniform_all, *_moments_all, *_hardmax_all, *_encoder_all, "derive_gaussian_tilt"]
+__all__ = [*_laws_all, *_uniform_all, *_limit_all, *_saturation_all, *_moments_all, *_hardmax_all, *_encoder_all, "derive_gaussian_tilt"]
