@@ -1,11 +1,11 @@
 """Figure of the uniform-convergence study: ``python -m paper_figs.convergence STORE [--out FIG]``.
 
-(a) sup_{|x|<=R} |Gamma_{mu_n} - Gamma_mu| against n (log-log), one curve per radius R with its
+(a) ``sup_{|x|<=R} |Gamma_{mu_n} - Gamma_mu|`` against n (log-log), one curve per radius R with its
     standard-error bars and its fitted power law over the fit window, and a -1/2 reference; the
     legend gives each fitted slope and, at saturated radii, the slope of the theory's
     pre-asymptotic curve at the worst query (the claim saturated_rate);
 (b) C(R) = sqrt(n) E sup against R (log scale): measured with its standard error beside the
-    limit's constant E sup_{|x|<=R} |G(x)| at the CLT radii (with its Monte Carlo error; the
+    limit's constant ``E sup_{|x|<=R} |G(x)|`` at the CLT radii (with its Monte Carlo error; the
     claim C_limit), the delta-method prediction sup_x sqrt(tr V M V^T) and the lower bound
     sup_x E|G(x)| (the claim C_lower), the fits of log C against R and R^2 over the CLT-regime
     radii, and the radii outside that regime shaded. The title counts the claims by outcome.

@@ -13,6 +13,7 @@
     ``Cprime_level`` / ``Cprime_form``) and the delta-method uniform constant C(R_mu) of the same
     laws (exponential);
 (d) the moment errors against n for every truncation level, with the n^{-1/2} reference.
+
 The title counts the claims of both groups by outcome.
 
 Reads the dataset written by ``python -m studies.tails`` (groups ``sup`` and ``moments``) and

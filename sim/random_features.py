@@ -6,7 +6,7 @@ kernels and the meaning of every convention keyword: ``augment``, ``w_var``, ``r
 ``mean_shape``, ``activation``, ``key_norm``, ``value``).
 
 Data (notes random_features §7.1)
-----------------
+---------------------------------
 A sample is a query ``x0`` and N keys, i.i.d. uniform on S^{d-1} (normalised Gaussian rows):
 ``x0: (n, d)``, ``X: (n, N, d)``. Targets are fixed functions of (x0, X) with parameters drawn
 once per replicate (:func:`draw_target_params`: a unit vector ``beta`` and a random orthogonal

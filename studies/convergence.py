@@ -12,7 +12,7 @@ per n, and sets it against the theory for the run's own law, A and grid
 * rate: E_R(n) ~ C(R)/sqrt(n) in the CLT regime; in the saturated regime the local slope of
   the pre-asymptotic curve of the worst query (Gaussian tokens: a one-dimensional theory object,
   :func:`theory.token_sample.gaussian_saturated_error`);
-* constant: C(R) = sqrt(n) E_R(n) tends to E sup_{|x|<=R} |G(x)|, G the Gaussian limit process
+* constant: C(R) = sqrt(n) E_R(n) tends to ``E sup_{|x|<=R} |G(x)|``, G the Gaussian limit process
   of the error with covariance K(x, x') = E[IF_x IF_x'^T]
   (:func:`theory.token_sample.expected_sup_norm`, a seeded Monte Carlo of G on refined grids of
   the ball); it is at least sup_x E|G(x)| (the worst single query), and it grows with R as

@@ -22,25 +22,25 @@ W_k^T W_q over all heads, no scale, no biases).
 
 Claims (:mod:`studies.claims`):
 
-* ``rate_bound`` (per layer, mean and cov): |beta| >= 1/(2(1+H_max^2)) - z SE. The curve is an
-  upper bound on the error, i.e. a lower bound on |beta|, derived for one softmax with exponent
+* ``rate_bound`` (per layer, mean and cov): ``|beta| >= 1/(2(1+H_max^2)) - z SE``. The curve is an
+  upper bound on the error, i.e. a lower bound on ``|beta|``, derived for one softmax with exponent
   <A x, y>: it applies on the applied-matrix axis (the slowest head bounds the concatenation);
 * ``rate_bound_code``: the same curve on the authors' H_code axis -- not tested, with the reason
   (H_code is not the exponent of any softmax of the layer);
-* ``rate_bound_head`` (``--per-head``; per layer and head): |beta_h| >= 1/(2(1+H_h^2)) - z SE;
+* ``rate_bound_head`` (``--per-head``; per layer and head): ``|beta_h| >= 1/(2(1+H_h^2)) - z SE``;
 * ``clt_constant`` (per layer): where n >= 10 n* (the layer's effective sample size, the largest
   head's mean over queries of n*_h(x) = T sum_y P_h(x,y)^2), n E|m_n - m|^2 equals the exact
   delta-method constant a = E|IF|^2 of the sequence (:func:`theory.token_sample.mean_error_constant`)
   within z SE + 1/10 (declared: the next term of the expansion, relative size ~ n*/n);
   not tested where fewer than 2 grid sizes reach n >= 10 n*;
-* ``decreasing``: across layers, |beta_mean| increases with the curve value 1/(2(1+H_max^2))
-  (the authors' "beta decreases with H", spec §6.10) -- a WLS slope tested > 0; not tested
+* ``decreasing``: across layers, ``|beta_mean|`` increases with the curve value 1/(2(1+H_max^2))
+  (the authors' "beta decreases with H", notes token_sample §6.10) -- a WLS slope tested > 0; not tested
   when the curve's spread over the layers is below the resolution z SE or there are < 3 layers.
 
-No claim says |beta| < 1/2: the 1/2 of Result 2 bounds the exponent of an *upper bound* on the
+No claim says ``|beta| < 1/2``: the 1/2 of Result 2 bounds the exponent of an *upper bound* on the
 error, and on a finite sequence the measured window slope may be steeper -- the covariance's O(1/n)
 bias (the population covariance's -S/n and the softmax's own) dominates its O(1/sqrt(n))
-fluctuation at n <= 384 (MiniLM: |beta_cov| up to 0.67 +- 0.01), while the asymptotic slope is
+fluctuation at n <= 384 (MiniLM: ``|beta_cov|`` up to 0.67 +- 0.01), while the asymptotic slope is
 exactly 1/2 for any finite sequence. Sampling without replacement, which also steepens the slopes,
 is caught by ``clt_constant`` instead.
 
@@ -98,7 +98,7 @@ RATE_BOUND_HEAD = ClaimSpec(
     "encoder.rate_bound_head", f"{SOURCE} (one softmax: the setting of the bound)",
     "Each head's moment error decays at least as fast as n^-1/(2(1+H_h^2)), H_h that head's applied horizon.")
 CLT_CONSTANT = ClaimSpec(
-    "encoder.clt_constant", "delta method for the empirical law of the sequence (von Mises expansion; spec "
+    "encoder.clt_constant", "delta method for the empirical law of the sequence (von Mises expansion; notes "
                             "token_sample §2.1 [D] applied to the mean of the outputs)",
     "Once n >> n* (the effective sample size of the softmax weights), n E|m_n - m|^2 equals the exact "
     "asymptotic constant a = E|IF(Z)|^2 of the sequence.")

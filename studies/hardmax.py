@@ -3,7 +3,7 @@
 Result 3 of Bohbot, Letrouit, Peyré, Vialard: as the attention parameter lam -> infinity,
 softmax attention tends to hardmax, and the convergence in the number of tokens becomes
 logarithmic. Tokens are uniform on the sphere S^{d-1}(rho), queries x_q = rho u_q on a
-quasi-uniform set of directions, A = a I, V = I, so kappa_1 = rho |A x| = a rho^2 and the
+quasi-uniform set of directions, A = a I, V = I, so ``kappa_1 = rho |A x| = a rho^2`` and the
 population hardmax limit is Gamma^inf(x) = rho u. Three measurements share every token sample
 (every value is the mean over the queries, which all have the same law by rotation symmetry):
 
@@ -12,10 +12,10 @@ population hardmax limit is Gamma^inf(x) = rho u. Three measurements share every
    its expectation is rho (1 - A_d(lam kappa_1)) (exact population bias, ~ rho (d-1)/(2 lam
    kappa_1)) plus the first-order finite-n bias of the ratio estimator, (n*/n) rho (A_d(2 lam
    kappa_1) - A_d(lam kappa_1)), valid while n*/n << 1 (n* = E w^2/(E w)^2);
-2. pure hardmax error |y_{j*} - rho u| against n: exact curve E = int (1 - I_{e^2/4})^n de
+2. pure hardmax error ``|y_{j*} - rho u|`` against n: exact curve E = int (1 - I_{e^2/4})^n de
    (slope -> -1/(d-1));
 3. coupled lam_n = c log n: E|Gamma^{lam_n}_{mu_n}(x) - Gamma^inf(x)| lies in the first-order band
-   [|E e|, sqrt(|E e|^2 + tr M/n)] (Jensen), which tends to rho (d-1)/(2 c kappa_1 log n): a
+   ``[|E e|, sqrt(|E e|^2 + tr M/n)]`` (Jensen), which tends to rho (d-1)/(2 c kappa_1 log n): a
    logarithmic rate once lam_n kappa_1 >> d, a slowly bending curve before.
 
 Claims (:mod:`studies.claims`; each is the worst member of its family, at Bonferroni z):

@@ -5,7 +5,7 @@ as in the paper): the errors of the mean and the covariance of the n outputs aga
 infinite-token limit, against n, for a sweep of attention scales (Result 2 of Bohbot,
 Letrouit, Peyré, Vialard). Theory (:mod:`theory.token_sample.moments`): error ~ C'/n^beta with
 beta <= 1/2 and beta -> 1/2 as the horizon H -> 0. The authors' curve 1/(2(1+H^2)) bounds the
-error rate from below (so |beta_hat| should stay above it); the finer heuristic
+error rate from below (so ``|beta_hat|`` should stay above it); the finer heuristic
 (:func:`theory.token_sample.predicted_moment_rate`) gives 1/2 for H <= 1 and 1/(1+H^2) above for
 laws with Gaussian tails, 1/2 at every H for bounded laws: the drop of beta the run can expect.
 
@@ -24,8 +24,8 @@ laws with Gaussian tails, 1/2 at every H for bounded laws: the drop of beta the 
 
 Claims (exact reference; ``[mean]`` and ``[cov]`` each; a family is shown by its worst member):
 
-* ``rate_bound``   -- |beta_hat| >= 1/(2(1+H_eff^2)) - z SE at every scale;
-* ``small_H_rate`` -- |beta_hat - 1/2| <= z SE at the smallest horizon, tested only where that
+* ``rate_bound``   -- ``|beta_hat| >= 1/(2(1+H_eff^2)) - z SE`` at every scale;
+* ``small_H_rate`` -- ``|beta_hat - 1/2| <= z SE`` at the smallest horizon, tested only where that
   horizon is small: the law's predicted rate there is 1/2 and the authors' curve is within z SE
   of 1/2;
 * ``decreasing``   -- beta_hat(H_min) - beta_hat(H_max) > z SE, tested only where the finer

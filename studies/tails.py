@@ -5,7 +5,7 @@ How the constants of the token sample complexity grow with the size of the token
 has two groups, ``sup`` and ``moments`` (the shared ``--parts`` flag selects them; the root
 records them); :func:`analyze` and :func:`summary` tell them apart by the stored group name:
 
-Group ``sup``: the uniform constant C(R) = sqrt(n) E sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)|
+Group ``sup``: the uniform constant ``C(R) = sqrt(n) E sup_{|x|<=R} |Gamma_{mu_n}(x) - Gamma_mu(x)|``
 against the query radius R, for three token laws, each set against the delta method for its
 own law, A and grid (:mod:`theory.token_sample`):
 
@@ -26,7 +26,7 @@ Bonferroni z with Student-t quantiles for replicate standard errors):
 
 * ``clt_rate[law]``     -- where every n of the grid is >= 100 n_3(R) (the CLT regime of
   :func:`theory.token_sample.uniform_regimes`: Berry-Esseen distance sqrt(n_3/n) <= 0.1), the sup
-  error decays like n^(-1/2) (± z SE + the spec's 0.05);
+  error decays like n^(-1/2) (± z SE + the declared 0.05);
 * ``C_limit[law]``      -- where the largest n is in the CLT regime, C(R) = E sup|G|, G the Gaussian
   limit process (:func:`theory.token_sample.expected_sup_norm`; laws in d <= 3), two-sided;
 * ``C_lower[law]``      -- there, C(R) >= sup_x E|G(x)| (the weaker, one-sided bound);
@@ -108,8 +108,8 @@ MOMENT_RATE = ClaimSpec(
     "tails.moment_rate", f"{SOURCE}, Result 2 (notes token_sample §2.2 [D], §6.5)",
     "For truncated Gaussians with H < 1 (finite-variance influence function) the moment error decays like n^(-1/2).")
 CPRIME_LEVEL = ClaimSpec(
-    "tails.Cprime_level", f"{SOURCE}, Result 2: the prefactor C' (delta method, theory.token_sample."
-                          "truncated_moment_prefactors)",
+    "tails.Cprime_level", f"{SOURCE}, Result 2: the prefactor C' (delta method, notes token_sample §2.2, §6.5; "
+                          "theory.token_sample.truncated_moment_prefactors)",
     "sqrt(n) E|moment error| at the largest n equals the delta-method limit C' of the truncated law.")
 CPRIME_FORM = ClaimSpec(
     "tails.Cprime_form", f"{SOURCE}, Result 2: 'C'(R) depends polynomially on the size of the support' "

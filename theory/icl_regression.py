@@ -10,34 +10,44 @@ Setting and symbols
 is ``E (ŷ - y_q)^2`` and *includes* ``sigma2``. ``L`` examples per prompt, ``xi = d/L``,
 ``c = (1 + sigma2)/L``, ``n = L - 1``.
 
-Reduced model (notes icl_regression §5) [C: ``TFEst.approx_loss``, ``utils/funcs.py``; derivation [D]]
+Reduced model (notes icl_regression §5) [C: ``TFEst.approx_loss``, ``utils/funcs.py``; derivation [D]] ::
+
     ŷ = sum_h mu_h sum_i softmax_i(omega_h x_iᵀx_q) y_i
     L̃(omega, mu) = 1 + sigma2 - 2 muᵀomega + muᵀ A(omega) mu,
     A(omega) = omega omegaᵀ + c exp∘(d omega omegaᵀ)               (exp elementwise)
+
 (softmax denominators replaced by their expectations: a large-L approximation). The ODE is
-gradient flow on L̃/2:
+gradient flow on L̃/2::
+
     dmu/dt    = omega - A mu
     domega/dt = mu - (muᵀomega) mu - d c (exp∘(d omega omegaᵀ) ⊙ mu muᵀ) omega
+
 Fixed-omega optimum ``mu*(omega) = A^-1 omega``; single head: ``omega^2 = 1/d``,
 ``mu = sqrt(d)/(1 + e d c)``, ``L̃ = sigma2 + e d c/(1 + e d c)``; every H: ``L̃ >= sigma2 +
 d c/(1 + d c)``, approached by zero-sum heads as omega -> 0 with ``2 mu omega -> 1/(1 + d c)``.
 
-Predictor risks (notes icl_regression §6), exact at finite L [D; checked by Monte Carlo in the tests]
+Predictor risks (notes icl_regression §6), exact at finite L [D; checked by Monte Carlo in the tests] ::
+
     GD   ŷ = eta (1/L) sum y_i x_iᵀx_q:       R = sigma2 + (1-eta)^2 + eta^2 (d + 1 + sigma2 d)/L
     DGD  ŷ = eta (1/L) sum y_i (x_i - x̄)ᵀx_q: R = sigma2 + 1 - 2 eta n/L + eta^2 n (n + d + 1 + sigma2 d)/L^2
+
 (Wishart moments E W^2 = n(n + d + 1) I for W ~ W_d(n, I)); optimal steps ``1/(1 + k)``,
 ``k = (d + 1 + sigma2 d)/L`` (GD) and ``L/(L + d + d sigma2)`` (DGD). Asymptotics (d, L -> inf,
 d/L -> xi) [C]: ``R_DGD = sigma2 + xi(1+sigma2)/(1 + xi(1+sigma2))``; the single-head kernel
 ``R_1 ≈ sigma2 + e xi(1+sigma2)/(1 + e xi(1+sigma2))`` (an approximation: it underestimates the
 Monte Carlo value at small L). Bayes: ridge with ``lambda = d sigma2``; given the design the
 Bayes risk is ``sigma2 + tr[(XᵀX/sigma2 + d I)^-1]`` (finite L: its average over designs);
-Marchenko-Pastur limit [C: ``ridge_loss``]
+Marchenko-Pastur limit [C: ``ridge_loss``] ::
+
     R_Bayes = ½ [sigma2 + 1 - 1/xi + sqrt((sigma2 + 1/xi - 1)^2 + 4 sigma2)].
 
-Non-isotropic covariates (notes icl_regression §8) [D]: for ``ŷ = x_qᵀ Gamma g`` with ``g = (1/L) sum (x_i - x̄) y_i``
-(``centered``) or ``(1/L) sum x_i y_i``, the risk is quadratic in Gamma and minimised by
+Non-isotropic covariates (notes icl_regression §8) [D]: for ``ŷ = x_qᵀ Gamma g`` with
+``g = (1/L) sum (x_i - x̄) y_i`` (``centered``) or ``(1/L) sum x_i y_i``, the risk is quadratic in
+Gamma and minimised by ::
+
     uncentred (notes icl_regression §8): Gamma* = ((1 + 1/L) Sigma + ((tr Sigma + d sigma2)/L) I)^-1
     centred:          Gamma* = (Sigma + ((tr Sigma + d sigma2)/L) I)^-1
+
 both reducing to the optimal GD / DGD steps at Sigma = I. Which one the trained model's
 ``Gamma = sum_h mu_h W_h[:d, :d]`` should match is a convention of the comparison [?]: the
 studies record both cosines.
@@ -45,15 +55,19 @@ studies record both cosines.
 Linear-attention baseline (notes icl_regression §7, reconstructed [?]): a fixed normalisation 1/L_train makes
 the learned predictor GD with step ``eta L'/L_train`` at test length ``L'``.
 
-Exact finite-L risk of the softmax kernels [D; checked by Monte Carlo in the tests]
+Exact finite-L risk of the softmax kernels [D; checked by Monte Carlo in the tests] ::
+
     single head  ŷ = mu sum_i softmax_i(omega x_iᵀx_q) y_i
     pair         ŷ = mu [sum_i softmax_i(omega x_iᵀx_q) y_i - sum_i softmax_i(-omega x_iᵀx_q) y_i]
+
 (the two antisymmetric heads of the trained multi-head model, notes icl_regression §4-§6). Given x_q (``s =
 |x_q|^2``) and beta, ``(g_i, y_i) = (x_iᵀx_q, y_i)`` are i.i.d. Gaussian with ``y_i = (b/s) g_i
 + r_i``, ``b = betaᵀx_q``, ``r_i`` independent of ``g_i`` with variance ``|beta|^2 + sigma2 -
-b^2/s``; averaging over beta ~ N(0, I/d) leaves
+b^2/s``; averaging over beta ~ N(0, I/d) leaves ::
+
     R = sigma2 + 1 - 2 mu A + mu^2 B,   A = E_s[sqrt(s) h1(a)]/d,
     B = E_s[h2(a)/d + (1 + sigma2 - 1/d) h3(a)],   a = omega sqrt(s),  s ~ chi^2_d
+
 (single head; the pair has ``A -> 2 A`` and ``B -> 2 (B - C)`` with ``C`` the same average of the
 cross moments), where for ``p = softmax(a z_1..a z_L)``, ``z_i`` i.i.d. N(0, 1):
 ``h1 = E sum p_i z_i``, ``h2 = E (sum p_i z_i)^2``, ``h3 = E sum p_i^2`` and the cross moments

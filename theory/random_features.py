@@ -6,7 +6,7 @@ study through the random features lens* (NeurIPS 2023), as reconstructed in
 [RECALL]/[DERIVED] there are conventions, so every one of them is a keyword argument here).
 
 Model (notes random_features §2)
----------------
+--------------------------------
 Inputs: a query ``x0`` and N keys ``x_1..x_N``, each on the unit sphere S^{d-1} (row vectors;
 a batch of samples is ``x0: (n, d)``, ``X: (n, N, d)``). With the appended constant coordinate
 (``augment=True``, default) ``x~ = [x; 1]`` in R^{D}, D = d + 1 (else ``x~ = x``, D = d).
@@ -32,7 +32,7 @@ Scores of two inputs are jointly Gaussian over W:
 ``cov(x~0^T W x~, x~0'^T W x~') = s^2 <x~0, x~0'> <x~, x~'>``.
 
 Kernels (notes random_features §3.3)
--------------------
+------------------------------------
 Pairwise kernel on (query, key) pairs, and the infinite-head kernel of the full model (the mean
 over heads of ``<phi_m(X), phi_m(X')>``, phi_m the head's feature block)::
 
@@ -47,7 +47,7 @@ b = <xi,xj'>, ``kappa1`` the degree-1 arc-cosine kernel (:func:`kappa1`). The RF
 has kernel ``kappa1(<z, z'>/|z|^2)`` (:func:`mlp_kernel`).
 
 Complexity and bounds (notes random_features §3.4, 4)
--------------------------------------
+-----------------------------------------------------
 Zero-mean kernels depend on inner products only, so by Funk-Hecke they are diagonal in products
 of spherical harmonics. With ``P_p`` the Gegenbauer polynomial of S^{d-1} (P_p(1) = 1) and
 ``Q_p = sqrt(N_p(d)) P_p`` its unit-variance version (:func:`gegenbauer`), the eigenvalue of the
@@ -72,7 +72,7 @@ sample complexities (n needed for relative error eps ~ d^a N^b / eps^2, [DERIVED
 (r = 0 and r ~ 1) and the RFMLP; :func:`predicted_sample_complexity` evaluates it.
 
 The eigenvalues as a positive series; ridge regression on M heads (notes random_features §3.4, §4.4)
------------------------------------------------------------------------------------
+----------------------------------------------------------------------------------------------------
 ``mu_{s,t} = sum_j e_j E[A_j P_s] E[B_j P_t]`` with non-negative terms only
 (:func:`rfa_harmonic_eigenvalue_series`): exact to the last digits at any size, and exactly zero
 where the parity/degree rule of :func:`rfa_eigenvalue_vanishes` says so (never decided by a

@@ -32,13 +32,13 @@ delta-method / influence-function expansion whose remainder is controlled only a
 ``tests/theory/test_token_selection.py`` that checks it against brute force.
 
 1. Sampling with a self-normalised estimator: one expansion for all samplers [D]
--------------------------------------------------------------------------------
+--------------------------------------------------------------------------------
 Draw J_1..J_m i.i.d. from a proposal q over the n keys and weigh key j by ``rho_j = p_j / q_j``
 (constants cancel in the ratio). With ``r = rho_J`` (``E_q r = 1``) and ``u = r (v_J - ybar)``
 (``E_q u = 0``), ``yhat - ybar = U / (1 + delta)`` with ``U`` the mean of the m draws of ``u`` and
 ``delta`` the mean of ``e = r - 1``. Expanding ``(1 + delta)^{-2} = 1 - 2 delta + 3 delta^2 - ...``
 and keeping the index patterns whose expectation does not vanish (every centred factor must be
-paired):
+paired)::
 
     E ||yhat - ybar||^2 = c1 / m + c2 / m^2 + O(m^-3),
     c1 = E_q ||u||^2 = sum_j p_j^2 / q_j ||v_j - ybar||^2,
@@ -63,7 +63,7 @@ The same structure covers:
   fourth sampling moments without replacement and is not given (a version with the leading
   finite-population factors was tried and was no better than first order at m = n/6, n = 600).
   (``test_without_replacement_first_order``: seeded Monte Carlo, tolerance z SE plus the
-  with-replacement |c2|/m^2 as the declared size of the neglected term.)
+  with-replacement ``|c2|/m^2`` as the declared size of the neglected term.)
 * **importance sampling from p** (q = p): r = 1, so ``yhat`` is a plain average of the drawn
   values and ``E||yhat - ybar||^2 = Var_p / m`` for every m, exactly [R] (c2 = 0;
   ``test_importance_from_p_is_exact``).
@@ -74,7 +74,7 @@ The same structure covers:
 2. Uniform sampling of a token law: the exponential constant at budget m [R given section 1]
 --------------------------------------------------------------------------------------------
 For n i.i.d. tokens, ``B_n -> B = E[e^{2s} ||v - mu||^2] / (E e^s)^2`` with ``mu = V gamma(a)``
-the tilted mean. Writing ``e^{2s} mu / E e^{2s}`` as the tilt by 2a,
+the tilted mean. Writing ``e^{2s} mu / E e^{2s}`` as the tilt by 2a, ::
 
     B = exp(logZ(2a) - 2 logZ(a)) * ( tr(V Cov_{2a} V^T) + ||V (gamma(2a) - gamma(a))||^2 ).
 
@@ -83,13 +83,13 @@ the tilted mean. Writing ``e^{2s} mu / E e^{2s}`` as the tilt by 2a,
   second term is the tilted-mean shift ``gamma(2a) - gamma(a) = Sigma a`` (not ``2 Sigma a``).
   It is the token-sample fluctuation ``tr V M(x) V^T`` of the paper, now divided by m.
   (``test_law_constants_against_quadrature``: Gauss-Hermite quadrature in d = 2.)
-* Sphere of radius rho in R^d, nu = d/2 - 1, kappa = rho |a|, ``A_nu = I_{nu+1}/I_nu``,
-  ``logZ(a) = log Gamma(nu+1) + nu log(2/kappa) + log I_nu(kappa)``:
+* Sphere of radius rho in R^d, nu = d/2 - 1, kappa = rho ``|a|``, ``A_nu = I_{nu+1}/I_nu``,
+  ``logZ(a) = log Gamma(nu+1) + nu log(2/kappa) + log I_nu(kappa)``::
 
       B = [kappa^nu I_nu(2 kappa) / (Gamma(nu+1) 4^nu I_nu(kappa)^2)]
           * rho^2 [ A'(2k) |V u|^2 + A(2k)/(2k) (||V||_F^2 - |V u|^2) + (A(2k) - A(k))^2 |V u|^2 ],
 
-  u = a/|a|, k = kappa, ``A'(x) = 1 - A^2 - (2 nu + 1) A / x``. As kappa -> infinity the bracket
+  ``u = a/|a|``, k = kappa, ``A'(x) = 1 - A^2 - (2 nu + 1) A / x``. As kappa -> infinity the bracket
   in front grows like ``sqrt(pi) kappa^{nu + 1/2} / (Gamma(nu+1) 4^nu)`` and the second bracket
   decays like ``(||V||_F^2 - |Vu|^2) / (2 kappa)``, so ``B ~ kappa^{(d-3)/2}``: polynomial, not
   exponential (the token-sample thread's ``sqrt(n) RMSE ~ kappa^{(d-3)/4}`` at budget m).
@@ -104,11 +104,11 @@ the tilted mean. Writing ``e^{2s} mu / E e^{2s}`` as the tilt by 2a,
   t^{-3/2} dt``.
 
 3. When the rate -1/2 in m holds [D]
------------------------------------
+------------------------------------
 Section 1 gives the relative correction ``c2 / (c1 m)``, so the first-order law needs
 ``m >> m_2 = |c2| / c1``. The issue's scale kappa_n appears through ``E e^2 = kappa_n - 1``, but
 ``c2`` is dominated by ``E[||u||^2 e] ~ n^2 sum p^3 ||v - ybar||^2``, a third moment of the
-weights. For Gaussian tokens (n -> infinity), with ``T = tr V Sigma V^T``, ``w = V Sigma a``:
+weights. For Gaussian tokens (n -> infinity), with ``T = tr V Sigma V^T``, ``w = V Sigma a``::
 
     c1 = e^{s2} (T + |w|^2),  E[||u||^2 r] = e^{3 s2} (T + 4|w|^2),  E e^2 = e^{s2} - 1,
     E[u e] = e^{s2} w   (s2 = sigma^2),
@@ -130,7 +130,7 @@ given-token predictions where the law-level ones are not yet reached, and say wh
 The same holds for the top-k variance of section 4 (its moments involve ``e^{2 sigma^2}``).
 
 4. Top-k and any deterministic kept set [R]
-------------------------------------------
+-------------------------------------------
 ``ybar = (1 - tau_S) mu_H + tau_S mu_T``, hence the identity ``ybar - yhat_S = tau_S (mu_T - mu_H)``
 with ``yhat_S = mu_H``; equivalently ``tau_S/(1 - tau_S) (mu_T - ybar)``.
 (``test_topk_identity``.)
@@ -139,7 +139,7 @@ Gaussian tokens, n -> infinity, keep the fraction f of keys with the largest sco
 threshold is ``t = sigma z_f`` with ``z_f = Phi^{-1}(1 - f)``. Under the tilt by a, the score is
 ``N(sigma^2, sigma^2)`` and ``E[y | s] = m + Sigma a (s - a.m)/sigma^2`` (linear regression on s,
 the same under any tilt along a). With ``c = z_f - sigma`` and the inverse Mills ratio
-``lambda(c) = phi(c) / (1 - Phi(c))``:
+``lambda(c) = phi(c) / (1 - Phi(c))``::
 
     tau(f)            = Phi(z_f - sigma),
     ybar - yhat_topk  -> -(V Sigma a / sigma) * lambda(z_f - sigma),
@@ -153,7 +153,7 @@ factor equal to 1; the kept set overshoots along ``V Sigma a``. As sigma grows, 
 (``test_gaussian_topk_law_against_quadrature``, ``test_gaussian_topk_mse_against_monte_carlo``.)
 
 Finite n [D]: the top-k output and ybar are both functionals of the empirical law; with the
-quantile's influence function ``(1{s > t} - f)/f_s(t)``, the difference has influence function
+quantile's influence function ``(1{s > t} - f)/f_s(t)``, the difference has influence function ::
 
     IF(y) = [1{s>t} e^s (v - mu_H) - e^t (m(t) - mu_H)(1{s>t} - f)] / D  -  e^s (v - mu) / Z,
 
@@ -172,10 +172,10 @@ with the same sigma is wrong (d = 3, kappa = 4, f = 0.1: 0.152 against the spher
 negative control of the study (``test_gaussian_tail_law_fails_on_the_sphere``).
 
 5. Top-k against uniform at equal budget: the crossover sigma* [D]
------------------------------------------------------------------
+------------------------------------------------------------------
 At budget m = f n, uniform sampling without replacement costs ``(1 - f) n/(n - 1) B / m`` and
 top-k costs ``bias^2 + var/n`` (section 4). For isotropic tokens ``Sigma = s^2 I_d`` and
-``V = I`` everything scales with s^2, so the comparison depends on (f, n, d) and sigma only:
+``V = I`` everything scales with s^2, so the comparison depends on (f, n, d) and sigma only::
 
     uniform(sigma) = e^{sigma^2} (d + sigma^2)(1 - f)/(f (n - 1)),
     topk(sigma)    = lambda(z_f - sigma)^2 + var(sigma)/n        (in units of s^2).
@@ -192,11 +192,11 @@ E[B_n] = 63, 93, 142 against B = 85, 151, 281. ``crossover_sigma(..., uniform_co
 a replacement for B (e.g. an interpolation of the run's measured B_n against sigma).
 
 6. The hybrid: top-k1 plus b uniform draws of the tail, reweighted [D]
---------------------------------------------------------------------
-Heavy set H (|H| = k1), tail T (n_T = n - k1 keys), b draws from T with weight n_T/b. Divided by
+----------------------------------------------------------------------
+Heavy set H (``|H| = k1``), tail T (n_T = n - k1 keys), b draws from T with weight n_T/b. Divided by
 the true normaliser, the numerator error is the mean of b i.i.d. ``u = n_T p_J (v_J - ybar) -
 tau (mu_T - ybar)`` and the denominator is ``1 + mean(e)``, ``e = n_T p_J - tau`` (J uniform on
-T): the structure of section 1, so
+T): the structure of section 1, so ::
 
     E||yhat - ybar||^2 = [n_T sum_T p_j^2 ||v_j - ybar||^2 - tau^2 ||mu_T - ybar||^2] / b + c2/b^2,
 
@@ -207,7 +207,7 @@ keeping the top fraction f1 (``c1 = z_{f1} - sigma``, ``c2' = z_{f1} - 2 sigma``
 ``test_gaussian_hybrid_constant``.)
 
 7. vAttention's budget rule [R for the Gaussian limit; C for the extremal bound]
--------------------------------------------------------------------------------
+--------------------------------------------------------------------------------
 The rule (Desai et al. 2025): keep heavy keys, sample b of the n_s others uniformly with weight
 n_s/b, and choose ``b = (z n_s sd / tau)^2`` (clipped to [1, n_s]) so that the CLT standard
 deviation of the estimated sum, ``n_s sd / sqrt(b)``, equals ``tau / z``. The paper writes
@@ -234,9 +234,9 @@ deviation of the estimated sum, ``n_s sd / sqrt(b)``, equals ``tau / z``. The pa
   ``x = e^s``; below it the exceedance is not predicted (``clt_scale``).
 
 8. Token Sparse Attention's coverage rule [R]
---------------------------------------------
+---------------------------------------------
 Drop the lowest-attention keys until their share reaches tau_cov, keep at least m_min. For any
-kept set S, by section 4 and because mu_T and mu_H are convex combinations,
+kept set S, by section 4 and because mu_T and mu_H are convex combinations, ::
 
     ||ybar - yhat_S|| = tau_S ||mu_T - mu_H|| <= tau_S max_{i in T} ||v_i - mu_H||
                       <= tau_S max_{i in T, j in S} ||v_i - v_j|| <= tau_S diam(V supp).

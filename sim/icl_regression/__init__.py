@@ -4,9 +4,9 @@ closed-form predictors (He, Pan, Chen, Yang, "In-context linear regression demys
 ICML 2025; notes icl_regression §1-4, §6-9, §12).
 
 Data (notes icl_regression §1) [C]
-------------------
+----------------------------------
 A prompt has ``L`` examples ``(x_i, y_i)`` and a query ``(x_q, y_q)``; ``d`` covariates and
-``N`` outputs (``N = 1`` except in the multi-task variant):
+``N`` outputs (``N = 1`` except in the multi-task variant)::
 
     x_i, x_q = C g,  g ~ N(0, I_d)              C = chol(Sigma) (Sigma = I: isotropic)
     beta_n   = s_n (m_n ⊙ g_beta),  g_beta ~ N(0, I_d)   (s_n = 1/sqrt(d), m_n = 1: beta ~ N(0, I/d))
@@ -20,10 +20,10 @@ d = 6, tasks on x[0:4] and x[2:6], beta_n ~ N(0, I_4), noise variance 0.4, noise
 build the three families.
 
 Model (notes icl_regression §2) [C]
--------------------
+-----------------------------------
 Per head ``h = 1..H``: ``Q_h, K_h, V_h`` (D x D) and a readout ``O_h`` (D x N); no residual,
 LayerNorm, MLP or bias; the query does not attend to itself. With temperature ``c = 1/sqrt(D)``
-(= 1/sqrt(d+1) for one output) and the merged parameters
+(= 1/sqrt(d+1) for one output) and the merged parameters ::
 
     W_h = c Q_hᵀ K_h   (rows index query entries, columns key entries)     u_h = V_hᵀ O_h (D x N)
     s_{h,i} = z_qᵀ W_h z_i,   p_h = softmax_i(s_h),   ŷ = sum_h u_hᵀ sum_i p_{h,i} z_i   (N outputs)
@@ -45,7 +45,7 @@ Random numbers (fast path)
 Prompts are generated *inside* the Numba kernels from a counter-based stream: Philox4x64-10
 (bit-identical to :class:`numpy.random.Philox` — tested) with key = the run's data key and
 counter ``(block j, prompt b, step t, stream)``, turned into normals by Box-Muller with
-vectorised polynomial log/sin/cos (|error| < 1e-14 against NumPy's). A prompt's data is thus a
+vectorised polynomial log/sin/cos (``|error| < 1e-14`` against NumPy's). A prompt's data is thus a
 pure function of ``(key, t, b, stream)``: training needs no RNG state (resuming is exact),
 runs sharing a data key (same seed, different H) see the same prompts (common random
 numbers), and the kernels run (run, prompt chunk) tasks on a thread pool with a fixed chunking, so

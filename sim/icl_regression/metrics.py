@@ -12,8 +12,8 @@ PATTERN_KEYS = ("omega", "mu", "diag_ratio", "diag_cv2", "last_entry_ratio", "of
 def pattern_metrics(W: np.ndarray, U: np.ndarray, d: int, out: int = 0) -> dict:
     """Per-head metrics (arrays over the leading axes of W (..., H, D, D), U (..., H, D, N)) for
     output ``out`` (notes icl_regression §4): omega, mu, diag_ratio, diag_cv2, last_entry_ratio, offdiag_max
-    (max |off-diagonal| of the x-block), key_y_max (max |W[:d, d+out]|, the key-y column) and
-    ov_x_max (max |u[:d, out]|). Zero heads give omega = mu = 0 and ratios 0."""
+    (``max |off-diagonal|`` of the x-block), key_y_max (``max |W[:d, d+out]|``, the key-y column) and
+    ov_x_max (``max |u[:d, out]|``). Zero heads give omega = mu = 0 and ratios 0."""
     Wx = W[..., :d, :d]
     diag = np.diagonal(Wx, axis1=-2, axis2=-1)
     fro = np.sqrt(np.sum(Wx**2, axis=(-2, -1)))
@@ -36,7 +36,7 @@ def pattern_metrics(W: np.ndarray, U: np.ndarray, d: int, out: int = 0) -> dict:
 
 def head_sums(omega, mu, exists=None) -> dict:
     """Across-head summaries over the last axis: ``sum_mu``, ``sum_abs_mu``, ``zero_sum_ratio`` =
-    |sum_h mu_h| / sum_h |mu_h| (0 when all mu vanish) and ``eta`` = sum_h mu_h omega_h (the
+    ``|sum_h mu_h| / sum_h |mu_h|`` (0 when all mu vanish) and ``eta`` = sum_h mu_h omega_h (the
     debiased-GD step the heads implement, notes icl_regression §6). ``exists`` masks padded heads."""
     omega = np.asarray(omega, dtype=float)
     mu = np.asarray(mu, dtype=float)

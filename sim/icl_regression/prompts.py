@@ -1,5 +1,6 @@
-"""Prompt generation (notes icl_regression §1, §12): prompt ``b`` of step ``t`` on a stream is a pure function of
-(key, t, b, stream), drawn inside Numba from the Philox stream (:mod:`.philox`)."""
+"""Prompt generation (notes icl_regression §1, §12): prompt ``b`` of step ``t`` on a stream is a
+pure function of (key, t, b, stream), drawn inside Numba from the Philox stream
+(:mod:`sim.icl_regression.philox`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ class Prompts:
 
 def generate_prompts(task: TaskSpec, key, n: int, L: int, *, t: int = 0, stream: int = STREAM_TEST,
                      first: int = 0, layout: str = "natural", device: str = "cpu"):
-    """Prompts ``first .. first+n-1`` of step ``t`` on ``stream`` (the very prompts the training
+    """Prompts ``first..first+n-1`` of step ``t`` on ``stream`` (the very prompts the training
     and evaluation kernels draw). ``layout="natural"`` returns :class:`Prompts`;
     ``layout="kernel"`` returns ``(Z (n, D, L), zq (n, D), yq (n, N), beta (n, N, d))``.
     ``device="gpu"`` draws them with the device engine ``icl.generate_prompts`` of

@@ -78,7 +78,7 @@ class UniformSkipBlock:
 
 def gaussian_tail_mass_on_sphere(f, a, d: int, radius: float = 1.0):
     """The (wrong) Gaussian law tau = Phi(Phi^{-1}(1 - f) - sigma) with the sphere's own score
-    spread sigma = radius |a| / sqrt(d) (the sphere's covariance is radius^2 I / d)."""
+    spread ``sigma = radius |a| / sqrt(d)`` (the sphere's covariance is radius^2 I / d)."""
     a = np.asarray(a, dtype=float)
     sigma = radius * np.linalg.norm(a, axis=-1) / math.sqrt(d)
     return tsel.gaussian_topk_tail_mass(f, sigma)

@@ -8,18 +8,18 @@ weights are stored as logarithms and are the unbiased (Horvitz-Thompson) ones, s
 ``sum_k w_k e^{s_k}`` estimates the softmax normaliser: the self-normalised output does not
 depend on a constant factor, the normaliser and numerator errors the study reports do.
 
-=====================  =================================================  ===================
-policy                 keys                                               log weight
-=====================  =================================================  ===================
-Uniform(m, replace)    m uniform draws (or a uniform m-subset)            log(n/m)
-Importance(m, 'p')     m draws from p                                     -log(m p_j)
-Importance(m, 'opt')   m draws from q* ∝ p ||v - ybar||                   -log(m q*_j)
-TopK(k)                the k largest scores of the query                  0
-ProxyTopK(k, window)   the k largest pooled window proxies (shared)       0
-Hybrid(k1, b)          top-k1 + b uniform draws of the other n - k1       0 / log((n-k1)/b)
+=====================  ==================================================  ===================
+policy                 keys                                                log weight
+=====================  ==================================================  ===================
+Uniform(m, replace)    m uniform draws (or a uniform m-subset)             log(n/m)
+Importance(m, 'p')     m draws from p                                      -log(m p_j)
+Importance(m, 'opt')   m draws from q* ∝ p ||v - ybar||                    -log(m q*_j)
+TopK(k)                the k largest scores of the query                   0
+ProxyTopK(k, window)   the k largest pooled window proxies (shared)        0
+Hybrid(k1, b)          top-k1 + b uniform draws of the other n - k1        0 / log((n-k1)/b)
 Coverage(tau, ...)     drop the lowest-share keys until tau (exact/proxy)  0
-VAttention(k1, ...)    top-k1 + b(query) draws, b from the CLT rule       0 / log(n_s/b)
-=====================  =================================================  ===================
+VAttention(k1, ...)    top-k1 + b(query) draws, b from the CLT rule        0 / log(n_s/b)
+=====================  ==================================================  ===================
 
 Randomness: draws of query i (global index) and repetition r come from the policy's key and the
 counter (t // 4, i, r, SELECT_WORD) (:mod:`sim.token_selection.kernels`), so they do not depend

@@ -14,7 +14,7 @@ with ``n_T = n - k1``. The top sets are nested: prefixes of the query's best-fir
 source's blocks serves the whole list. A key belongs to the top-k1 set when its index is among the
 first k1 of that list (membership by index, found by a binary search in the sorted list: the sets
 are exactly the selection's, whatever rounding two score computations would differ by). Memory
-O(block q + max(k1) q + |list| q dv^2), never O(n) per query; tail sums are accumulated directly
+``O(block q + max(k1) q + |list| q dv^2)``, never O(n) per query; tail sums are accumulated directly
 (not as a total minus a head), so a tail of mass 1e-12 keeps its digits. :func:`gather` fetches the keys
 of an index array from any source (generated one by one for a token stream).
 """

@@ -15,18 +15,21 @@ claim's own quantity has not settled at its tolerance: the gate of notes icl_reg
 
 * ``task_optimal``: each task's final MSE / task variance is the exact risk of debiased GD with
   Gamma*_n (z SE + the declared 0.01 model error of notes icl_regression §13.7);
-* ``zero_sum``: per task, |sum_h mu_{h,n}| < 0.05 sum_h |mu_{h,n}| (declared number, notes icl_regression §13.9);
+* ``zero_sum``: per task, ``|sum_h mu_{h,n}| < 0.05 sum_h |mu_{h,n}|``
+  (declared number, notes icl_regression §13.9);
 * ``task_support``: Gamma_n's mean on the task's support is Gamma*_n's value there and its
-  entries off the support are 0, both to 0.1 (declared numbers, notes icl_regression §13.9: "≈ 0.9 on, |·| < 0.1 off");
+  entries off the support are 0, both to 0.1
+  (declared numbers, notes icl_regression §13.9: "≈ 0.9 on, ``|·| < 0.1`` off");
 * ``superposition`` (N + 1 <= H < 2N; a consistency check): at least 2N - H heads serve both
   tasks (each task needs a zero-sum pair of heads, so fewer than 2N heads must share; a head
-  serves a task when |mu_{h,n}| > 0.1 max_h |mu_{h,n}|, §13.5) -- implied by the stage gate,
+  serves a task when ``|mu_{h,n}| > 0.1 max_h |mu_{h,n}|``, §13.5) -- implied by the stage gate,
   which sees every task's heads split into signs (notes icl_regression §13.12);
 
 With H <= N heads no claim is tested: the zero-sum combinations of H heads span at most H - 1
 preconditioners, fewer than the N the tasks need, so the first-order theory has no value there.
-* ``split`` (H >= 2N): every task has a pair of heads of its own; the notes expect (notes icl_regression §9) this only
-  after >= 1e5 Adam steps (§9, §13.9), so shorter runs do not test it.
+
+* ``split`` (H >= 2N): every task has a pair of heads of its own; the notes expect
+  (notes icl_regression §9) this only after >= 1e5 Adam steps (§9, §13.9), so shorter runs do not test it.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ icl_regression §13.11, :func:`studies.icl._common.settled`, :func:`~studies.icl
 * ``not_identity``: the angle between Gamma and I is the angle between Gamma* and I for this rho
   (within the 8.1 degrees that cos(Gamma, Gamma*) >= 0.99 allows); "not tested" where Gamma* is
   within that resolution of I (rho = 0: plain GD is the optimum);
-* ``zero_sum``: |sum_h mu_h| < 0.05 sum_h |mu_h| (declared number, notes icl_regression §13.5).
+* ``zero_sum``: ``|sum_h mu_h| < 0.05 sum_h |mu_h|`` (declared number, notes icl_regression §13.5).
 """
 from __future__ import annotations
 

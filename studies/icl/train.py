@@ -6,8 +6,8 @@ prediction is :mod:`theory.icl_regression`'s for the run's d, L, sigma2):
 
 * H = 1 -- ``single_head_optimum``: the final MSE is the exact finite-L optimum of one softmax
   head (:func:`theory.icl_regression.kernel_optimum`, 0.404 at d = 5, L = 40);
-  ``single_head_omega``: |omega| lies in the range the loss identifies around the exact optimum
-  omega* (0.518 there; the paper's trained 0.52); ``single_head_mu``: |mu| is the best value
+  ``single_head_omega``: ``|omega|`` lies in the range the loss identifies around the exact optimum
+  omega* (0.518 there; the paper's trained 0.52); ``single_head_mu``: ``|mu|`` is the best value
   weight for the learned omega;
 * H >= 2 -- ``multihead_optimum``: the final MSE is the exact optimum of the antisymmetric
   softmax pair (= debiased GD at its optimal step up to O(omega^2)); ``multihead_eta``: the
@@ -17,7 +17,7 @@ prediction is :mod:`theory.icl_regression`'s for the run's d, L, sigma2):
   minimum (the profile is flat in omega); ``zero_sum``, ``signs`` (the DGD structure of the OV),
   ``kq_diagonal``, ``kq_homogeneous``, ``ov_last_entry`` (the pattern checks of §13.5, their
   bounds labelled "declared number", on the two head groups the pair reduction merges: the
-  |mu|-weighted mean KQ and the summed OV of the positive and of the negative heads -- the
+  ``|mu|``-weighted mean KQ and the summed OV of the positive and of the negative heads -- the
   individual heads of a group are not identifiable, §4);
 * ``multihead_beats_single`` per H >= 2 and seed: the H = 1 MSE exceeds the H-head MSE, as
   the exact optima predict (paired: runs of one seed share their validation prompts).

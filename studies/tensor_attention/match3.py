@@ -47,7 +47,7 @@ MATCH3_TENSOR = ClaimSpec(
         "construction's own code or the exact tensor engine it runs on can (the engines' oracle tests check those)")
 MATCH3_PAIRWISE = ClaimSpec(
     "tensor_attention.match3_pairwise", "SHT23 (one-layer pairwise attention needs m p H = Omega~(N) for "
-    "Match3); Kozachinskiy et al. 2025 (one-layer softmax attention cannot solve Match3)",
+    "Match3); Kozachinskiy et al. 2025 (one-layer softmax attention cannot solve Match3); notes tensor_attention §5.1",
     "A one-layer pairwise-attention baseline does no better on Match3 than the majority class (chance).")
 
 

@@ -6,7 +6,7 @@ Cells (law, sigma): n keys of the law (an array, or the generated-token stream w
 ``reps`` repetitions of each random policy. Stored per cell: the raw squared errors, top-k's
 error and tail mass, and the theory evaluated on the cell's own keys (one pass of
 :func:`studies.token_selection.common.given_token`): the uniform (c1, c2) = (B_n, second order),
-Var_p, the hybrid's (c1, c2) at every heavy size, and top-k's identity tau |mu_T - mu_H|.
+Var_p, the hybrid's (c1, c2) at every heavy size, and top-k's identity ``tau |mu_T - mu_H|``.
 
 Claims (``where`` = the law): ``uniform_rate``, ``uniform_constant``, ``importance_flat``,
 ``topk_law`` (Gaussian), ``topk_tail_mass``, ``topk_identity``, ``hybrid``.

@@ -216,7 +216,7 @@ def law_topk_tau(lp: dict, f: float, a: np.ndarray) -> np.ndarray:
 @dataclass
 class GivenToken:
     """The theory evaluated on a cell's own keys: per query the uniform (c1, c2) and Var_p,
-    per top-set size the hybrid's (c1, c2), the tail mass and the identity's |A1|/(1 - tau)."""
+    per top-set size the hybrid's (c1, c2), the tail mass and the identity's ``|A1|/(1 - tau)``."""
 
     c1: np.ndarray
     c2: np.ndarray

@@ -13,7 +13,7 @@ sums (the identity, computed apart from the selection), the queries' score sprea
 ratio, and the head's horizon ``||L^T A_h L||`` (:func:`theory.token_sample.head_horizons`).
 
 Claim ``minilm_winner[f=..]``: on every head where the given-token prediction is decisive
-(|log(uniform / top-k)| >= 0.2 predicted, uniform in its rate regime m >= 4 m_2), the measured
+(``|log(uniform / top-k)| >= 0.2`` predicted, uniform in its rate regime m >= 4 m_2), the measured
 winner between uniform sampling and top-k is the predicted one (an ``exceeds`` test of the
 measured log ratio against 0 on the predicted side). The Gaussian-law rule "top-k wins above
 sigma*(f, T, d_h)" applied to each head's score spread is reported beside it (a finding about

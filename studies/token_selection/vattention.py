@@ -4,7 +4,7 @@ workbench's prediction for the rule as published and as implemented.
 The rule (Desai et al. 2025; section 7 of theory/token_selection.py): keep the top-k1 keys,
 sample b of the n_s = n - k1 others uniformly with weight n_s/b, ``b = (z n_s sd / tol)^2``
 floored and clipped to [1, n_s]; ``denominator``: sd of e^s over the residual, tol = eps times
-the normaliser; ``numerator``: sd = sqrt(tr Cov) of e^s v, tol = eps |sum e^s v|; z =
+the normaliser; ``numerator``: sd = sqrt(tr Cov) of e^s v, ``tol = eps |sum e^s v|``; z =
 Phi^-1(1 - delta/2) as published (``two_sided``) or Phi^-1(1 - delta) as implemented
 (``one_sided``). Its promise: P(error > tol) <= delta.
 

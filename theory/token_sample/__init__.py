@@ -16,7 +16,8 @@ Symbols and conventions
   Each token law below exposes ``log_partition(a)``, ``tilted_mean(a)`` and ``tilted_cov(a)``
   (the latter is the Hessian of logZ), vectorised over leading axes of ``a``.
 
-Delta method (spec §2.1, [D]): with ``w = e^{<a,y>}``, ``Z = E w`` and ``gamma = tilted_mean(a)``,
+Delta method (notes token_sample §2.1, [D]): with ``w = e^{<a,y>}``, ``Z = E w`` and
+``gamma = tilted_mean(a)``, ::
 
     sqrt(n) (Gamma_{mu_n}(x) - Gamma_mu(x))  ->  N(0, V M(x) V^T),
     M(x) = E[w^2 (y-gamma)(y-gamma)^T] / Z^2
@@ -26,19 +27,20 @@ since ``w^2 mu / E w^2`` is the tilt by 2a. The prefactor ``n*(x) = E w^2 / (E w
 effective-sample threshold: below it a few extreme tokens dominate (a saturating, hardmax-like
 regime). Heavy-tailed weights need more: the normal approximation of the weights' average is
 accurate only once ``n >> n_3(x) = (E w^3)^2 / (E w^2)^3`` (the Berry-Esseen scale), which for
-Gaussian tokens is ``n*^3`` — the reason the 1/sqrt(n) rate appears so late at moderate R. For Gaussian tokens (spec §3.1)
+Gaussian tokens is ``n*^3`` — the reason the 1/sqrt(n) rate appears so late at moderate R. For
+Gaussian tokens (notes token_sample §3.1) ::
 
     Gamma_mu(x) = V (m + Sigma A x),     M(x) = e^{|Sigma^{1/2} A x|^2} (Sigma + Sigma A x x^T A^T Sigma),
 
 so ``log C(R) ~ 1/2 ||Sigma^{1/2} A||^2 R^2`` (quadratic in R). For the uniform sphere of radius
-rho (spec §3.2) ``Gamma_mu(x) = V rho A_d(kappa) a/|a|`` with ``kappa = rho |a|`` and
+rho (notes token_sample §3.2) ``Gamma_mu(x) = V rho A_d(kappa) a/|a|`` with ``kappa = rho |a|`` and
 ``A_d = I_{d/2}/I_{d/2-1}`` (computed with exponentially scaled Bessel functions), and
 ``n*`` grows only polynomially in kappa. The uniform ball of R^d is the sphere formula with
 d -> d + 2 (Archimedes' projection). Truncated Gaussians here are *box*-truncated
 (each coordinate of N(0, sigma^2 I) restricted to [-c sigma, c sigma]), which factorises
 into closed-form one-dimensional truncated-normal tilts.
 
-Horizon (spec §1.3, [C]): ``H = ||Sigma^{1/2} A Sigma^{1/2}||_2`` (two-sided, the authors'
+Horizon (notes token_sample §1.3, [C]): ``H = ||Sigma^{1/2} A Sigma^{1/2}||_2`` (two-sided, the authors'
 current definition) or ``||Sigma^{1/2} A||_2`` (one-sided, older plots). The authors compute it
 from ``A = W_k^T W_q`` *without* the softmax scale (``H_code``); with the exact exponent matrix
 it is ``H_eff``. Pass whichever ``A`` you mean and record the convention. The moment-rate

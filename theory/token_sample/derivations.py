@@ -9,7 +9,7 @@ __all__ = [
 
 # ------------------------------------------------------------------------ sympy derivation
 def derive_gaussian_tilt(d: int = 2) -> dict:
-    """Symbolic derivation of the Gaussian tilt (spec §3.1).
+    """Symbolic derivation of the Gaussian tilt (notes token_sample §3.1).
 
     Returns sympy objects:
 

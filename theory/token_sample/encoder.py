@@ -1,13 +1,13 @@
 r"""Result 2 on a multi-head encoder layer whose token law is a finite sequence: horizons in
 the two conventions, and the exact large-n constant of the mean's error.
 
-Setting (spec token_sample §4.3, §4.3b). A layer input is T tokens ``X`` (T, d); ``P`` is
+Setting (notes token_sample §4.3, §4.3b). A layer input is T tokens ``X`` (T, d); ``P`` is
 their empirical law (each token mass 1/T). Head h scores query x on key y by
 ``<q_h(x), k_h(y)> * scale`` with ``q_h(x) = W_q^h x + b_q^h``, ``k_h(y) = W_k^h y + b_k^h``
 (``W`` of shape (H, d_h, d), ``scale = 1/sqrt(d_h)``), values ``v_h(y) = W_v^h y + b_v^h``; the
 output of x is ``Gamma(x) = concat_h E_P[w_h(x,y) v_h(y)] / E_P[w_h(x,y)]`` (D = H d_h).
 
-Horizons (spec §1.3, §4.3b [C]), with ``Sigma`` the population covariance of the tokens and
+Horizons (notes token_sample §1.3, §4.3b [C]), with ``Sigma`` the population covariance of the tokens and
 ``L = chol(Sigma + 1e-6 I)`` (the authors' regularised factor; ``||L^T A L||_2 =
 ||Sigma^{1/2} A Sigma^{1/2}||_2`` up to that 1e-6):
 
@@ -22,7 +22,7 @@ Horizons (spec §1.3, §4.3b [C]), with ``Sigma`` the population covariance of t
 
 Large-n constant (delta method, [D]). With n positions drawn i.i.d. from P (with replacement)
 the sampled mean output ``m_n = m(P_n)`` is the functional ``m(Q) = E_Q[Gamma_Q(x)]`` at the
-empirical law P_n, so (von Mises expansion; P has finite support, every moment is finite)
+empirical law P_n, so (von Mises expansion; P has finite support, every moment is finite) ::
 
     n E|m_n - m|^2 = a + c/n + O(1/n^2),     a = E_P |IF(Z)|^2,
 

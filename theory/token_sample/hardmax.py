@@ -1,9 +1,9 @@
 """Result 3 (the hardmax regime, attention parameter lam -> infinity).
 
-Gamma^inf_mu(x) = V * barycenter of mu on argmax_y <Ax, y> (spec §2.3, §3.2); for the sphere
-V rho a/|a|, bias at parameter lam: rho (1 - A_d(lam kappa_1)) ~ rho (d-1) / (2 lam kappa_1).
+Gamma^inf_mu(x) = V * barycenter of mu on argmax_y <Ax, y> (notes token_sample §2.3, §3.2); for the sphere
+``V rho a/|a|``, bias at parameter lam: rho (1 - A_d(lam kappa_1)) ~ rho (d-1) / (2 lam kappa_1).
 The empirical hardmax on n sphere tokens picks the token of largest cosine t with the direction
-u = a/|a|; |z - u| = sqrt(2 - 2t), and (1 + t)/2 ~ Beta((d-1)/2, (d-1)/2), which gives the exact
+``u = a/|a|``; ``|z - u| = sqrt(2 - 2t)``, and (1 + t)/2 ~ Beta((d-1)/2, (d-1)/2), which gives the exact
 expected error as a 1-D integral (:func:`sphere_hardmax_expected_error`), ~ n^{-1/(d-1)} for
 large n [D].
 
@@ -11,7 +11,7 @@ Finite n at parameter lam [D]: Gamma^lam_{mu_n}(x) = sum_j w_j y_j / sum_j w_j i
 estimator; to first order in n*/n (n* = E w^2/(E w)^2, the effective-sample threshold) its mean
 is Gamma^lam_mu(x) + (n*/n) V (gamma(a) - gamma(2a)) (:func:`softmax_finite_n_bias`) and its
 covariance V M(x) V^T / n (the delta method). Hence the first-order band of the expected error
-against the hardmax limit, |E e| <= E|e| <= sqrt(|E e|^2 + tr V M V^T / n)
+against the hardmax limit, ``|E e| <= E|e| <= sqrt(|E e|^2 + tr V M V^T / n)``
 (:func:`hardmax_error_band`; Jensen on both sides), which for the coupled lam_n = c log n
 tends to rho (d-1) / (2 c kappa_1 log n) on the sphere: a logarithmic rate.
 """
@@ -56,15 +56,15 @@ def _support_point(law, a):
 def hardmax_limit(law, x, A, V=None):
     """Gamma^inf_mu(x) = V * (barycenter of mu on argmax_{y in supp mu} <A x, y>), shape (..., d_v).
 
-    Sphere / ball: V rho a/|a|; box-truncated Gaussian: V c sigma sign(a); atom mixture: the
+    Sphere / ball: ``V rho a/|a|``; box-truncated Gaussian: V c sigma sign(a); atom mixture: the
     atom when <a, y*> >= the bulk's support function, else the bulk's face. Unbounded laws
     (Gaussian, Gaussian mixture) have no hardmax limit: ValueError."""
     return _apply_v(_support_point(law, _scores(x, A, 1.0)), V)
 
 
 def sphere_hardmax_bias(d: int, kappa, radius: float = 1.0):
-    """|Gamma^lam_mu(x) - Gamma^inf_mu(x)| for the uniform sphere S^{d-1}(radius), V = I:
-    radius * (1 - A_d(kappa)) with kappa = radius * |lam A x| (exact)."""
+    """``|Gamma^lam_mu(x) - Gamma^inf_mu(x)|`` for the uniform sphere S^{d-1}(radius), V = I:
+    radius * (1 - A_d(kappa)) with ``kappa = radius * |lam A x|`` (exact)."""
     kappa = np.asarray(kappa, dtype=float)
     return radius * (1.0 - bessel_ratio(d / 2 - 1, kappa))
 
@@ -82,9 +82,9 @@ def sphere_hardmax_rate(d: int) -> float:
 
 
 def sphere_hardmax_expected_error(d: int, n, radius: float = 1.0):
-    """E |y_{j*} - radius u|, y_1..y_n uniform on S^{d-1}(radius), j* = argmax_j <u, y_j>.
+    """``E |y_{j*} - radius u|``, y_1..y_n uniform on S^{d-1}(radius), j* = argmax_j <u, y_j>.
 
-    Exact up to quadrature: with e = |z - u| = sqrt(2 - 2t) and P(t > 1 - e^2/2) =
+    Exact up to quadrature: with ``e = |z - u| = sqrt(2 - 2t)`` and P(t > 1 - e^2/2) =
     I_{e^2/4}((d-1)/2, (d-1)/2) (regularised incomplete beta),
     E e = int_0^2 (1 - I_{e^2/4})^n de. Vectorised over ``n``."""
     if d < 2:
@@ -108,7 +108,7 @@ def sphere_hardmax_expected_error(d: int, n, radius: float = 1.0):
 
 
 def hardmax_error_prediction(law, x, A, lam, n, V=None):
-    """First-order E|Gamma^lam_{mu_n}(x) - Gamma^inf_mu(x)|: sqrt(|bias|^2 + tr V M V^T / n),
+    """First-order E|Gamma^lam_{mu_n}(x) - Gamma^inf_mu(x)|: ``sqrt(|bias|^2 + tr V M V^T / n)``,
     the bias Gamma^lam_mu(x) - Gamma^inf_mu(x) plus the delta-method fluctuation at (lam, n).
     Broadcasts over ``lam`` and ``n`` (scalars or arrays of one shape); ``x`` is one query."""
     lam_b, n_b = np.broadcast_arrays(np.asarray(lam, dtype=float), np.asarray(n, dtype=float))
@@ -135,9 +135,9 @@ def softmax_finite_n_bias(law, x, A, lam, n, V=None):
 
 def hardmax_error_band(law, x, A, lam, n, V=None):
     """``(lower, upper, nstar_over_n)``: the first-order band of E|Gamma^lam_{mu_n}(x) -
-    Gamma^inf_mu(x)| for one query ``x`` (module docstring): lower = |b_n|, the norm of the
+    Gamma^inf_mu(x)| for one query ``x`` (module docstring): lower = ``|b_n|``, the norm of the
     expected error b_n = Gamma^lam_mu(x) + (finite-n bias) - Gamma^inf_mu(x); upper =
-    sqrt(|b_n|^2 + tr V M(x) V^T / n). Both are first order in n*/n, returned as the third
+    ``sqrt(|b_n|^2 + tr V M(x) V^T / n)``. Both are first order in n*/n, returned as the third
     array (the expansion needs n*/n << 1). Broadcasts over ``lam`` and ``n``."""
     lam_b, n_b = np.broadcast_arrays(np.asarray(lam, dtype=float), np.asarray(n, dtype=float))
     lo = np.empty(lam_b.shape)

@@ -4,8 +4,8 @@ Every law exposes ``dim``, ``mean``, ``cov``, ``support_radius``, ``log_partitio
 ``tilted_mean(a)`` and ``tilted_cov(a)`` (the exponential tilt ``mu_a ∝ e^{<a, y>} mu``; see
 the package docstring), vectorised over leading axes of ``a``:
 
-* :class:`GaussianLaw` N(m, Sigma) and :class:`MixtureLaw` (Gaussian mixtures, spec §3.1 [X]);
-* :class:`SphereLaw` and :class:`BallLaw` (uniform on the sphere / in the ball, spec §3.2);
+* :class:`GaussianLaw` N(m, Sigma) and :class:`MixtureLaw` (Gaussian mixtures, notes token_sample §3.1 [X]);
+* :class:`SphereLaw` and :class:`BallLaw` (uniform on the sphere / in the ball, notes token_sample §3.2);
 * :class:`TruncatedGaussianLaw` (box-truncated N(0, sigma^2 I));
 * :class:`AtomMixtureLaw` (a bounded bulk plus a tiny-mass atom at its extreme point, the worst
   case of the uniform bound: logZ = logaddexp(log(1-eps) + logZ_bulk, log eps + <a, y*>)).
@@ -124,7 +124,7 @@ class GaussianLaw:
 @dataclass(frozen=True)
 class MixtureLaw:
     """Tokens ~ sum_k pi_k N(m_k, S_k). Tilt by a: mixture of N(m_k + S_k a, S_k) with
-    weights alpha_k(a) = softmax_k(log pi_k + a.m_k + a S_k a / 2) (spec §3.1, [X])."""
+    weights alpha_k(a) = softmax_k(log pi_k + a.m_k + a S_k a / 2) (notes token_sample §3.1, [X])."""
 
     weights: np.ndarray
     means: np.ndarray  # (K, d)
@@ -238,7 +238,8 @@ class _RadialLaw:
 
 @dataclass(frozen=True)
 class SphereLaw(_RadialLaw):
-    """Tokens uniform on the sphere S^{d-1}(radius): Gamma = V radius A_d(kappa) a/|a| (spec §3.2)."""
+    """Tokens uniform on the sphere S^{d-1}(radius): ``Gamma = V radius A_d(kappa) a/|a|``
+    (notes token_sample §3.2)."""
 
     name: str = field(default="sphere", init=False)
 
@@ -334,7 +335,7 @@ class TruncatedGaussianLaw:
 @dataclass(frozen=True)
 class AtomMixtureLaw:
     """mu = (1 - eps) * bulk + eps * delta_atom: a bounded law whose extreme point carries a
-    tiny mass (the worst case for the uniform constant C(R), spec §6 check 3). ``bulk`` is any
+    tiny mass (the worst case for the uniform constant C(R), notes token_sample §6.3). ``bulk`` is any
     law of this module with ``log_partition``, ``tilted_mean``, ``tilted_cov``, ``mean``, ``cov``."""
 
     bulk: object

@@ -4,12 +4,12 @@ Contract
 --------
 Query points ``X`` have shape ``(m, d)`` (rows), values live in R^{d_v} (``V`` is d_v x d, the
 identity when omitted), scores are ``a = lam A x``. In the CLT regime the error of attention
-on n i.i.d. tokens is an average of i.i.d. influence functions,
+on n i.i.d. tokens is an average of i.i.d. influence functions, ::
 
     sqrt(n) (Gamma_{mu_n}(x) - Gamma_mu(x)) = n^{-1/2} sum_j IF_x(Y_j) + o_P(1),
     IF_x(y) = w_x(y) (V y - Gamma_mu(x)) / Z(a_x),      w_x(y) = e^{<a_x, y>},
 
-jointly over the query ball, so it tends to a centred Gaussian process G with covariance
+jointly over the query ball, so it tends to a centred Gaussian process G with covariance ::
 
     K(x, x') = E[IF_x(Y) IF_{x'}(Y)^T]
              = e^{logZ(b) - logZ(a) - logZ(a')} [ V Sigma_b V^T + (V gamma_b - Gamma(x)) (V gamma_b - Gamma(x'))^T ],
@@ -21,8 +21,8 @@ diagonal K(x, x) = V M(x) V^T, the delta-method covariance (:func:`~.uniform.flu
 For Gaussian tokens N(m, Sigma), K(x, x') = e^{<Sigma a, a'>} V (Sigma + Sigma a' a^T Sigma) V^T
 (:func:`gaussian_influence_covariance`).
 
-The constant of the uniform rate is C(R) = lim sqrt(n) E sup_{|x|<=R} |Gamma_{mu_n} - Gamma_mu|
-= E sup_{|x|<=R} |G(x)|. It has no closed form; :func:`expected_sup_norm` samples G on a grid
+The constant of the uniform rate is ``C(R) = lim sqrt(n) E sup_{|x|<=R} |Gamma_{mu_n} - Gamma_mu|
+= E sup_{|x|<=R} |G(x)|``. It has no closed form; :func:`expected_sup_norm` samples G on a grid
 of the ball (a Monte Carlo of the limit object itself: no tokens, an explicit seed, its own
 standard error) and measures the grid's discretisation error by refining it:
 
@@ -133,7 +133,7 @@ def _shell_counts(d: int, shells: int, density: float) -> list[int]:
 
 
 def ball_grid(d: int, R: float, n_points: int, extra_dirs=None) -> np.ndarray:
-    """About ``n_points`` points of the ball |x| <= R in R^d: the centre and ``S`` equally
+    """About ``n_points`` points of the ball ``|x| <= R`` in R^d: the centre and ``S`` equally
     spaced shells, shell k carrying directions (:func:`~.uniform.sphere_directions`) in number
     proportional to its area, so the spacing is about R/S along and across shells; plus
     +-``extra_dirs`` on every shell. Shape (N, d)."""
@@ -211,7 +211,7 @@ def sample_limit_process(law, X, A, V=None, lam: float = 1.0, *, seed, n_samples
 
 @dataclass(frozen=True)
 class SupLimit:
-    """E sup_{|x|<=R} |G(x)| by Monte Carlo of G on refined grids of the ball (notes §2.5)."""
+    """``E sup_{|x|<=R} |G(x)|`` by Monte Carlo of G on refined grids of the ball (notes §2.5)."""
 
     value: float  # E sup over the finest grid (a lower bound of the continuous one, up to the MC error)
     se: float  # its Monte Carlo standard error
@@ -232,7 +232,7 @@ class SupLimit:
 
 def expected_sup_norm(law, R: float, A, V=None, lam: float = 1.0, *, seed, n_samples: int = 4000,
                       levels=SUP_LEVELS) -> SupLimit:
-    """E sup_{|x| <= R} |G(x)| for the limit process G of ``law``, ``A``, ``V``, ``lam``: G sampled
+    """``E sup_{|x| <= R} |G(x)|`` for the limit process G of ``law``, ``A``, ``V``, ``lam``: G sampled
     ``n_samples`` times (``seed``: anything :func:`numpy.random.default_rng` takes) on the union of the grids ``ball_grid(d, R, N)`` for N in
     ``levels`` (module docstring). The value is the finest level's; ``discretisation`` is the
     error its grid leaves, extrapolated from its gap to the level before."""

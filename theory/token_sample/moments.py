@@ -1,15 +1,15 @@
 """Result 2 (moments of the transformed distribution): the horizon H, the rate curves
 beta(H), and the exact output moments used as references.
 
-* Gaussian tokens (spec §3.1): nu = N(V (I + Sigma A) m, V Sigma A Sigma A^T Sigma V^T).
-* Output law of a sphere (spec §3.2, [C] formula, [D] reduction). mu = uniform on S^{d-1}(rho),
+* Gaussian tokens (notes token_sample §3.1): nu = N(V (I + Sigma A) m, V Sigma A Sigma A^T Sigma V^T).
+* Output law of a sphere (notes token_sample §3.2, [C] formula, [D] reduction). mu = uniform on S^{d-1}(rho),
   A = U diag(sigma) W^T (SVD), zeta = W^T z uniform on S^{d-1}. Then
   Gamma_mu(rho z) = rho A_d(kappa) U (sigma * zeta) / sqrt(s), s = sum_k sigma_k^2 zeta_k^2,
   kappa = rho^2 sqrt(s), and nu = (Gamma_mu)_# mu has mean 0 and covariance U diag(lambda) U^T
   with lambda_i = rho^6 sigma_i^2 E[(A_d(kappa)/kappa)^2 zeta_i^2] (off-diagonal terms vanish
   by the sign symmetry of zeta). The value side is V(.)V^T.
 * Box-truncated Gaussians: exact output moments by 1-D quadrature.
-* Finer beta heuristic (spec §2.2, [D]): 1/2 for H <= 1, 1/(1 + H^2) for H > 1, for laws with
+* Finer beta heuristic (notes token_sample §2.2, [D]): 1/2 for H <= 1, 1/(1 + H^2) for H > 1, for laws with
   Gaussian tails; a bounded law has a bounded influence function, so its asymptotic rate is the
   CLT's 1/2 at every H (:func:`predicted_moment_rate`).
 * Moment prefactors of box-truncated Gaussians (:func:`truncated_moment_prefactors`, [D]): the
@@ -48,7 +48,7 @@ def horizon(Sigma, A, two_sided: bool = True) -> float:
     """H = ||Sigma^{1/2} A Sigma^{1/2}||_2 (two-sided) or ||Sigma^{1/2} A||_2 (one-sided).
 
     ``A`` is whatever score matrix the caller means: the exact exponent matrix gives H_eff,
-    ``W_k^T W_q`` without the softmax scale gives the authors' H_code (spec §1.3).
+    ``W_k^T W_q`` without the softmax scale gives the authors' H_code (notes token_sample §1.3).
     """
     S = _sqrtm_psd(Sigma)
     M = S @ np.asarray(A, dtype=float)
@@ -63,14 +63,14 @@ def beta_of_horizon(H):
     return 1.0 / (2.0 * (1.0 + H**2))
 
 def beta_fine_of_horizon(H):
-    """The finer moment-rate heuristic (spec §2.2 [D]): 1/2 for H <= 1 (the leading
+    """The finer moment-rate heuristic (notes token_sample §2.2 [D]): 1/2 for H <= 1 (the leading
     fluctuation has finite variance), 1/(1 + H^2) for H > 1 (heavy-tailed averaging)."""
     H = np.asarray(H, dtype=float)
     return np.where(H <= 1.0, 0.5, 1.0 / (1.0 + H**2))
 
 def gaussian_output_moments(m, Sigma, A, V=None):
     """Mean and covariance of the output law nu = (Gamma_mu)_# mu for mu = N(m, Sigma):
-    nu = N(V (I + Sigma A) m, V Sigma A Sigma A^T Sigma V^T) (spec §3.1)."""
+    nu = N(V (I + Sigma A) m, V Sigma A Sigma A^T Sigma V^T) (notes token_sample §3.1)."""
     m, Sigma, A = (np.asarray(t, dtype=float) for t in (m, Sigma, A))
     Vm = np.eye(len(m)) if V is None else np.asarray(V, dtype=float)
     SA = Sigma @ A
@@ -109,13 +109,13 @@ def _sobol_sphere_points(d: int, m: int):
 
 
 def sphere_output_variances(sigma, radius: float = 1.0, *, points=None, weights=None):
-    """lambda_i = rho^6 sigma_i^2 E[(A_d(kappa)/kappa)^2 zeta_i^2], kappa = rho^2 |sigma * zeta|,
+    """lambda_i = rho^6 sigma_i^2 E[(A_d(kappa)/kappa)^2 zeta_i^2], ``kappa = rho^2 |sigma * zeta|``,
     for the singular values ``sigma`` (length d) of A: the eigenvalues of the output covariance
     of the uniform sphere (module section above), in the left singular basis of A.
 
     ``points`` (N, d) unit vectors with optional ``weights`` (default uniform) is the rule for
     zeta. With equal weights a control variate is used: g = (A_d/kappa)^2 is regressed on
-    s = |sigma * zeta|^2, and the exactly known E[zeta_i^2] = 1/d and
+    ``s = |sigma * zeta|^2``, and the exactly known E[zeta_i^2] = 1/d and
     E[zeta_i^2 s] = (sum sigma^2 + 2 sigma_i^2)/(d (d+2)) absorb the fitted part, so only the
     (second-order) residual is averaged."""
     sigma = np.asarray(sigma, dtype=float)
@@ -205,9 +205,9 @@ def truncated_output_moments(law, a: float, V=None, n_quad: int = 256):
 
 def predicted_moment_rate(law, H):
     """The asymptotic moment-rate exponent beta the finer heuristic predicts for ``law`` at
-    horizon(s) ``H`` (spec §2.2 [D]): the leading fluctuation of an output moment is an average
-    of an influence function g(X_j); for laws with Gaussian tails |g| grows like
-    exp(kappa |z|^2 / 2), kappa = H^2/(1+H^2), so Var g < inf iff H < 1 and beta = 1/2 for
+    horizon(s) ``H`` (notes token_sample §2.2 [D]): the leading fluctuation of an output moment is an average
+    of an influence function g(X_j); for laws with Gaussian tails ``|g|`` grows like
+    ``exp(kappa |z|^2 / 2)``, kappa = H^2/(1+H^2), so Var g < inf iff H < 1 and beta = 1/2 for
     H <= 1, 1/(1+H^2) above (heavy-tailed averaging; the same growth holds for the covariance,
     whose influence function differs by a factor polynomial in the query). A law of bounded
     support (finite ``support_radius``) has bounded g: beta = 1/2 at every H, reached once n
@@ -244,7 +244,7 @@ def truncated_moment_prefactors(law, a: float, n_quad: int = 160):
       4 (E p^2)^{d-1} E T^2, covariance 4 (E pT)^2 (E p^2)^{d-2} between two diagonal entries.
 
     The limits are E|G| of the Gaussian vectors with these covariances (the off-diagonal
-    entries counted twice in |.|_F), by :func:`theory.token_sample.gaussian_norm_mean`. The
+    entries counted twice in ``|.|_F``), by :func:`theory.token_sample.gaussian_norm_mean`. The
     1-D expectations are Gauss-Legendre quadratures (``n_quad`` nodes) over the truncated
     normal density. The self token and the ratio-estimator bias are of order 1/n and do not
     enter the limit."""

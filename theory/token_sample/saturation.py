@@ -3,11 +3,11 @@ r"""The saturated regime of Result 1: the pre-asymptotic error curve of Gaussian
 Contract
 --------
 Tokens N(m, Sigma) in R^d, score matrix ``A`` (times ``lam``), values ``V`` (d_v x d). Below
-the effective-sample threshold n*(x) = e^{|Sigma^{1/2} a|^2} the softmax average is carried by
+the effective-sample threshold ``n*(x) = e^{|Sigma^{1/2} a|^2}`` the softmax average is carried by
 a few extreme tokens and the error decays much more slowly than n^{-1/2}. At a query x with
-score a = lam A x, write sigma = |Sigma^{1/2} a|, e = Sigma^{1/2} a / sigma and whiten the
+score a = lam A x, write ``sigma = |Sigma^{1/2} a|``, e = Sigma^{1/2} a / sigma and whiten the
 tokens, y = m + Sigma^{1/2} xi. Then <a, y> = <a, m> + sigma z with z = <e, xi> ~ N(0, 1), the
-weights are w_j = e^{sigma z_j} and, exactly,
+weights are w_j = e^{sigma z_j} and, exactly, ::
 
     Gamma_{mu_n}(x) - Gamma_mu(x) = V Sigma^{1/2} [ (zbar_w - sigma) e + xibar_perp ],
     zbar_w = sum_j w_j z_j / sum_j w_j,
@@ -28,7 +28,7 @@ theory object, sampled here by Monte Carlo with an explicit seed:
   numbers (checked against exact sampling in the tests).
 
 :func:`gaussian_saturated_error` evaluates E|Gamma_{mu_n}(x) - Gamma_mu(x)| on a grid of n at
-the worst query of the ball |x| <= R (|x| = R along the top right-singular vector of
+the worst query of the ball ``|x| <= R`` (``|x| = R`` along the top right-singular vector of
 Sigma^{1/2} A, where sigma and n* are largest) and returns the mean curve with the covariance
 of its points (replicates shared across n), so :func:`curve_loglog_slope` can give the local
 log-log slope of the curve over a window with its standard error.
@@ -111,8 +111,8 @@ def _worst_query_geometry(law: GaussianLaw, R, A, V, lam):
 
 def gaussian_saturated_error(law: GaussianLaw, R: float, A, V=None, lam: float = 1.0, n=(), *, seed,
                              reps: int = 400, top: int = SATURATED_TOP) -> SaturatedCurve:
-    """E|Gamma_{mu_n}(x) - Gamma_mu(x)| at the worst query |x| = R, for every n of the grid (module
-    docstring; notes §2.6): ``reps`` seeded replicates of the one-dimensional theory object."""
+    """E|Gamma_{mu_n}(x) - Gamma_mu(x)| at the worst query ``|x| = R``, for every n of the grid
+    (module docstring; notes §2.6): ``reps`` seeded replicates of the one-dimensional theory object."""
     if not isinstance(law, GaussianLaw):
         raise TypeError("the saturated curve is derived for Gaussian tokens")
     n = np.asarray(n, dtype=np.int64)

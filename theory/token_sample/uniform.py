@@ -49,7 +49,7 @@ def attention_limit(law, x, A, V=None, lam: float = 1.0):
 
 
 def gaussian_attention_limit(x, m, Sigma, A, V=None):
-    """The Gaussian closed form V (m + Sigma A x), written out (spec §3.1)."""
+    """The Gaussian closed form V (m + Sigma A x), written out (notes token_sample §3.1)."""
     x = np.asarray(x, dtype=float)
     return _apply_v(np.asarray(m) + x @ np.asarray(A).T @ np.asarray(Sigma), V)
 
@@ -76,7 +76,7 @@ def fluctuation(law, x, A, V=None, lam: float = 1.0):
 
 
 def gaussian_fluctuation(x, Sigma, A, V=None):
-    """The Gaussian closed form e^{|Sigma^{1/2} a|^2}(Sigma + Sigma a a^T Sigma), a = A x."""
+    """The Gaussian closed form ``e^{|Sigma^{1/2} a|^2}(Sigma + Sigma a a^T Sigma)``, ``a = A x``."""
     a = np.asarray(x, dtype=float) @ np.asarray(A, dtype=float).T
     Sigma = np.asarray(Sigma, dtype=float)
     Sa = a @ Sigma
@@ -184,7 +184,7 @@ def _ball_search_dirs(law, A, lam):
 
 
 def predicted_log_C(law, R: float, A, V=None, lam: float = 1.0, **kw) -> float:
-    """log C(R), C(R) = sup_{|x| <= R} sqrt(tr V M(x) V^T): the delta-method constant in
+    """log C(R), ``C(R) = sup_{|x| <= R} sqrt(tr V M(x) V^T)``: the delta-method constant in
     E|Gamma_{mu_n}(x) - Gamma_mu(x)| ~ C / sqrt(n) at the worst point of the ball.
 
     This is the pointwise prediction at the worst query; the measured sqrt(n) E sup over the
@@ -210,7 +210,7 @@ def _log_weight_moment_ratio(law, X, A, lam, kind):
 
 
 def log_effective_sample_threshold_sup(law, R: float, A, lam: float = 1.0, **kw) -> float:
-    """log sup_{|x| <= R} n*(x), n* = E w^2/(E w)^2: below n* tokens the effective sample size
+    """``log sup_{|x| <= R} n*(x)``, n* = E w^2/(E w)^2: below n* tokens the effective sample size
     of the softmax weights is below one somewhere in the ball (a few tokens dominate)."""
     fun = lambda X: _log_weight_moment_ratio(law, X, A, lam, "ess")  # noqa: E731
     v, _ = sup_over_ball(fun, law.dim, R, extra_dirs=_ball_search_dirs(law, A, lam), **kw)
@@ -218,9 +218,9 @@ def log_effective_sample_threshold_sup(law, R: float, A, lam: float = 1.0, **kw)
 
 
 def log_normal_approx_threshold_sup(law, R: float, A, lam: float = 1.0, **kw) -> float:
-    """log sup_{|x| <= R} n_3(x), n_3 = (E w^3)^2 / (E w^2)^3: the Berry-Esseen scale of the
+    """``log sup_{|x| <= R} n_3(x)``, n_3 = (E w^3)^2 / (E w^2)^3: the Berry-Esseen scale of the
     weights' average. The Gaussian (1/sqrt(n)) regime of the error needs n >> n_3; for Gaussian
-    tokens n_3 = e^{3 |Sigma^{1/2} A x|^2} = n*^3, because the weights are log-normal."""
+    tokens ``n_3 = e^{3 |Sigma^{1/2} A x|^2} = n*^3``, because the weights are log-normal."""
     fun = lambda X: _log_weight_moment_ratio(law, X, A, lam, "be")  # noqa: E731
     v, _ = sup_over_ball(fun, law.dim, R, extra_dirs=_ball_search_dirs(law, A, lam), **kw)
     return v
@@ -265,9 +265,9 @@ def log_limit_norm_mean(law, x, A, V=None, lam: float = 1.0):
 
 
 def predicted_log_C_lower(law, R: float, A, V=None, lam: float = 1.0, **kw) -> float:
-    """log of sup_{|x| <= R} E ||G(x)||: a lower bound, as n -> infinity, of
-    C(R) = sqrt(n) E sup_{|x| <= R} |Gamma_{mu_n}(x) - Gamma_mu(x)|, since the supremum of the
-    limiting error process is at least its value at any one query (and E|G| <= sqrt(E|G|^2)
+    """log of ``sup_{|x| <= R} E ||G(x)||``: a lower bound, as n -> infinity, of
+    ``C(R) = sqrt(n) E sup_{|x| <= R} |Gamma_{mu_n}(x) - Gamma_mu(x)|``, since the supremum of the
+    limiting error process is at least its value at any one query (and ``E|G| <= sqrt(E|G|^2)``
     puts it below :func:`predicted_log_C`)."""
     fun = lambda X: log_limit_norm_mean(law, X, A, V, lam)  # noqa: E731
     v, _ = sup_over_ball(fun, law.dim, R, extra_dirs=_ball_search_dirs(law, A, lam), **kw)
