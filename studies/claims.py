@@ -97,7 +97,7 @@ FAMILY_ALPHA = 0.01  # family-wise two-sided false-alarm rate of a claim's stati
 
 
 MIN_DOF = 3  # standard errors from fewer degrees of freedom than this cannot decide a claim
-ENFORCE_DOF = False  # the degrees-of-freedom half of the power rule (switched on with the studies' power review)
+ENFORCE_DOF = True  # the degrees-of-freedom half of the power rule (False only to compare verdicts without it)
 
 
 class Quantile(float):
@@ -258,12 +258,16 @@ class ClaimSpec:
                                    prediction_text=prediction_text, measured=measured, se=se)
         return None
 
-    def _underpowered(self, tol, z, effect, where, prediction, prediction_text, measured, se):
+    def _powered(self, result: Claim, tol, z, effect, where, prediction, prediction_text, measured, se) -> Claim:
         """The power rule, applied to every statistical claim: a claim whose tolerance is as
         large as the ``effect`` it tests (the distance between the prediction and the
         alternative it rules out), or whose standard errors come from fewer than
-        :data:`MIN_DOF` degrees of freedom (``z.dof``), cannot fail for a plausible error and is
-        not tested -- never "holds"."""
+        :data:`MIN_DOF` degrees of freedom (``z.dof``), could not have failed for a plausible
+        error, so its "holds" is not evidence: it is reported not tested. A failure stands --
+        the critical value already accounts for the degrees of freedom (Student t), so a
+        measurement outside even that wide tolerance is a real disagreement."""
+        if result.outcome != HOLDS:
+            return result
         dof = getattr(z, "dof", None)
         if ENFORCE_DOF and dof is not None and dof < MIN_DOF and np.isfinite(_f(se)) and _f(se) > 0:
             return self.not_tested(f"too few samples to resolve it: standard errors from {dof + 1} replicates "
@@ -273,7 +277,7 @@ class ClaimSpec:
             return self.not_tested(f"too few samples to resolve the effect: the tolerance {tol:.3g} is as large as "
                                    f"the effect it tests ({abs(_f(effect)):.3g})", where=where, prediction=prediction,
                                    prediction_text=prediction_text, measured=measured, se=se)
-        return None
+        return result
 
     @staticmethod
     def _tolerance(se, z, z_source, allowance, allowance_source):
@@ -294,21 +298,19 @@ class ClaimSpec:
               allowance_source: str = "", where: str = "", prediction_text: str = "",
               effect: float | None = None) -> Claim:
         """Two-sided: ``|measured - predicted| <= z SE + allowance``. ``effect``: the size of the
-        deviation the claim must be able to detect (power rule, :meth:`_underpowered`)."""
+        deviation the claim must be able to detect (power rule, :meth:`_powered`)."""
         miss = self._unmeasured(measured, se, where, predicted, prediction_text)
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
-        weak = self._underpowered(tol, z, effect, where, predicted, prediction_text, measured, se)
-        if weak is not None:
-            return weak
         gap = abs(_f(measured) - _f(predicted))
-        return self.decided(gap <= tol, kind=EQUAL, test="|measured - predicted| <= tolerance", tolerance=tol,
+        result = self.decided(gap <= tol, kind=EQUAL, test="|measured - predicted| <= tolerance", tolerance=tol,
                             tolerance_source=src, where=where, prediction=predicted,
                             prediction_text=prediction_text or f"{_f(predicted):.4g}", measured=measured, se=se,
                             lo=_f(measured) - tol, hi=_f(measured) + tol,
                             reason="" if gap <= tol else f"|{_f(measured):.4g} - {_f(predicted):.4g}| = {gap:.3g} "
                                                          f"> {tol:.3g}")
+        return self._powered(result, tol, z, effect, where, predicted, prediction_text, measured, se)
 
     def at_least(self, measured, se, bound, *, z: float, z_source: str, allowance: float = 0.0,
                  allowance_source: str = "", where: str = "", prediction_text: str = "",
@@ -319,15 +321,13 @@ class ClaimSpec:
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
-        weak = self._underpowered(tol, z, effect, where, bound, prediction_text, measured, se)
-        if weak is not None:
-            return weak
         ok = _f(measured) + tol >= _f(bound)
-        return self.decided(ok, kind=AT_LEAST, test="measured >= predicted bound - tolerance", tolerance=tol,
+        result = self.decided(ok, kind=AT_LEAST, test="measured >= predicted bound - tolerance", tolerance=tol,
                             tolerance_source=src,
                             where=where, prediction=bound, prediction_text=prediction_text or f">= {_f(bound):.4g}",
                             measured=measured, se=se, lo=_f(measured) - tol, hi=_f(measured) + tol,
                             reason="" if ok else f"{_f(measured):.4g} + {tol:.3g} < {_f(bound):.4g}")
+        return self._powered(result, tol, z, effect, where, bound, prediction_text, measured, se)
 
     def at_most(self, measured, se, bound, *, z: float, z_source: str, allowance: float = 0.0,
                 allowance_source: str = "", where: str = "", prediction_text: str = "",
@@ -338,15 +338,13 @@ class ClaimSpec:
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, allowance, allowance_source)
-        weak = self._underpowered(tol, z, effect, where, bound, prediction_text, measured, se)
-        if weak is not None:
-            return weak
         ok = _f(measured) - tol <= _f(bound)
-        return self.decided(ok, kind=AT_MOST, test="measured <= predicted bound + tolerance", tolerance=tol,
+        result = self.decided(ok, kind=AT_MOST, test="measured <= predicted bound + tolerance", tolerance=tol,
                             tolerance_source=src,
                             where=where, prediction=bound, prediction_text=prediction_text or f"<= {_f(bound):.4g}",
                             measured=measured, se=se, lo=_f(measured) - tol, hi=_f(measured) + tol,
                             reason="" if ok else f"{_f(measured):.4g} - {tol:.3g} > {_f(bound):.4g}")
+        return self._powered(result, tol, z, effect, where, bound, prediction_text, measured, se)
 
     def exceeds(self, measured, se, bound, *, z: float, z_source: str, where: str = "",
                 prediction_text: str = "", below: bool = False) -> Claim:
@@ -358,18 +356,16 @@ class ClaimSpec:
         if miss is not None:
             return miss
         tol, src = self._tolerance(se, z, z_source, 0.0, "")
-        weak = self._underpowered(tol, z, None, where, bound, prediction_text, measured, se)
-        if weak is not None:
-            return weak
         m, b = _f(measured), _f(bound)
         sign = -1.0 if below else 1.0
         rel = "<" if below else ">"
         text = prediction_text or f"{rel} {b:.4g}"
         if sign * (m - b) > tol:
-            return self.decided(True, kind=EXCEEDS, test=f"measured {rel} bound by more than the tolerance",
+            held = self.decided(True, kind=EXCEEDS, test=f"measured {rel} bound by more than the tolerance",
                                 tolerance=tol,
                                 tolerance_source=src, where=where, prediction=b, prediction_text=text, measured=m,
                                 se=se, lo=m - tol, hi=m + tol)
+            return self._powered(held, tol, z, None, where, b, text, m, se)
         if sign * (b - m) > tol:
             return self.decided(False, kind=EXCEEDS, test=f"measured {rel} bound by more than the tolerance",
                                 tolerance=tol,

@@ -112,6 +112,21 @@ def test_few_degrees_of_freedom_are_not_tested(monkeypatch):
     assert z.dof is None and SPEC.equal(0.5, 0.001, 0.5, z=z, z_source=src).outcome == "holds"
 
 
+def test_an_underpowered_clear_failure_still_fails(monkeypatch):
+    # the power rule withholds only "holds": a gap far outside the Student-t tolerance (t_1 at
+    # 0.5% is ~64, so 64 * 0.001 = 0.064) is a real disagreement at any degrees of freedom
+    monkeypatch.setattr(cl, "ENFORCE_DOF", True)
+    z, src = z_family(1, dof=1)
+    assert SPEC.equal(0.5, 0.001, 0.0, z=z, z_source=src).outcome == "fails"
+    assert SPEC.at_least(0.0, 0.001, 0.5, z=z, z_source=src).outcome == "fails"
+    assert SPEC.at_most(0.5, 0.001, 0.0, z=z, z_source=src).outcome == "fails"
+    assert SPEC.exceeds(0.0, 0.001, 0.5, z=z, z_source=src).outcome == "fails"
+    assert SPEC.exceeds(1.0, 0.001, 0.5, z=z, z_source=src).outcome == "not tested"  # would hold: withheld
+    # and a tolerance wider than the effect withholds "holds" but not a clear failure either
+    assert SPEC.equal(0.5, 0.01, 0.0, z=Z, z_source=SRC, allowance=0.3, allowance_source="declared",
+                      effect=0.2).outcome == "fails"
+
+
 def test_claims_check_their_own_fields():
     with pytest.raises(ValueError, match="needs a reason"):
         cl.Claim("a.b", "s", "t", outcome="not tested")
