@@ -16,12 +16,13 @@ What the build needs and never fetches:
 * generated at build time (ignored by git, see ``docs/.gitignore``): ``api/generated/``
   (recursive autosummary), ``auto_examples/`` (sphinx-gallery from ``examples/``) and the study
   catalogue's tables (:mod:`workbench_catalogue`, from :mod:`studies.catalog`);
-* docstring warnings that predate the site are listed in ``known_docstring_warnings.txt`` and not
-  counted (:mod:`workbench_known_warnings`); every other warning fails the build.
+* every warning fails the build (``-W``), docstrings included: they are valid reST and numpydoc.
 
 Quicker builds, e.g. while writing pages: ``WORKBENCH_DOCS_API=studies.claims,theory.token_sample``
-documents only the listed modules instead of the whole API (:mod:`workbench_api`; the tests build
-the site this way), and ``WORKBENCH_DOCS_GALLERY=0`` does not run the gallery's examples.
+documents only the listed modules instead of the whole API (:mod:`workbench_api`), and
+``WORKBENCH_DOCS_GALLERY=0`` does not run the gallery's examples. The tests build the whole site
+with ``WORKBENCH_DOCS_RERUN=1``, which runs every example even when its output is cached from an
+earlier build.
 """
 from __future__ import annotations
 
@@ -62,12 +63,11 @@ extensions = [
     "workbench_api",  # WORKBENCH_DOCS_API=mod,...: a quick reference of a few modules
     "workbench_offline",  # local MathJax, __main__ guards, public-API filter
     "workbench_catalogue",  # the study catalogue's tables, generated from studies.catalog
-    "workbench_known_warnings",  # docs/known_docstring_warnings.txt: docstrings awaiting their fix pass
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "known_docstring_warnings.txt"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 exclude_patterns += ["api/generated-quick/**"] if API else ["api/generated/**"]
 templates_path = ["_templates"]
 nitpicky = False
@@ -102,6 +102,8 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/plot_",
     "plot_gallery": "True" if GALLERY else "False",
     "abort_on_example_error": True,
+    # WORKBENCH_DOCS_RERUN=1 runs every example even when its output is cached (the tests do)
+    "run_stale_examples": os.environ.get("WORKBENCH_DOCS_RERUN", "0") == "1",
     "only_warn_on_example_error": False,
     "download_all_examples": True,
     "remove_config_comments": True,

@@ -304,7 +304,10 @@ def step_pytest(r: Runner, maxfail: int) -> None:
         r.skip("pytest_gpu", why)
         return
     files = [f"tests/gpu/{f}" for f in GPU_TEST_FILES]
-    cmd = r.py("-m", "pytest", "-m", "gpu", f"--maxfail={maxfail}", "-q", "-p", "no:cacheprovider",
+    # the ini's addopts run one xdist worker per core; on the device one process holds the GPU
+    # (and pytest-xdist may not be installed there), so they are replaced here
+    cmd = r.py("-m", "pytest", "-o", "addopts=--strict-markers -ra --import-mode=importlib", "-m", "gpu",
+               f"--maxfail={maxfail}", "-q", "-p", "no:cacheprovider",
                "--deselect", "tests/gpu/test_cudasim_suite.py", "--durations=8", *files)
     if importlib.util.find_spec("pytest_timeout") is not None:
         cmd += ["--timeout", "150"]

@@ -125,7 +125,7 @@ STUDIES: tuple[Entry, ...] = (
     Entry("icl_estimators", "studies.icl.estimators", "icl_regression", "paper_figs.icl", command="studies.icl",
           args=("estimators",), default_s=16, quick_s=1),
     Entry("icl_ode", "studies.icl.ode", "icl_regression", "paper_figs.icl", command="studies.icl", args=("ode",),
-          devices=("cpu",), default_s=1, quick_s=1),
+          devices=("cpu",), default_s=22, quick_s=18),
     Entry("icl_length", "studies.icl.length", "icl_regression", "paper_figs.icl", command="studies.icl",
           args=("length",), reads="icl_train", default_s=21, quick_s=1),
     Entry("icl_noniso", "studies.icl.noniso", "icl_regression", "paper_figs.icl", command="studies.icl",

@@ -2,6 +2,15 @@
 import pytest
 
 
+def ci_subset(names, keep):
+    """Parametrize over ``names``: those in ``keep`` run in every test run (CI included), the
+    others carry the ``slow`` marker (``pytest -m slow``) -- the same check on more configurations."""
+    missing = set(keep) - set(names)
+    if missing:
+        raise ValueError(f"ci_subset: {sorted(missing)} are not among the names")
+    return [n if n in keep else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
 def exit_code(main, argv):
     """``main(argv)``'s return code, or the code argparse exits with."""
     try:

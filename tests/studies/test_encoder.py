@@ -15,6 +15,7 @@ from studies import claims as claims_mod
 from sim import encoder as enc
 from studies import encoder as study
 from studies.sweep import open_result
+from tests.studies.conftest import ci_subset
 
 HAVE_MODEL, WHY = enc.encoder_available()
 needs_model = pytest.mark.skipif(not HAVE_MODEL, reason=f"encoder weights unavailable: {WHY}")
@@ -95,7 +96,7 @@ OFF_DEFAULT = {
 
 
 @needs_model
-@pytest.mark.parametrize("name", sorted(OFF_DEFAULT))
+@pytest.mark.parametrize("name", ci_subset(sorted(OFF_DEFAULT), keep=("two_layers",)))
 def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
     out = tmp_path / f"{name}.zarr"
     assert run(OFF_DEFAULT[name] + ["--no-progress", "--out", str(out)]) == 0

@@ -14,6 +14,7 @@ from studies import icl
 from studies.icl import estimators
 from studies.sweep import open_group, open_result
 from theory import icl_regression as th
+from tests.studies.conftest import ci_subset
 
 QUIET = ["--quick", "--no-progress"]
 # a small configuration that trains to its stage in seconds (d = 3, L = 24)
@@ -296,7 +297,7 @@ def multitask_small(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", sorted(OFF_DEFAULT))
+@pytest.mark.parametrize("name", ci_subset(sorted(OFF_DEFAULT), keep=("estimators_d10_s03", "ode_L20")))
 def test_off_default_configurations_hold_or_say_why(tmp_path, claims, name):
     out = tmp_path / f"{name}.zarr"
     assert run(OFF_DEFAULT[name] + ["--no-progress", "--out", str(out)]) == 0

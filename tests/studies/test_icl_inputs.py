@@ -94,7 +94,9 @@ def test_refused_in_one_line_before_anything_is_created(tmp_path, monkeypatch, c
     assert _snapshot(tmp_path) == before, "something was created or changed"
 
 
-@pytest.mark.parametrize("sub,argv", RUNS, ids=[f"{s}:{' '.join(a)}" for s, a in RUNS])
+@pytest.mark.parametrize("sub,argv", [r if i in (0, 4) else pytest.param(*r, marks=pytest.mark.slow)
+                                      for i, r in enumerate(RUNS)],
+                         ids=[f"{s}:{' '.join(a)}" for s, a in RUNS])
 def test_values_that_failed_mid_run_now_run(tmp_path, capsys, claims, sub, argv):
     out = tmp_path / "o.zarr"
     rc = _run([sub, "--no-progress", *argv, "--out", str(out)])
