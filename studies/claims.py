@@ -270,8 +270,8 @@ class ClaimSpec:
             return result
         dof = getattr(z, "dof", None)
         if ENFORCE_DOF and dof is not None and dof < MIN_DOF and np.isfinite(_f(se)) and _f(se) > 0:
-            return self.not_tested(f"too few samples to resolve it: standard errors from {dof + 1} replicates "
-                                   f"({dof} degree(s) of freedom, fewer than {MIN_DOF})", where=where,
+            return self.not_tested(f"too few samples to resolve it: its standard error has {dof} degree(s) of "
+                                   f"freedom, fewer than {MIN_DOF}", where=where,
                                    prediction=prediction, prediction_text=prediction_text, measured=measured, se=se)
         if effect is not None and np.isfinite(_f(effect)) and tol >= abs(_f(effect)):
             return self.not_tested(f"too few samples to resolve the effect: the tolerance {tol:.3g} is as large as "
