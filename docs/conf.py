@@ -26,6 +26,8 @@ earlier build.
 """
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,6 +37,13 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(DOCS / "_ext"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# furo's accessible-pygments sets the root logger to INFO when it is imported, which prints the
+# examples' third-party INFO messages into the build log: import it first, then put the level back
+try:
+    importlib.import_module("a11y_pygments")
+except ImportError:
+    pass
+logging.getLogger().setLevel(logging.WARNING)
 
 _API = os.environ.get("WORKBENCH_DOCS_API", "1").strip()
 API_MODULES = [] if _API in ("", "1") else [m.strip() for m in _API.split(",") if m.strip()]
