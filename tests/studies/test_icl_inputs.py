@@ -107,6 +107,7 @@ def test_values_that_failed_mid_run_now_run(tmp_path, capsys, claims, sub, argv)
     assert all(c.outcome != "not tested" or c.reason for c in got.values())
 
 
+@pytest.mark.slow  # two full --quick ODE runs; the positive start runs in every suite run
 def test_a_negative_start_is_the_same_flow_with_the_heads_swapped(tmp_path, claims):
     """--init -a starts the pair at (-a, a): the same flow, so the same claims and outcomes."""
     got = {}
