@@ -262,16 +262,6 @@ def parts(args) -> list[Part]:
     return [Part("", sweep=make_sweep(args))]
 
 
-def _crossing(t, y, level):
-    """First time y falls below level (linear interpolation), and the local grid step."""
-    below = np.nonzero(y < level)[0]
-    if below.size == 0 or below[0] == 0:
-        return math.nan, math.nan
-    k = int(below[0])
-    t0, t1, y0, y1 = t[k - 1], t[k], y[k - 1], y[k]
-    return float(t0 + (y0 - level) / (y0 - y1) * (t1 - t0)), float(t1 - t0)
-
-
 def analyze(ds):
     """The stages of the stored flow against the closed forms, and the claims (d, L, sigma2 and
     the start a are the run's stored parameters)."""
@@ -338,7 +328,7 @@ def _flow_variables(ds, d, L, sigma2, a0) -> xr.Dataset:
                                          {"long_name": "2 mu* omega on the valley at omega(t)"})
     out["theory_valley_loss"] = (("time",), th.two_head_profiled_loss(om[:, 0], d, L, sigma2) / 2,
                                  {"long_name": "profiled L̃/2 of the pair at omega(t)"})
-    t_exit, _ = _crossing(t, loss, (1.0 - DROP) * loss[0])
+    t_exit, _ = G.crossing(t, loss, (1.0 - DROP) * loss[0])
     t1, t2, _ = th.plateau_exit_time(a0, d, L, sigma2, drop=DROP)
     out["theory_plateau_exit"] = ((), t2, {"long_name": "second-order prediction of the plateau exit"})
     out["theory_plateau_exit_first_order"] = ((), t1)
@@ -418,7 +408,7 @@ def _random_claim(ds, out, t):
 
 def _exit_claim(t, loss, d, L, sigma2, a0):
     """plateau_exit: the interpolated exit time against the second-order prediction."""
-    t_exit, h = _crossing(t, loss, (1.0 - DROP) * loss[0])
+    t_exit, h = G.crossing(t, loss, (1.0 - DROP) * loss[0])
     t1, t2, rem = th.plateau_exit_time(a0, d, L, sigma2, drop=DROP)
     if not math.isfinite(t_exit):
         return EXIT.not_tested(f"the loss never fell {DROP:.0%} below its start by t = {t[-1]:g}",

@@ -142,6 +142,19 @@ def test_off_default_phase_and_vattention_hold(tmp_path):
 
 
 # ------------------------------------------------------------------------- negative controls
+def _swap_policy(monkeypatch, module, key, make):
+    """A negative control's broken ingredient: ``module.make_policies(ms)`` with its ``key``
+    policies replaced by ``make(ms)``."""
+    real = module.make_policies
+
+    def broken(ms):
+        pols = real(ms)
+        pols[key] = make(ms)
+        return pols
+
+    monkeypatch.setattr(module, "make_policies", broken)
+
+
 def _claim(claims, cid):
     return claims[f"token_selection.{cid}"]
 
@@ -150,15 +163,8 @@ def _claim(claims, cid):
 def test_control_uniform_sampler_skipping_a_block_fails_the_rate(tmp_path, monkeypatch):
     """Mixture keys lie in segments, one per component: a sampler that never draws the first
     segment (an indexing bug) keeps a bias floor, and the rate claim fails."""
-    real = budget.make_policies
-
-    def skipping(ms):
-        pols = real(ms)
-        n = 2 * ms[0]
-        pols["uniform"] = [S.UniformSkipBlock(m, 0, n // 4) for m in ms]
-        return pols
-
-    monkeypatch.setattr(budget, "make_policies", skipping)
+    # n = 2 m_0 keys: the sampler never draws the first quarter (the first segment)
+    _swap_policy(monkeypatch, budget, "uniform", lambda ms: [S.UniformSkipBlock(m, 0, 2 * ms[0] // 4) for m in ms])
     claims = run(tmp_path, [*BUDGET, "--laws", "mixture", "--sigma", "0.5,0.75,1"])
     assert _claim(claims, "uniform_rate[mixture]").outcome == "fails"
 
@@ -193,28 +199,15 @@ def test_control_score_spread_off_by_sqrt2_fails_the_gaussian_slope(tmp_path, mo
 
 @pytest.mark.breaks("token_selection.importance_flat")
 def test_control_proposal_ignoring_the_scores_fails_importance(tmp_path, monkeypatch):
-    real = budget.make_policies
-
-    def flat(ms):
-        pols = real(ms)
-        pols["importance"] = [S.Uniform(m, label=f"importance-broken-{m}") for m in ms]
-        return pols
-
-    monkeypatch.setattr(budget, "make_policies", flat)
+    _swap_policy(monkeypatch, budget, "importance",
+                 lambda ms: [S.Uniform(m, label=f"importance-broken-{m}") for m in ms])
     claims = run(tmp_path, [*BUDGET, "--laws", "gaussian"])
     assert _claim(claims, "importance_flat[gaussian]").outcome == "fails"
 
 
 @pytest.mark.breaks("token_selection.topk_law")
 def test_control_topk_of_the_wrong_end_fails_the_topk_law(tmp_path, monkeypatch):
-    real = budget.make_policies
-
-    def wrong(ms):
-        pols = real(ms)
-        pols["topk"] = [S.TopKWrongEnd(m) for m in ms]
-        return pols
-
-    monkeypatch.setattr(budget, "make_policies", wrong)
+    _swap_policy(monkeypatch, budget, "topk", lambda ms: [S.TopKWrongEnd(m) for m in ms])
     claims = run(tmp_path, [*BUDGET, "--laws", "gaussian"])
     assert _claim(claims, "topk_law[gaussian]").outcome == "fails"
 
@@ -261,28 +254,14 @@ class _DoubleCountingHybrid:
 
 @pytest.mark.breaks("token_selection.hybrid")
 def test_control_hybrid_counting_heavy_keys_twice_fails(tmp_path, monkeypatch):
-    real = budget.make_policies
-
-    def broken(ms):
-        pols = real(ms)
-        pols["hybrid"] = [_DoubleCountingHybrid(m // 2, m - m // 2) for m in ms]
-        return pols
-
-    monkeypatch.setattr(budget, "make_policies", broken)
+    _swap_policy(monkeypatch, budget, "hybrid", lambda ms: [_DoubleCountingHybrid(m // 2, m - m // 2) for m in ms])
     claims = run(tmp_path, [*BUDGET, "--laws", "gaussian"])
     assert _claim(claims, "hybrid[gaussian]").outcome == "fails"
 
 
 @pytest.mark.breaks("token_selection.crossover")
 def test_control_topk_of_the_wrong_end_has_no_crossover(tmp_path, monkeypatch):
-    real = phase.make_policies
-
-    def wrong(ms):
-        pols = real(ms)
-        pols["topk"] = [S.TopKWrongEnd(m) for m in ms]
-        return pols
-
-    monkeypatch.setattr(phase, "make_policies", wrong)
+    _swap_policy(monkeypatch, phase, "topk", lambda ms: [S.TopKWrongEnd(m) for m in ms])
     claims = run(tmp_path, PHASE)
     assert _claim(claims, "crossover[d=4,n=2^12]").outcome == "fails"
 
@@ -321,14 +300,7 @@ def test_control_coverage_scored_by_the_proxy_fails_the_bound(tmp_path, monkeypa
 @needs_minilm
 @pytest.mark.breaks("token_selection.minilm_winner")
 def test_control_topk_of_the_wrong_end_on_minilm_fails(tmp_path, monkeypatch):
-    real = minilm.make_policies
-
-    def wrong(ms):
-        pols = real(ms)
-        pols["topk"] = [S.TopKWrongEnd(m) for m in ms]
-        return pols
-
-    monkeypatch.setattr(minilm, "make_policies", wrong)
+    _swap_policy(monkeypatch, minilm, "topk", lambda ms: [S.TopKWrongEnd(m) for m in ms])
     claims = run(tmp_path, MINILM)
     assert "fails" in outcomes(claims, "minilm_winner").values()
 
