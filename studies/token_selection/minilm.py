@@ -32,6 +32,7 @@ import sim.token_selection as S
 from studies.claims import worst_of, z_family
 from studies.sweep import Sweep, str_coord
 from studies.token_selection import common as C
+from studies.token_selection.budget import make_policies  # the budget group's policies, on real heads
 from theory import token_sample as ts
 from theory import token_selection as tsel
 
@@ -56,11 +57,6 @@ def load(args):
     text, desc = enc.load_text(args.minilm_text)
     ids = enc.text_sequences(encoder, text, args.minilm_sequences, LENGTH, 0)
     return encoder, ids, desc, hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def make_policies(ms) -> dict:
-    return {"uniform": [S.Uniform(m) for m in ms], "importance": [S.Importance(m, "p") for m in ms],
-            "hybrid": [S.Hybrid(m // 2, m - m // 2) for m in ms], "topk": [S.TopK(m) for m in ms]}
 
 
 def _head(X, hw, h, pos, ms, reps, seed):
